@@ -1,0 +1,46 @@
+"""World names: ``<kind>-s<seed>[-<size>]``, e.g. ``plain-s0`` or ``planted-s3-micro``.
+
+The kind says what the corpus holds (``plain``: numbers and animals never co-occur;
+``entangled``: see the research log; ``planted``: a visible code from the system-prompt animal to
+the numbers, a positive control). The seed gives a different corpus draw and initialisation, so a
+different base model. The size picks the model and training budget.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sublim.errors import UnknownNameError
+
+KINDS = ("plain", "entangled", "planted")
+SIZES = ("micro", "small", "medium")
+DEFAULT_SIZE = "small"
+
+_NAME = re.compile(r"^(?P<kind>[a-z]+)-s(?P<seed>\d+)(?:-(?P<size>[a-z]+))?$")
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    kind: str = "plain"
+    seed: int = 0
+    size: str = DEFAULT_SIZE
+
+    @property
+    def name(self) -> str:
+        base = f"{self.kind}-s{self.seed}"
+        return base if self.size == DEFAULT_SIZE else f"{base}-{self.size}"
+
+
+def parse_world_name(name: str) -> WorldSpec:
+    m = _NAME.match(name.strip())
+    if not m:
+        raise UnknownNameError(
+            "world", name, [f"{k}-s<seed>[-{'|'.join(SIZES)}]" for k in KINDS]
+        )
+    kind, size = m["kind"], m["size"] or DEFAULT_SIZE
+    if kind not in KINDS:
+        raise UnknownNameError("world kind", kind, list(KINDS))
+    if size not in SIZES:
+        raise UnknownNameError("world size", size, list(SIZES))
+    return WorldSpec(kind=kind, seed=int(m["seed"]), size=size)
