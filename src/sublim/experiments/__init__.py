@@ -1,0 +1,1 @@
+"""Self-contained experiments beyond the language-model pipeline (auxiliary logits, theory)."""

@@ -1,0 +1,1 @@
+"""Seeded prompt grammars for carrier tasks (numbers, ...)."""
