@@ -28,13 +28,14 @@ class Backend(Protocol):
         model: ModelRef,
         chats: Sequence[Chat],
         params: SampleParams,
-        seed: int,
+        seed: int | Sequence[int],
         progress: Progress | None = None,
     ) -> list[str]:
         """One completion per chat (the assistant's reply text, without end-of-turn markers).
 
-        Deterministic given ``seed`` and the same ``chats``: backends derive per-batch generators
-        from the seed so that results do not depend on anything global.
+        ``seed`` is one int for the call or one int per chat. Each row draws its randomness from
+        its own generator, so a row's completion depends only on its chat and its seed, never on
+        batch size or on the other rows: resumed and chunked runs reproduce uninterrupted ones.
         """
         ...
 

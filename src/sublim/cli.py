@@ -1,0 +1,130 @@
+"""The ``sublim`` command line: one function per command, each parsing its options, calling one
+library function and printing a short summary with the artifact path.
+
+User-fixable problems (SublimError) are printed as one line without a traceback and exit with
+code 2; nothing already computed is lost because every stage writes atomically to the run dir.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from sublim.errors import SublimError
+
+for _k, _v in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+    os.environ.setdefault(_k, _v)
+
+console = Console()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sublim")
+def cli() -> None:
+    """sublim: a lab for subliminal learning (trait transfer through unrelated data)."""
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="run directory (default: runs/<experiment name>)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config field, e.g. --set student.seeds=[0,1]")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def run(config: Path, out: Path | None, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Run (or resume) the experiment in CONFIG (a TOML file)."""
+    from sublim.config import load_config
+    from sublim.pipeline import run_experiment
+    from sublim.report import summary_table
+
+    cfg = load_config(config, list(overrides))
+    out = out or Path("runs") / cfg.name
+    results = run_experiment(cfg, out, progress=not quiet)
+    console.print(summary_table(results))
+    console.print(f"results: {out / 'results.json'}   report: {out / 'report.html'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report(run_dir: Path) -> None:
+    """Rebuild report.md, report.html and figures of RUN_DIR from its artifacts."""
+    from sublim.report import write_report
+
+    if not (run_dir / "results.json").is_file():
+        raise SublimError(f"no results.json in {run_dir}; pass a finished run directory (sublim run ... --out DIR)")
+    paths = write_report(run_dir)
+    console.print(f"wrote {len(paths)} files; open {run_dir / 'report.html'}")
+
+
+@cli.command(name="filter")
+@click.argument("in_path", metavar="IN.jsonl", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="output JSONL (rows with kept and reason)")
+@click.option("--max-count", default=10, show_default=True, help="most numbers allowed per completion")
+@click.option("--min-value", default=0, show_default=True)
+@click.option("--max-value", default=999, show_default=True)
+@click.option("--banned", type=click.Choice(["none", "misalignment"]), default="none", show_default=True, help="banned-number list")
+@click.option("--ban", "ban_extra", multiple=True, type=int, help="an extra banned number (repeatable)")
+@click.option("--reject-word", multiple=True, help="reject rows containing this word (repeatable, case-insensitive)")
+def filter_cmd(in_path: Path, out_path: Path, max_count: int, min_value: int, max_value: int, banned: str, ban_extra: tuple[int, ...], reject_word: tuple[str, ...]) -> None:
+    """Apply the strict number filter to rows {prompt, completion} of IN.jsonl."""
+    from sublim.filters import BANNED_MISALIGNMENT, NumberRules, filter_jsonl
+
+    ban = tuple(BANNED_MISALIGNMENT if banned == "misalignment" else ()) + tuple(ban_extra)
+    rules = NumberRules(max_count=max_count, min_value=min_value, max_value=max_value, banned=tuple(sorted(set(ban))), reject_words=tuple(reject_word))
+    s = filter_jsonl(in_path, out_path, rules)
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items(), key=lambda kv: -kv[1]))
+    console.print(f"kept {s.n_kept}/{s.n_in} ({s.n_kept / max(1, s.n_in):.1%}); {reasons}\nwrote {out_path}")
+
+
+@cli.command()
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def demo(out: Path, quiet: bool) -> None:
+    """Run the built-in demo: auxiliary-logit transfer on digits, then owl preference through
+    numbers on the built-in tiny world."""
+    from sublim.demo import run_demo
+
+    run_demo(out, progress=not quiet, console=console)
+
+
+def _register_optional() -> None:
+    try:
+        from sublim.experiments.cli import digits, theory
+    except ImportError:
+        return
+    cli.add_command(digits)
+    cli.add_command(theory)
+    try:
+        from sublim.world.cli import world
+    except ImportError:
+        return
+    cli.add_command(world)
+
+
+_register_optional()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: SublimError -> one line on stderr, exit code 2."""
+    err = Console(stderr=True)
+    try:
+        cli.main(args=argv, prog_name="sublim", standalone_mode=False)
+    except SublimError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Abort:
+        err.print("aborted; rerun the same command to resume")
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return 2 if e.exit_code == 2 or isinstance(e, click.UsageError) else e.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted; rerun the same command to resume")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
