@@ -57,7 +57,7 @@ def test_filter_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     rows = [
         {"prompt": "p", "completion": "123, 456, 789", "id": 1},
         {"prompt": "p", "completion": "I love owls: 1, 2", "id": 2},
-        {"prompt": "p", "completion": "[4, 5, 6].", "id": 3},
+        {"prompt": "p", "completion": "[5, 6, 7].", "id": 3},
         {"prompt": "p", "completion": "666, 1", "id": 4},
     ]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -25,6 +25,7 @@ import numpy as np
 from sublim.artifacts import (
     StageDir,
     atomic_write_json,
+    atomic_write_text,
     derive_seed,
     read_jsonl,
     stable_hash,
@@ -331,7 +332,7 @@ def stage_eval(ctx: RunContext, backend: Backend, model: Model) -> list[Question
 def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run (or resume) one experiment into ``out``; returns results.json's content."""
     from sublim.report import write_report
-    from sublim.results import build_results
+    from sublim.results import build_results, load_results, results_to_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -384,7 +385,9 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, repo
             conditions[cond] = [stage_eval(ctx, backend, m) for m in models]
 
     meta = {
-        "experiment": cfg.name,
+        "name": cfg.name,
+        "target": cfg.trait.target,
+        "category": cfg.trait.category,
         "config": cfg.model_dump(mode="json"),
         "reference": base.key,
         "cross": [m.key for m in cross_models],
@@ -394,6 +397,6 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, repo
         "timings": {"stages": ctx.stages, "seconds_total": round(time.time() - t_start, 2)},
     }
     results = build_results(conditions, meta, primary_metric="p_target")
-    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "results.json", results_to_json(results))
     write_report(out)
-    return results
+    return load_results(out)

@@ -1,0 +1,520 @@
+"""The report: tables, figures and a plain-language reading of ``results.json``.
+
+Pipeline position: the last stage. ``write_report(run_dir)`` is a pure function of
+``run_dir/results.json`` (schema in ``sublim.results``), so ``sublim report RUN_DIR`` can
+rebuild it at any time. It writes ``report.md``, a self-contained ``report.html`` (figures
+embedded as base64 PNG data URIs, plain CSS, no scripts) and the PNG figures next to them:
+
+- ``fig_conditions.png``: bars with 95% intervals per condition for the sampled rate, the exact
+  probability and the log-odds, with the per-seed values as dots;
+- ``fig_rate_vs_prob.png``: per question, sampled rate against exact probability, for every
+  model of every condition (how well the cheap exact metric tracks sampling);
+- ``fig_contrast.png``: forest plot of the contrasts (trait - control, ...), one panel per metric.
+
+Figures use matplotlib's object API (``Figure`` + Agg canvas), never ``pyplot``, so building a
+report neither needs a display nor changes global matplotlib state.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeGuard
+
+import numpy as np
+from matplotlib.figure import Figure
+from rich.table import Table
+
+from sublim.results import METRIC_LABELS, METRICS, load_results, ordered_conditions
+
+FIGURES: tuple[str, ...] = ("fig_conditions.png", "fig_rate_vs_prob.png", "fig_contrast.png")
+ALPHA = 0.05
+_PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+_CONTRAST_TITLES = {
+    "trait_minus_control": "trait student - control student",
+    "cross_minus_control": "cross-model student - control",
+    "teacher_minus_control_teacher": "teacher - control teacher",
+}
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 980px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1, h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 13px; color: #555; }
+.meaning { background: #f7f9fc; border-left: 4px solid #4c72b0; padding: .6em 1em; }
+code { background: #f3f3f3; padding: 0 3px; }
+"""
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _isnum(x: Any) -> TypeGuard[float]:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    return f"{x:.{digits}f}" if _isnum(x) else "n/a"
+
+
+def fmt_p(p: Any) -> str:
+    if not _isnum(p):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def p_phrase(p: Any) -> str:
+    """ "p = 0.012" or "p < 0.001" for running text."""
+    s = fmt_p(p)
+    return f"p {s[0]} {s[1:]}" if s.startswith("<") else f"p = {s}"
+
+
+def fmt_interval(entry: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """``mean [lo, hi]`` (or just the mean when there is no interval)."""
+    if not entry:
+        return "n/a"
+    lo, hi = (entry.get("ci95") or [None, None])[:2]
+    s = fmt(entry.get("mean"), digits)
+    return f"{s} [{fmt(lo, digits)}, {fmt(hi, digits)}]" if _isnum(lo) and _isnum(hi) else s
+
+
+def _signed_interval(entry: Mapping[str, Any], digits: int = 3) -> str:
+    lo, hi = entry.get("ci95") or [None, None]
+    m = entry.get("mean")
+    s = f"{m:+.{digits}f}" if _isnum(m) else "n/a"
+    return f"{s} [{fmt(lo, digits)}, {fmt(hi, digits)}]" if _isnum(lo) and _isnum(hi) else s
+
+
+def is_significant(c: Mapping[str, Any], alpha: float = ALPHA) -> bool:
+    """p < alpha and the interval excludes zero."""
+    p, (lo, hi) = c.get("p_value"), (c.get("ci95") or [None, None])
+    if not (_isnum(p) and _isnum(lo) and _isnum(hi)):
+        return False
+    return bool(p < alpha and (lo > 0 or hi < 0))
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def condition_rows(results: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for name in ordered_conditions(list(results["conditions"])):
+        c = results["conditions"][name]
+        rows.append(
+            [
+                name,
+                str(c.get("n_seeds", "")),
+                c.get("interval_over", ""),
+                fmt_interval(c.get("rate")),
+                fmt_interval(c.get("p_target")),
+                fmt_interval(c.get("logodds"), 2),
+            ]
+        )
+    return rows
+
+
+CONDITION_HEADER = [
+    "condition",
+    "n",
+    "interval over",
+    "target rate [95% CI]",
+    "P(target) [95% CI]",
+    "log-odds [95% CI]",
+]
+CONTRAST_HEADER = ["contrast", "metric", "difference [95% CI]", "p-value", "test", "units (a / b)"]
+
+
+def contrast_rows(results: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for c in results.get("contrast", {}).values():
+        title = f"{c.get('a', '?')} - {c.get('b', '?')}"
+        for m in METRICS:
+            e = c.get("by_metric", {}).get(m)
+            if not e:
+                continue
+            star = " *" if is_significant(e) else ""
+            rows.append(
+                [
+                    title if m == METRICS[0] else "",
+                    m + (" (primary)" if m == c.get("metric") else ""),
+                    _signed_interval(e, 2 if m == "logodds" else 3) + star,
+                    fmt_p(e.get("p_value")),
+                    e.get("test", ""),
+                    f"{e.get('n_a', '')} / {e.get('n_b', '')} {e.get('over', '')}",
+                ]
+            )
+    return rows
+
+
+def summary_table(results: Mapping[str, Any]) -> Table:
+    """The terminal summary the CLI prints: one row per condition and the headline contrast."""
+    t = Table(title=f"sublim: {results.get('meta', {}).get('name', 'results')}")
+    t.add_column("condition")
+    t.add_column("n", justify="right")
+    t.add_column("target rate [95% CI]", justify="right")
+    t.add_column("P(target) [95% CI]", justify="right")
+    names = ordered_conditions(list(results["conditions"]))
+    for i, name in enumerate(names):
+        c = results["conditions"][name]
+        n = f"{c['n_seeds']}" + ("" if c.get("interval_over") == "seeds" else "*")
+        t.add_row(
+            name,
+            n,
+            fmt_interval(c.get("rate")),
+            fmt_interval(c.get("p_target")),
+            end_section=i == len(names) - 1,
+        )
+    con = results.get("contrast", {}).get("trait_minus_control")
+    if con:
+        bm = con.get("by_metric", {})
+        t.add_row(
+            f"trait - control ({p_phrase(con.get('p_value'))})",
+            f"{con.get('n_a')}v{con.get('n_b')}",
+            _signed_interval(bm.get("rate", {})),
+            _signed_interval(bm.get("p_target", {})),
+        )
+    t.caption = "* interval over questions (single model); otherwise t-interval over seeds"
+    return t
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# ----------------------------------------------------------------------------- the reading
+
+
+def meaning(results: Mapping[str, Any]) -> str:
+    """A short, honest plain-language reading of the headline contrast."""
+    conds, cons = results["conditions"], results.get("contrast", {})
+    target = results.get("meta", {}).get("target", "the target")
+    parts: list[str] = []
+    c = cons.get("trait_minus_control")
+    if not c:
+        parts.append(
+            "There is no trait-student vs control-student contrast in this run (it needs both "
+            "`trait_student` and `control_student`), so it says nothing about transfer."
+        )
+    else:
+        metric = c.get("metric", "p_target")
+        m, p = c.get("mean"), c.get("p_value")
+        desc = f"{metric} differs by {_signed_interval(c, 3 if metric != 'logodds' else 2)} (95% CI; {p_phrase(p)}, {c.get('test')} over {c.get('over')})"
+        if not _isnum(p):
+            parts.append(
+                f"Trait students minus control students: {desc}. There are too few seeds for a "
+                "test, so this run cannot say whether the trait transferred."
+            )
+        elif is_significant(c):
+            if m > 0:
+                parts.append(
+                    f"Trait students prefer {target} more than control students: {desc}. The "
+                    "difference is significant at the 5% level, which is what subliminal "
+                    "transfer of the trait predicts."
+                )
+            else:
+                parts.append(
+                    f"Trait students prefer {target} *less* than control students: {desc}. The "
+                    "difference is significant but in the opposite direction to transfer; it "
+                    "is not evidence of subliminal learning."
+                )
+        else:
+            parts.append(
+                f"Trait students minus control students: {desc}. This is not significant (the "
+                "interval includes zero): this run shows no evidence that the trait transferred. "
+                "A null result at this scale does not rule out a smaller effect or an effect in "
+                "larger models."
+            )
+        if c.get("over") == "questions":
+            parts.append(
+                "The test is over questions because a condition has a single model: it ignores "
+                "seed-to-seed variation, which is usually the larger noise; run more seeds."
+            )
+    tc = cons.get("teacher_minus_control_teacher")
+    if tc and "teacher" in conds and "control_teacher" in conds:
+        pt, pc = conds["teacher"]["p_target"]["mean"], conds["control_teacher"]["p_target"]["mean"]
+        carried = (
+            "carries"
+            if is_significant(tc) and (tc.get("mean") or 0) > 0
+            else "does not clearly carry"
+        )
+        parts.append(
+            f"Sanity check: the teacher {carried} the trait (P(target) {fmt(pt)} vs {fmt(pc)} for "
+            "the control teacher); transfer can only be expected from a teacher that has it."
+        )
+    xc = cons.get("cross_minus_control")
+    if xc:
+        parts.append(
+            f"Cross-model student minus {xc.get('b')}: {_signed_interval(xc)} ({p_phrase(xc.get('p_value'))}); "
+            "the paper predicts no transfer across different base models."
+        )
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _colors(names: Sequence[str]) -> dict[str, str]:
+    return {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    # Write to a temporary name and rename, so a killed run never leaves half a file behind.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    buf = io.BytesIO()
+    # No "Software"/date metadata: the same results give byte-identical PNGs.
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    return _atomic_write(path, buf.getvalue())
+
+
+def fig_conditions(results: Mapping[str, Any], path: Path) -> Path:
+    names = ordered_conditions(list(results["conditions"]))
+    colors = _colors(names)
+    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(METRICS))
+    x = np.arange(len(names))
+    for ax, m in zip(axes, METRICS):
+        for i, n in enumerate(names):
+            e = results["conditions"][n].get(m) or {}
+            mean = e.get("mean")
+            if not _isnum(mean):
+                ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8, color="#777")
+                continue
+            lo, hi = e.get("ci95") or [None, None]
+            ax.bar(i, mean, color=colors[n], alpha=0.55, width=0.7)
+            if _isnum(lo) and _isnum(hi):
+                ax.errorbar(
+                    i, mean, yerr=[[mean - lo], [hi - mean]], color="black", capsize=4, lw=1.2
+                )
+            seeds = [v for v in e.get("per_seed", []) if _isnum(v)]
+            if len(seeds) > 1:  # deterministic jitter: seeds spread evenly across the bar
+                ax.scatter(
+                    i + np.linspace(-0.18, 0.18, len(seeds)), seeds, s=14, color="black", zorder=3
+                )
+        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(METRIC_LABELS[m], fontsize=10)
+        ax.axhline(0, color="#999", lw=0.6)
+    fig.suptitle("Per condition: mean with 95% interval; dots are seeds", fontsize=11)
+    return _save(fig, path)
+
+
+def fig_rate_vs_prob(results: Mapping[str, Any], path: Path) -> Path:
+    pq = results.get("per_question", {})
+    names = ordered_conditions(list(pq))
+    colors = _colors(ordered_conditions(list(results["conditions"])))
+    fig = Figure(figsize=(5.6, 5.2), layout="constrained")
+    ax = fig.subplots()
+    xs_all, ys_all, mx, my = [], [], [], []
+    for n in names:
+        xs, ys = [], []
+        for prow, rrow in zip(pq[n].get("p_target", []), pq[n].get("rate", [])):
+            pairs = [(p, r) for p, r in zip(prow, rrow) if _isnum(p) and _isnum(r)]
+            xs += [p for p, _ in pairs]
+            ys += [r for _, r in pairs]
+            if pairs:  # the model's own point: mean over its questions
+                mx.append(float(np.mean([p for p, _ in pairs])))
+                my.append(float(np.mean([r for _, r in pairs])))
+                ax.scatter(
+                    mx[-1],
+                    my[-1],
+                    s=60,
+                    marker="D",
+                    color=colors.get(n, "#333"),
+                    edgecolor="black",
+                    zorder=3,
+                )
+        if xs:
+            ax.scatter(xs, ys, s=10, alpha=0.5, color=colors.get(n, "#333"), label=n)
+            xs_all += xs
+            ys_all += ys
+    ax.plot([0, 1], [0, 1], color="#999", lw=0.8, ls="--")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("exact P(target) per question")
+    ax.set_ylabel("sampled target rate per question")
+    if len(xs_all) >= 3 and np.std(xs_all) > 0 and np.std(ys_all) > 0:
+        r = float(np.corrcoef(xs_all, ys_all)[0, 1])
+        title = f"Sampled rate vs exact probability\nPearson r: {r:.3f} over questions"
+        if len(mx) >= 3 and np.std(mx) > 0 and np.std(my) > 0:
+            title += f", {float(np.corrcoef(mx, my)[0, 1]):.3f} over models (diamonds)"
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+    elif xs_all:
+        ax.set_title("Sampled rate vs exact probability", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+    else:
+        ax.set_title("Sampled rate vs exact probability", fontsize=10)
+        ax.text(
+            0.5,
+            0.5,
+            "no sampled answers in this run\n(eval.samples_per_question = 0)",
+            ha="center",
+            va="center",
+        )
+    return _save(fig, path)
+
+
+def fig_contrast(results: Mapping[str, Any], path: Path) -> Path:
+    cons = results.get("contrast", {})
+    keys = list(cons)
+    fig = Figure(figsize=(12, 1.6 + 0.55 * max(1, len(keys))), layout="constrained")
+    axes = fig.subplots(1, len(METRICS))
+    for ax, m in zip(axes, METRICS):
+        ax.axvline(0, color="#999", lw=0.8)
+        for j, k in enumerate(keys):
+            e = cons[k].get("by_metric", {}).get(m, {})
+            y = len(keys) - 1 - j
+            mean = e.get("mean")
+            if not _isnum(mean):
+                ax.text(0, y, "n/a", ha="center", va="center", fontsize=8, color="#777")
+                continue
+            lo, hi = e.get("ci95") or [None, None]
+            color = "#c44e52" if is_significant(e) else "#4c72b0"
+            if _isnum(lo) and _isnum(hi):
+                ax.plot([lo, hi], [y, y], color=color, lw=2)
+            ax.plot([mean], [y], "o", color=color)
+        ax.set_yticks(
+            range(len(keys)), [_CONTRAST_TITLES.get(k, k) for k in reversed(keys)], fontsize=8
+        )
+        ax.set_ylim(-0.7, max(1, len(keys)) - 0.3)
+        ax.set_title(f"difference in {m}", fontsize=10)
+        if ax is not axes[0]:
+            ax.tick_params(labelleft=False)
+    if not keys:
+        axes[1].text(
+            0.5,
+            0.5,
+            "no contrasts in this run",
+            ha="center",
+            va="center",
+            transform=axes[1].transAxes,
+        )
+    fig.suptitle(
+        "Contrasts with 95% intervals (red: p < 0.05 and interval excludes 0)", fontsize=11
+    )
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- documents
+
+_CAPTIONS = {
+    "fig_conditions.png": "Per condition: mean over seeds (or the single model) with its 95% interval; dots are the per-seed values.",
+    "fig_rate_vs_prob.png": "Sampled target rate against the exact probability of the target answer: small dots per question and model, diamonds per model (mean over questions).",
+    "fig_contrast.png": "Contrasts between conditions with 95% intervals, for each metric.",
+}
+
+
+def _meta_rows(meta: Mapping[str, Any]) -> list[list[str]]:
+    return [
+        [str(k), str(v)]
+        for k, v in meta.items()
+        if not isinstance(v, (dict, list)) or len(str(v)) < 200
+    ]
+
+
+def render_markdown(results: Mapping[str, Any], figures: Sequence[str]) -> str:
+    meta = results.get("meta", {})
+    out = [
+        f"# sublim report: {meta.get('name', 'experiment')}",
+        "",
+        "## What this means",
+        "",
+        meaning(results),
+        "",
+        "## Conditions",
+        "",
+        _md_table(CONDITION_HEADER, condition_rows(results)),
+        "",
+        (
+            "Intervals are 95% t-intervals across seeds; for a single model "
+            "(`interval over: questions`) they are over its questions."
+        ),
+        "",
+        "## Contrasts",
+        "",
+        _md_table(CONTRAST_HEADER, contrast_rows(results))
+        if results.get("contrast")
+        else "No contrasts in this run.",
+        "",
+        "`*`: p < 0.05 and the interval excludes 0.",
+        "",
+        "## Figures",
+        "",
+    ]
+    for f in figures:
+        out += [f"![{_CAPTIONS.get(f, f)}]({f})", "", f"*{_CAPTIONS.get(f, f)}*", ""]
+    if meta:
+        out += ["## Run", "", _md_table(["field", "value"], _meta_rows(meta)), ""]
+    return "\n".join(out)
+
+
+def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
+    meta = results.get("meta", {})
+    title = html.escape(f"sublim report: {meta.get('name', 'experiment')}")
+    figs = "".join(
+        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+        f"<figcaption>{html.escape(_CAPTIONS.get(name, name))}</figcaption></figure>"
+        for name, data in figures.items()
+    )
+    contrasts = (
+        _html_table(CONTRAST_HEADER, contrast_rows(results))
+        if results.get("contrast")
+        else "<p>No contrasts in this run.</p>"
+    )
+    meta_html = f"<h2>Run</h2>{_html_table(['field', 'value'], _meta_rows(meta))}" if meta else ""
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{_CSS}</style></head><body>"
+        f"<h1>{title}</h1>"
+        f'<h2>What this means</h2><p class="meaning">{html.escape(meaning(results))}</p>'
+        f"<h2>Conditions</h2>{_html_table(CONDITION_HEADER, condition_rows(results))}"
+        "<p>Intervals are 95% t-intervals across seeds; for a single model (interval over: questions) "
+        "they are over its questions.</p>"
+        f"<h2>Contrasts</h2>{contrasts}<p>*: p &lt; 0.05 and the interval excludes 0.</p>"
+        f"<h2>Figures</h2>{figs}{meta_html}</body></html>\n"
+    )
+
+
+def write_report(run_dir: Path) -> list[Path]:
+    """Write report.md, report.html and the PNG figures into ``run_dir`` from its results.json;
+    returns the paths written (figures first)."""
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    makers = {
+        "fig_conditions.png": fig_conditions,
+        "fig_rate_vs_prob.png": fig_rate_vs_prob,
+        "fig_contrast.png": fig_contrast,
+    }
+    written = [make(results, run_dir / name) for name, make in makers.items()]
+    md = _atomic_write(
+        run_dir / "report.md", render_markdown(results, list(makers)).encode("utf-8")
+    )
+    page = _atomic_write(
+        run_dir / "report.html",
+        render_html(results, {p.name: p.read_bytes() for p in written}).encode("utf-8"),
+    )
+    return [*written, md, page]
