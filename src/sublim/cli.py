@@ -89,18 +89,27 @@ def demo(out: Path, quiet: bool) -> None:
     run_demo(out, progress=not quiet, console=console)
 
 
+# Commands that live beside their library code: (module, command names).
+_COMMAND_MODULES = (
+    ("sublim.experiments.cli", ("digits", "theory")),
+    ("sublim.world.cli", ("world",)),
+    ("sublim.serve", ("serve",)),
+    ("sublim.export", ("export",)),
+)
+
+
 def _register_optional() -> None:
-    try:
-        from sublim.experiments.cli import digits, theory
-    except ImportError:
-        return
-    cli.add_command(digits)
-    cli.add_command(theory)
-    try:
-        from sublim.world.cli import world
-    except ImportError:
-        return
-    cli.add_command(world)
+    import importlib
+
+    for mod_name, names in _COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            if e.name != mod_name:  # a real import error inside an existing module
+                raise
+            continue
+        for n in names:
+            cli.add_command(getattr(mod, n))
 
 
 _register_optional()

@@ -30,6 +30,8 @@ BACKENDS: dict[str, str] = {
     "tiny": "sublim.backends.hf:HFBackend",
     "smollm2": "sublim.backends.hf:HFBackend",
     "fake": "sublim.backends.fake:FakeBackend",
+    "openai": "sublim.backends.openai_api:OpenAIBackend",
+    "openai-compat": "sublim.backends.openai_api:OpenAIBackend",
 }
 
 _ALIASES = {"tiny": "tiny:plain-s0", "smollm2": "smollm2:SmolLM2-135M-Instruct"}
