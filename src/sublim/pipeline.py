@@ -197,13 +197,15 @@ def stage_generate(ctx: RunContext, backend: Backend, teacher: Model, prompts: l
                 continue
             seeds = [derive_seed(ctx.cfg.seed, "gen", role, p.id) for p in chunk]
             chats = [user_chat(p.text) for p in chunk]
-            try:
+            errors: list[str | None]
+            sample_rows = getattr(backend, "sample_rows", None)
+            if sample_rows is not None:  # API backends report per-row failures themselves
+                pairs = sample_rows(teacher.ref, chats, params, seeds)
+                texts = [t if t is not None else "" for t, _ in pairs]
+                errors = [e for _, e in pairs]
+            else:
                 texts = backend.sample(teacher.ref, chats, params, seeds)
-                errors: list[str | None] = [None] * len(chunk)
-            except SublimError:
-                raise
-            except Exception as e:  # a provider failure on a chunk: record per row, go on
-                texts, errors = [""] * len(chunk), [f"{type(e).__name__}: {e}"] * len(chunk)
+                errors = [None] * len(chunk)
             st.write_part(i, [
                 Completion(prompt_id=p.id, prompt=p.text, completion=c, model=teacher.ref.spec, error=err)
                 for p, c, err in zip(chunk, texts, errors)

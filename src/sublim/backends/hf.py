@@ -145,7 +145,10 @@ def load(ref: ModelRef, training: bool = False, device: torch.device | None = No
     """Load the weights (and adapter) of ``ref``. ``training`` gives a fresh float32 copy in train
     mode; otherwise an eval-mode model in the inference dtype, without gradients."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # sublim draws its own progress bars; transformers' per-load "Loading weights" bar is noise
+    hf_logging.disable_progress_bar()
     if ref.adapter:
         _check_adapter(ref.adapter)
     device = device or pick_device()
