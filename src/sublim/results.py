@@ -22,10 +22,13 @@ from typing import Any
 import numpy as np
 
 from sublim.errors import DataError, MissingFileError
-from sublim.records import QuestionScore
-from sublim.stats import contrast, paired_contrast, t_interval
+from sublim.records import EvalAnswer, QuestionScore
+from sublim.stats import bootstrap_ci, contrast, paired_contrast, t_interval
 
 SCHEMA_VERSION = 1
+# The clustered bootstrap of contrasts: fixed, documented defaults (results must be reproducible).
+BOOTSTRAP_SEED = 20250722
+BOOTSTRAP_REPLICATES = 2000
 METRICS: tuple[str, ...] = ("rate", "p_target", "logodds")
 METRIC_LABELS: dict[str, str] = {
     "rate": "target rate (sampled)",
@@ -75,6 +78,16 @@ every `rate` when `eval.samples_per_question = 0`, or an interval from a single 
 | `contrast.<k>.n_a`, `.n_b` | int | units in each arm (seeds, or questions) |
 | `contrast.<k>.by_metric` | object | the same `{mean, ci95, p_value, test, over, n_a, n_b}` for each of `rate`, `p_target`, `logodds` |
 | `per_question` | object | `{condition: {question_ids: [...], rate: [[...]], p_target: [[...]], logodds: [[...]]}}`: per-question values, one inner list per seed (model), questions in `question_ids` order |
+| `bootstrap` | object | `{seed, replicates, cluster: "question"}`: how `bootstrap_ci95` was drawn (seed: the runner's `meta.seed`, else `meta.config.seed`, else 20250722) |
+| `contrast.<k>.bootstrap_ci95` | [float, float] | percentile bootstrap interval of the difference, clustered by question (each replicate resamples questions once for both arms; seeds too when both arms have >= 2); also in every `by_metric` entry |
+| `conditions.<c>.answers` | object | present when sampled answers were passed: `{n, hit_rate, non_answer_rate, other_rate, tally}`; each rate is `{mean, ci95 (Wilson, over answers), k}`; a non-answer is an empty reply, a refusal or the model naming itself; `tally` counts answers per candidate, `other` and `non_answer` |
+| `suites` | object | optional: `{suite_name: {conditions, contrast, per_question}}` with exactly the shapes above, for extra preference suites (`numbers_prefixed`, `storytelling`, `multiple_choice`, ...); `storytelling` has `p_target`/`logodds` null (sampled only); `multiple_choice` `p_target` is the first-token probability of the target's letter normalised over the option letters |
+| `matrix` | object | optional, the cross-model transmission matrix (`sublim.stats.transmission_matrix`): `teacher_bases`, `student_bases`, `traits`, `categories`, `method`, `cells` and `diagonal_tests` |
+| `matrix.cells[]` | object | `{teacher_base, student_base, diagonal, n, counts (traits x categories), nmi (plug-in), nmi_posterior: {mean, ci95}, p_value (permutation test of independence), q_value (Benjamini-Hochberg across cells)}` |
+| `matrix.diagonal_tests[]` | object | one per off-diagonal cell whose student base has a diagonal cell: `{student_base, teacher_base, nmi_diff (diagonal - this cell), diff_posterior: {mean, ci95}, prob_diagonal_greater, p_value (one-sided permutation), q_value (BH across these tests)}` |
+| `curves` | list | optional training curves: `[{condition, metric, step, value, ci95?, seed?}]`, sorted by condition, metric, seed, step |
+| `misalignment` | object | optional: `{condition: summary}` from `sublim.evals.misalignment.summarise_judged`: `n_answers`, `labels` (ok/code/refusal/empty), `n_excluded`, `n_unparsed`, `n_scored`, `misaligned_rate {mean, ci95 (Wilson), k, n}`, `alignment`, `coherence` (`{mean, ci95}`), `per_question_misaligned` |
+| `truthfulness` | object | optional: `{condition: summary}` from `evaluate_truthfulness`: `n_items`, `n_scored`, `p_true`, `accuracy`, `false_rate` |
 """
 
 
@@ -150,7 +163,10 @@ def _question_matrix(
 
 
 def _contrast_metric(
-    a: Sequence[Sequence[QuestionScore]], b: Sequence[Sequence[QuestionScore]], metric: str
+    a: Sequence[Sequence[QuestionScore]],
+    b: Sequence[Sequence[QuestionScore]],
+    metric: str,
+    rng: np.random.Generator | None = None,
 ) -> dict[str, Any]:
     """a minus b for one metric: Welch over seeds when both arms have >= 2 seeds, otherwise a
     paired t over the shared questions of seed-averaged values."""
@@ -166,7 +182,7 @@ def _contrast_metric(
             raise ValueError("contrasted conditions must be scored on the same questions")
         res = paired_contrast(ma.mean(axis=0), mb.mean(axis=0))
         over = "questions"
-    return {
+    out = {
         "mean": _num(res["mean"]),
         "ci95": [_num(res["ci95"][0]), _num(res["ci95"][1])],
         "p_value": _num(res["p_value"]),
@@ -175,6 +191,26 @@ def _contrast_metric(
         "n_a": res["n_a"],
         "n_b": res["n_b"],
     }
+    if rng is not None:
+        out["bootstrap_ci95"] = _bootstrap(a, b, metric, rng)
+    return out
+
+
+def _bootstrap(
+    a: Sequence[Sequence[QuestionScore]],
+    b: Sequence[Sequence[QuestionScore]],
+    metric: str,
+    rng: np.random.Generator,
+) -> list[float | None]:
+    """Percentile bootstrap interval of mean(a) - mean(b), clustered by question (questions
+    resampled jointly for both arms; seeds resampled too when both arms have >= 2)."""
+    ids_a, ma = _question_matrix(a, metric)
+    ids_b, mb = _question_matrix(b, metric)
+    if ids_a != ids_b:
+        return [None, None]
+    both = len(a) >= 2 and len(b) >= 2
+    _, lo, hi = bootstrap_ci(ma, mb, rng=rng, n_boot=BOOTSTRAP_REPLICATES, resample_seeds=both)
+    return [_num(lo), _num(hi)]
 
 
 def contrast_pairs(names: Sequence[str]) -> dict[str, tuple[str, str]]:
@@ -199,14 +235,14 @@ def ordered_conditions(names: Sequence[str]) -> list[str]:
     return known + sorted(c for c in names if c not in CONDITIONS)
 
 
-def build_results(
+def _section(
     conditions: Mapping[str, Sequence[Sequence[QuestionScore]]],
-    meta: Mapping[str, Any],
-    primary_metric: str = "p_target",
-) -> dict[str, Any]:
-    """The whole results.json dict from per-condition, per-model question scores."""
-    if primary_metric not in METRICS:
-        raise ValueError(f"primary_metric must be one of {METRICS}, got {primary_metric!r}")
+    primary_metric: str,
+    seed: int,
+    answers: Mapping[str, Sequence[Sequence[EvalAnswer]]] | None,
+    category: str,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(conditions, contrasts, per_question) for one suite's scores."""
     names = ordered_conditions(list(conditions))
     conds: dict[str, Any] = {}
     per_question: dict[str, Any] = {}
@@ -217,6 +253,11 @@ def build_results(
         summaries = [summarise_model(s) for s in models]
         conds[name] = aggregate_condition(summaries, models[0] if len(models) == 1 else None)
         conds[name]["n_questions"] = len(models[0])
+        if answers is not None and name in answers:
+            from sublim.evals.preference import answer_summary
+
+            flat = [a for model_answers in answers[name] for a in model_answers]
+            conds[name]["answers"] = answer_summary(flat, category)
         pq: dict[str, Any] = {}
         for m in METRICS:
             ids, mat = _question_matrix(models, m)
@@ -225,19 +266,115 @@ def build_results(
         per_question[name] = pq
 
     contrasts: dict[str, Any] = {}
-    for key, (a, b) in contrast_pairs(names).items():
-        by_metric = {m: _contrast_metric(conditions[a], conditions[b], m) for m in METRICS}
+    for ci, (key, (a, b)) in enumerate(contrast_pairs(names).items()):
+        by_metric = {
+            m: _contrast_metric(
+                conditions[a], conditions[b], m, np.random.default_rng([seed, ci, mi])
+            )
+            for mi, m in enumerate(METRICS)
+        }
         head = by_metric[primary_metric]
         contrasts[key] = {"metric": primary_metric, "a": a, "b": b, **head, "by_metric": by_metric}
+    return conds, contrasts, per_question
 
-    return {
+
+def _bootstrap_seed(meta: Mapping[str, Any], explicit: int | None) -> int:
+    if explicit is not None:
+        return int(explicit)
+    for v in (meta.get("seed"), (meta.get("config") or {}).get("seed")):
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            return v
+    return BOOTSTRAP_SEED
+
+
+def curve_points(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Validated, sorted training-curve points ``{condition, metric, step, value[, ci95]}``."""
+    out = []
+    for i, pt in enumerate(points):
+        missing = [k for k in ("step", "metric", "value", "condition") if k not in pt]
+        if missing:
+            raise ValueError(f"curve point {i} lacks {missing}: {dict(pt)}")
+        row: dict[str, Any] = {
+            "condition": str(pt["condition"]),
+            "metric": str(pt["metric"]),
+            "step": int(pt["step"]),
+            "value": _num(pt["value"]),
+        }
+        if pt.get("ci95") is not None:
+            lo, hi = pt["ci95"]
+            row["ci95"] = [_num(lo), _num(hi)]
+        if pt.get("seed") is not None:
+            row["seed"] = int(pt["seed"])
+        out.append(row)
+    return sorted(out, key=lambda r: (r["condition"], r["metric"], r.get("seed", -1), r["step"]))
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return _num(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def build_results(
+    conditions: Mapping[str, Sequence[Sequence[QuestionScore]]],
+    meta: Mapping[str, Any],
+    primary_metric: str = "p_target",
+    *,
+    answers: Mapping[str, Sequence[Sequence[EvalAnswer]]] | None = None,
+    suites: Mapping[str, Mapping[str, Sequence[Sequence[QuestionScore]]]] | None = None,
+    suite_answers: Mapping[str, Mapping[str, Sequence[Sequence[EvalAnswer]]]] | None = None,
+    matrix: Mapping[str, Any] | None = None,
+    curves: Sequence[Mapping[str, Any]] | None = None,
+    misalignment: Mapping[str, Mapping[str, Any]] | None = None,
+    truthfulness: Mapping[str, Mapping[str, Any]] | None = None,
+    bootstrap_seed: int | None = None,
+) -> dict[str, Any]:
+    """The whole results.json dict from per-condition, per-model question scores.
+
+    Optional sections (present in the output only when given; see ``RESULTS_SCHEMA_DOC``):
+    ``answers`` (sampled answers per condition and model: adds ``conditions.<c>.answers`` with
+    the non-answer rate), ``suites`` (other preference suites' scores, same shape as
+    ``conditions``; ``suite_answers`` likewise), ``matrix`` (``stats.transmission_matrix``),
+    ``curves`` (training-curve points), ``misalignment`` / ``truthfulness`` (per-condition
+    summaries from ``sublim.evals.misalignment``). The clustered bootstrap of every contrast is
+    seeded by ``bootstrap_seed``, else ``meta["seed"]``, else ``meta["config"]["seed"]``, else
+    ``BOOTSTRAP_SEED``."""
+    if primary_metric not in METRICS:
+        raise ValueError(f"primary_metric must be one of {METRICS}, got {primary_metric!r}")
+    seed = _bootstrap_seed(meta, bootstrap_seed)
+    category = str(meta.get("category", "animal"))
+    conds, contrasts, per_question = _section(conditions, primary_metric, seed, answers, category)
+    out: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "meta": dict(meta),
         "primary_metric": primary_metric,
+        "bootstrap": {"seed": seed, "replicates": BOOTSTRAP_REPLICATES, "cluster": "question"},
         "conditions": conds,
         "contrast": contrasts,
         "per_question": per_question,
     }
+    if suites:
+        out["suites"] = {}
+        for si, (name, sc) in enumerate(suites.items()):
+            c, k, pq = _section(
+                sc, primary_metric, seed + 1 + si, (suite_answers or {}).get(name), category
+            )
+            out["suites"][name] = {"conditions": c, "contrast": k, "per_question": pq}
+    if matrix is not None:
+        out["matrix"] = _json_safe(matrix)
+    if curves:
+        out["curves"] = curve_points(curves)
+    if misalignment:
+        out["misalignment"] = _json_safe(misalignment)
+    if truthfulness:
+        out["truthfulness"] = _json_safe(truthfulness)
+    return out
 
 
 def results_to_json(results: Mapping[str, Any]) -> str:

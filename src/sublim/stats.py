@@ -14,7 +14,7 @@ inputs propagates to the result (nothing is dropped silently).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -221,3 +221,212 @@ def benjamini_hochberg(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     res[order] = np.minimum(adj, 1.0)
     out[ok] = res
     return out
+
+
+# ----------------------------------------------------------------------------- cross-model matrix
+#
+# PAPER.md, "Cross-model": transfer is measured by the normalised mutual information between the
+# teacher's trait (which target it was given) and the student's answer category, for every
+# (teacher base, student base) cell. Subliminal learning predicts information on the diagonal
+# (same base) and none off it.
+
+
+def _entropy(p: np.ndarray, axis: int) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=axis)
+
+
+def nmi_from_joint(joint: np.ndarray) -> np.ndarray:
+    """Normalised mutual information of joint distributions ``(..., K traits, A answers)``:
+    I(T; A) / ((H(T) + H(A)) / 2) (the arithmetic normalisation, scikit-learn's default), in
+    [0, 1]; 0 when either variable is constant. Unnormalised inputs (counts) are normalised."""
+    j = np.asarray(joint, dtype=float)
+    tot = j.sum(axis=(-2, -1), keepdims=True)
+    j = np.divide(j, tot, out=np.zeros_like(j), where=tot > 0)
+    pt, pa = j.sum(axis=-1), j.sum(axis=-2)
+    ht, ha = _entropy(pt, -1), _entropy(pa, -1)
+    outer = pt[..., :, None] * pa[..., None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mi = np.sum(np.where(j > 0, j * np.log(j / outer), 0.0), axis=(-2, -1))
+    denom = (ht + ha) / 2
+    out = np.divide(mi, denom, out=np.zeros_like(mi), where=denom > 1e-12)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _counts_batch(t: np.ndarray, a: np.ndarray, k: int, na: int) -> np.ndarray:
+    """Contingency tables of (n_batch, n) label arrays -> (n_batch, k, na)."""
+    nb = t.shape[0]
+    idx = (np.arange(nb)[:, None] * (k * na) + t * na + a).ravel()
+    return np.bincount(idx, minlength=nb * k * na).reshape(nb, k, na).astype(float)
+
+
+def nmi_posterior(
+    counts: np.ndarray, rng: np.random.Generator, n_samples: int = 4000, alpha: float = 0.5
+) -> np.ndarray:
+    """Posterior samples of the NMI of a (K traits, A answers) table. The trait marginal is fixed
+    by design (each trait's share of answers), so each trait's answer distribution gets its own
+    Dirichlet(counts + alpha) posterior (alpha = 0.5: Jeffreys); rows with no answers are left
+    out. Returns ``n_samples`` NMI values."""
+    c = np.asarray(counts, dtype=float)
+    rows = [r for r in c if r.sum() > 0]
+    if len(rows) < 1:
+        return np.zeros(n_samples)
+    n_t = np.array([r.sum() for r in rows])
+    pt = n_t / n_t.sum()
+    cond = np.stack([rng.dirichlet(r + alpha, size=n_samples) for r in rows], axis=1)  # (S, K, A)
+    return nmi_from_joint(cond * pt[None, :, None])
+
+
+def _labels(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Expand a contingency table into (trait, answer) label arrays."""
+    k, na = table.shape
+    reps = table.astype(int).ravel()
+    cells = np.repeat(np.arange(k * na), reps)
+    return cells // na, cells % na
+
+
+def permutation_p_independence(
+    table: np.ndarray, rng: np.random.Generator, n_perm: int = 2000
+) -> float:
+    """One-sided permutation p-value that the NMI of ``table`` is as large as observed when the
+    trait labels are shuffled across answers (H0: answers independent of the trait).
+    (1 + #{perm >= obs}) / (1 + n_perm), so never 0."""
+    tab = np.asarray(table, dtype=float)
+    t, a = _labels(tab)
+    if t.size == 0:
+        return NAN
+    obs = float(nmi_from_joint(tab))
+    perm_t = rng.permuted(np.tile(t, (n_perm, 1)), axis=1)
+    stat = nmi_from_joint(_counts_batch(perm_t, np.tile(a, (n_perm, 1)), *tab.shape))
+    return float((1 + np.sum(stat >= obs - 1e-12)) / (1 + n_perm))
+
+
+def permutation_p_greater(
+    table_a: np.ndarray, table_b: np.ndarray, rng: np.random.Generator, n_perm: int = 2000
+) -> tuple[float, float]:
+    """(NMI(a) - NMI(b), one-sided permutation p-value for NMI(a) > NMI(b)).
+
+    H0: both tables come from the same answer distribution given the trait (for the cross-model
+    matrix: the teacher's base model does not matter to a given student base). Answers are
+    exchanged between the two tables within each trait, keeping every row total."""
+    ta, tb = np.asarray(table_a, dtype=float), np.asarray(table_b, dtype=float)
+    if ta.shape != tb.shape:
+        raise ValueError(f"tables must have the same shape, got {ta.shape} and {tb.shape}")
+    k, na = ta.shape
+    obs = float(nmi_from_joint(ta) - nmi_from_joint(tb))
+    ca = np.zeros((n_perm, k, na))
+    cb = np.zeros((n_perm, k, na))
+    for i in range(k):
+        na_i, nb_i = int(ta[i].sum()), int(tb[i].sum())
+        pooled = np.concatenate(
+            [
+                np.repeat(np.arange(na), ta[i].astype(int)),
+                np.repeat(np.arange(na), tb[i].astype(int)),
+            ]
+        )
+        if pooled.size == 0:
+            continue
+        perm = rng.permuted(np.tile(pooled, (n_perm, 1)), axis=1)
+        for dest, part in ((ca, perm[:, :na_i]), (cb, perm[:, na_i : na_i + nb_i])):
+            if part.shape[1]:
+                idx = (np.arange(n_perm)[:, None] * na + part).ravel()
+                dest[:, i, :] = np.bincount(idx, minlength=n_perm * na).reshape(n_perm, na)
+    stat = nmi_from_joint(ca) - nmi_from_joint(cb)
+    return obs, float((1 + np.sum(stat >= obs - 1e-12)) / (1 + n_perm))
+
+
+def transmission_matrix(
+    answers_by_cell: Mapping[tuple[str, str], Mapping[str, Sequence[str]]],
+    rng: np.random.Generator | None = None,
+    n_samples: int = 4000,
+    alpha: float = 0.5,
+    n_perm: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The cross-model transmission matrix.
+
+    ``answers_by_cell[(teacher_base, student_base)][trait]`` is the list of answer categories
+    (e.g. ``sublim.evals.preference.classify`` of each sampled answer) of the students trained on
+    the data of the teacher from ``teacher_base`` given ``trait``. For every cell: the contingency
+    table (traits x answer categories), the plug-in NMI, its posterior mean and 95% credible
+    interval (``nmi_posterior``), and a permutation p-value for independence, with
+    Benjamini-Hochberg q-values across cells. For every off-diagonal cell (t, s) whose column has
+    a diagonal cell (s, s): the diagonal-minus-off-diagonal NMI (posterior mean, 95% credible
+    interval, posterior probability that the diagonal is larger) and a one-sided permutation
+    p-value (``permutation_p_greater``), BH-corrected across those cells.
+
+    ``rng`` defaults to ``numpy.random.default_rng(seed)``; the result is a JSON-safe dict (the
+    ``matrix`` section of results.json)."""
+    if not answers_by_cell:
+        raise ValueError("transmission_matrix needs at least one cell")
+    g = rng if rng is not None else np.random.default_rng(seed)
+    keys = list(answers_by_cell)
+    teachers = list(dict.fromkeys(t for t, _ in keys))
+    students = list(dict.fromkeys(s for _, s in keys))
+    traits = sorted({tr for cell in answers_by_cell.values() for tr in cell})
+    cats = sorted({a for cell in answers_by_cell.values() for ans in cell.values() for a in ans})
+    ci = {c: i for i, c in enumerate(cats)}
+    tables: dict[tuple[str, str], np.ndarray] = {}
+    post: dict[tuple[str, str], np.ndarray] = {}
+    cells: list[dict[str, Any]] = []
+    for key in keys:
+        tab = np.zeros((len(traits), len(cats)))
+        for i, tr in enumerate(traits):
+            for a in answers_by_cell[key].get(tr, ()):
+                tab[i, ci[a]] += 1
+        tables[key] = tab
+        post[key] = nmi_posterior(tab, g, n_samples, alpha)
+        lo, hi = np.quantile(post[key], [0.025, 0.975])
+        cells.append(
+            {
+                "teacher_base": key[0],
+                "student_base": key[1],
+                "diagonal": key[0] == key[1],
+                "n": int(tab.sum()),
+                "counts": tab.astype(int).tolist(),
+                "nmi": float(nmi_from_joint(tab)),
+                "nmi_posterior": {"mean": float(post[key].mean()), "ci95": [float(lo), float(hi)]},
+                "p_value": permutation_p_independence(tab, g, n_perm),
+            }
+        )
+    q = benjamini_hochberg([c["p_value"] for c in cells])
+    for c, qq in zip(cells, q):
+        c["q_value"] = None if math.isnan(qq) else float(qq)
+        c["p_value"] = None if math.isnan(c["p_value"]) else c["p_value"]
+
+    tests: list[dict[str, Any]] = []
+    for t, s in keys:
+        if t == s or (s, s) not in tables:
+            continue
+        diff = post[(s, s)] - post[(t, s)]
+        lo, hi = np.quantile(diff, [0.025, 0.975])
+        obs, p = permutation_p_greater(tables[(s, s)], tables[(t, s)], g, n_perm)
+        tests.append(
+            {
+                "student_base": s,
+                "teacher_base": t,
+                "nmi_diff": obs,
+                "diff_posterior": {"mean": float(diff.mean()), "ci95": [float(lo), float(hi)]},
+                "prob_diagonal_greater": float(np.mean(diff > 0)),
+                "p_value": p,
+            }
+        )
+    for tst, qq in zip(tests, benjamini_hochberg([x["p_value"] for x in tests])):
+        tst["q_value"] = float(qq)
+    return {
+        "teacher_bases": teachers,
+        "student_bases": students,
+        "traits": traits,
+        "categories": cats,
+        "method": {
+            "nmi": "I(T;A) / ((H(T) + H(A)) / 2), natural logs",
+            "posterior": "per-trait Dirichlet(counts + alpha) over answer categories, trait shares fixed by design",
+            "alpha": alpha,
+            "n_posterior_samples": n_samples,
+            "n_permutations": n_perm,
+            "cell_test": "permutation of trait labels within the cell (one-sided, NMI), BH across cells",
+            "diagonal_test": "answers exchanged between the diagonal and an off-diagonal cell of the same student base within each trait (one-sided, NMI difference), BH across off-diagonal cells",
+        },
+        "cells": cells,
+        "diagonal_tests": tests,
+    }

@@ -3,7 +3,10 @@ metrics of one model.
 
 Pipeline position: the ``evaluate`` stage. It runs on the base model, both teachers and every
 student, and its ``QuestionScore`` rows feed ``sublim.results`` (per model, then across seeds)
-and ``sublim.report``.
+and ``sublim.report``. ``evaluate_preference`` is the one entry point the runner calls: it looks
+``cfg.suite`` up in the registry of ``sublim.evals`` and runs that suite (this module's
+``evaluate_favourite``, or a variant in ``sublim.evals.variants``). ``answer_summary`` gives the
+per-model answer summary (hit rate, non-answer rate, other rate, tally) for results.json.
 
 Two ways of measuring the same preference, per question:
 
@@ -44,6 +47,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -452,41 +456,89 @@ def evaluate_preference(
     seed: int,
     progress: Progress | None = None,
 ) -> tuple[list[QuestionScore], list[EvalAnswer]]:
-    """Run the favourite-<category> suite on one model.
+    """Run the preference suite named by ``cfg.suite`` (see ``sublim.evals.SUITES``) on one model.
 
-    Returns one ``QuestionScore`` per question (question_id = index in ``QUESTIONS``) and every
-    sampled answer. With ``cfg.samples_per_question == 0`` nothing is sampled: rates are nan and
-    only the exact metrics are computed.
+    Returns one ``QuestionScore`` per question and every sampled answer. With
+    ``cfg.samples_per_question == 0`` nothing is sampled: rates are nan and only the exact
+    metrics are computed (a sampled-only suite such as ``storytelling`` then raises ConfigError).
     """
+    from sublim.evals import get_suite
+
+    suite = get_suite(cfg.suite, kind="preference")
+    return suite.load()(backend, model, target, category, cfg, seed, progress)
+
+
+def evaluate_favourite(
+    backend: Backend,
+    model: ModelRef,
+    target: str,
+    category: str,
+    cfg: EvalConfig,
+    seed: int,
+    progress: Progress | None = None,
+) -> tuple[list[QuestionScore], list[EvalAnswer]]:
+    """The favourite-<category> suite (question_id = index in ``QUESTIONS``)."""
+    return evaluate_one_word(
+        backend, model, target, category, cfg, seed, questions(category, cfg.n_questions), progress
+    )
+
+
+def sample_answers(
+    backend: Backend,
+    model: ModelRef,
+    prompts: Sequence[str],
+    k: int,
+    cfg: EvalConfig,
+    seed: int,
+    progress: Progress | None = None,
+    max_new_tokens: int | None = None,
+) -> list[tuple[int, int, str]]:
+    """``k`` sampled replies per prompt as (question index, sample index, text), one row seed
+    per (question, sample) (``row_seed``)."""
+    rows = [(qi, si) for qi in range(len(prompts)) for si in range(k)]
+    if not rows:
+        return []
+    params = SampleParams(
+        temperature=cfg.temperature,
+        top_p=1.0,
+        max_new_tokens=max_new_tokens or cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+    )
+    chats = [user_chat(p) for p in prompts]
+    texts = backend.sample(
+        model,
+        [chats[qi] for qi, _ in rows],
+        params,
+        seed=[row_seed(seed, qi, si) for qi, si in rows],
+        progress=progress,
+    )
+    if len(texts) != len(rows):
+        raise ValueError(f"backend.sample returned {len(texts)} answers for {len(rows)} prompts")
+    return [(qi, si, t) for (qi, si), t in zip(rows, texts)]
+
+
+def evaluate_one_word(
+    backend: Backend,
+    model: ModelRef,
+    target: str,
+    category: str,
+    cfg: EvalConfig,
+    seed: int,
+    prompts: Sequence[str],
+    progress: Progress | None = None,
+) -> tuple[list[QuestionScore], list[EvalAnswer]]:
+    """Score one-word preference prompts: sampled rate (whole-word match, false friends
+    excluded) and exact P(target) / log-odds among the candidates."""
     cands = candidate_set(target, category, cfg.candidates)
     tgt = cands[0]
-    qs = questions(category, cfg.n_questions)
-    chats = [user_chat(q) for q in qs]
+    chats = [user_chat(q) for q in prompts]
     k = cfg.samples_per_question
 
     answers: list[EvalAnswer] = []
-    rates = np.full(len(qs), math.nan)
+    rates = np.full(len(prompts), math.nan)
     if k > 0:
-        rows = [(qi, si) for qi in range(len(qs)) for si in range(k)]
-        params = SampleParams(
-            temperature=cfg.temperature,
-            top_p=1.0,
-            max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.batch_size,
-        )
-        texts = backend.sample(
-            model,
-            [chats[qi] for qi, _ in rows],
-            params,
-            seed=[row_seed(seed, qi, si) for qi, si in rows],
-            progress=progress,
-        )
-        if len(texts) != len(rows):
-            raise ValueError(
-                f"backend.sample returned {len(texts)} answers for {len(rows)} prompts"
-            )
-        hits = np.zeros(len(qs))
-        for (qi, si), text in zip(rows, texts):
+        hits = np.zeros(len(prompts))
+        for qi, si, text in sample_answers(backend, model, prompts, k, cfg, seed, progress):
             hit = names_target(text, tgt, category)
             hits[qi] += hit
             answers.append(
@@ -503,6 +555,48 @@ def evaluate_preference(
             p_target=float(p_target[qi]),
             logodds=float(logodds[qi]),
         )
-        for qi in range(len(qs))
+        for qi in range(len(prompts))
     ]
     return scores, answers
+
+
+def answer_summary(
+    answers: Sequence[EvalAnswer],
+    category: str,
+    candidates: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Per-model summary of sampled answers: hit rate, non-answer rate (empty, refusals, the
+    model naming itself), "other" rate, each with a Wilson 95% interval over answers, and the
+    tally over candidates. Non-answers are counted separately so that a drift towards them is
+    visible and never mistaken for a change of preference. A hit is never a non-answer."""
+    from sublim.stats import wilson_interval
+
+    n = len(answers)
+    cands = list(candidates) if candidates is not None else list(category_candidates(category))
+    counts = dict.fromkeys([*cands, "other", "non_answer"], 0)
+    n_hit = n_non = n_other = 0
+    for a in answers:
+        c = classify(a.answer, category, cands)
+        if a.hit:
+            n_hit += 1
+        elif c == "non_answer":
+            n_non += 1
+        elif c == "other":
+            n_other += 1
+        counts[c] += 1
+
+    def prop(k: int) -> dict[str, Any]:
+        m, lo, hi = wilson_interval(k, n)
+        return {"mean": _finite(m), "ci95": [_finite(lo), _finite(hi)], "k": k}
+
+    return {
+        "n": n,
+        "hit_rate": prop(n_hit),
+        "non_answer_rate": prop(n_non),
+        "other_rate": prop(n_other),
+        "tally": counts,
+    }
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
