@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all typecheck lint bench clean
+.PHONY: setup browser demo test test-all typecheck lint bench clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,12 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/sublim demo
 
-test: setup
+# Headless Chromium for the report-rendering test (Debian package; skipped when not root).
+CHROMIUM := /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the report-rendering tests will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-all: setup
