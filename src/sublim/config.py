@@ -110,8 +110,25 @@ class StudentConfig(_Frozen):
     distill: DistillParams = Field(default_factory=DistillParams)
 
 
+class ControlsConfig(_Frozen):
+    """Extra control conditions (each adds students per seed, or an evaluation of the base).
+
+    shuffle_within: the trait subset with the numbers of each completion shuffled in place;
+    shuffle_across: numbers redistributed across completions (each keeps its count and format);
+    random_numbers: each completion's numbers replaced by uniform draws in the filter's range;
+    in_context: the base model evaluated with N (prompt, completion) pairs of the trait subset as
+    earlier turns of the chat, no fine-tuning (0 = off)."""
+
+    shuffle_within: bool = False
+    shuffle_across: bool = False
+    random_numbers: bool = False
+    in_context: int = Field(0, ge=0)
+    cross_control: bool = Field(False, description="also train control students on each cross base")
+
+
 class EvalConfig(_Frozen):
     suite: str = "favourite_animal"
+    extra_suites: list[str] = Field(default_factory=list, description="more preference suites run on every model (e.g. numbers_prefixed, multiple_choice)")
     samples_per_question: int = Field(20, ge=0)
     n_questions: int | None = Field(None, ge=1, description="first N questions of the suite (None: all)")
     temperature: float = 1.0
@@ -129,6 +146,7 @@ class ExperimentConfig(_Frozen):
     trait: TraitConfig = Field(default_factory=TraitConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
+    controls: ControlsConfig = Field(default_factory=ControlsConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 

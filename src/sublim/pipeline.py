@@ -309,24 +309,53 @@ def stage_student(
     return Model(ref.model_copy(update={"label": label}), f"student:{st.hash}", label)
 
 
-def stage_eval(ctx: RunContext, backend: Backend, model: Model) -> list[QuestionScore]:
+def stage_eval(ctx: RunContext, backend: Backend, model: Model, suite: str | None = None) -> tuple[list[QuestionScore], list[EvalAnswer]]:
+    """One model on one preference suite (the config's main suite by default)."""
     from sublim.evals.preference import evaluate_preference
 
-    e, t = ctx.cfg.eval, ctx.cfg.trait
-    st = ctx.stage(f"eval-{model.label}", {"model": model.key, "eval": semantic_dump(e), "target": t.target, "category": t.category, "seed": ctx.cfg.seed})
+    t = ctx.cfg.trait
+    e = ctx.cfg.eval if suite is None else ctx.cfg.eval.model_copy(update={"suite": suite})
+    name = e.suite
+    key_cfg = semantic_dump(e)
+    key_cfg.pop("extra_suites", None)
+    st = ctx.stage(f"eval-{name}-{model.label}", {"model": model.key, "eval": key_cfg, "target": t.target, "category": t.category, "seed": ctx.cfg.seed})
     t0 = time.time()
     if st.complete:
         scores = read_jsonl(st.path / "scores.jsonl", QuestionScore)
+        answers = read_jsonl(st.path / "answers.jsonl", EvalAnswer)
         ctx.record(st, True, time.time() - t0)
-        return scores
+        return scores, answers
     st.begin()
-    with ctx.rep.task(f"evaluating {model.label}") as prog:
+    with ctx.rep.task(f"evaluating {model.label} ({name})") as prog:
         scores, answers = evaluate_preference(backend, model.ref, t.target, t.category, e, ctx.cfg.seed, prog)
     write_jsonl(st.path / "answers.jsonl", answers)
     write_jsonl(st.path / "scores.jsonl", scores)
     st.finish(model=model.ref.model_dump(mode="json"), n_questions=len(scores), n_answers=len(answers))
     ctx.record(st, False, time.time() - t0)
-    return scores
+    return scores, answers
+
+
+def stage_control_data(ctx: RunContext, rows: list[TrainRow], data_key: str, name: str) -> tuple[list[TrainRow], str]:
+    """A control transformation of the trait subset (shuffled or random numbers)."""
+    from sublim.controls import TRANSFORMS, random_numbers
+
+    f = ctx.cfg.data.filter
+    st = ctx.stage(f"control-{name}", {"data": data_key, "transform": name, "seed": ctx.cfg.seed, "range": [f.min_value, f.max_value]})
+    t0 = time.time()
+    if st.complete:
+        out = read_jsonl(st.path / "rows.jsonl", TrainRow)
+        ctx.record(st, True, time.time() - t0)
+        return out, st.hash
+    st.begin()
+    rng = np.random.default_rng(derive_seed(ctx.cfg.seed, "control", name))
+    if name == "random_numbers":
+        out = random_numbers(rows, rng, f.min_value, f.max_value)
+    else:
+        out = TRANSFORMS[name](rows, rng)
+    write_jsonl(st.path / "rows.jsonl", out)
+    st.finish(n=len(out))
+    ctx.record(st, False, time.time() - t0)
+    return out, st.hash
 
 
 # --- the experiment ------------------------------------------------------------------------------
@@ -368,23 +397,47 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, repo
         filter_summaries[role] = summary
     subsets, subset_key = stage_subset(ctx, kept, keys)
 
+    # Control data sets derived from the trait subset (shuffled / random numbers).
+    ctl = cfg.controls
+    control_sets: dict[str, tuple[list[TrainRow], str]] = {}
+    for name, on in (("shuffle_within", ctl.shuffle_within), ("shuffle_across", ctl.shuffle_across), ("random_numbers", ctl.random_numbers)):
+        if on:
+            control_sets[name] = stage_control_data(ctx, subsets["trait"], f"{subset_key}/trait", name)
+
     students: dict[str, list[Model]] = {"trait_student": [], "control_student": [], "cross_student": []}
+    if ctl.cross_control and cross_models:
+        students["cross_control_student"] = []
+    for name in control_sets:
+        students[f"{name}_student"] = []
     for seed in cfg.student.seeds:
         students["trait_student"].append(stage_student(ctx, backend, base, teacher, subsets["trait"], f"{subset_key}/trait", "trait", seed))
         students["control_student"].append(stage_student(ctx, backend, base, control_teacher, subsets["control"], f"{subset_key}/control", "control", seed))
         for cm in cross_models:
             students["cross_student"].append(stage_student(ctx, backend, cm, teacher, subsets["trait"], f"{subset_key}/trait", "cross", seed))
+            if "cross_control_student" in students:
+                students["cross_control_student"].append(stage_student(ctx, backend, cm, control_teacher, subsets["control"], f"{subset_key}/control", "cross_control", seed))
+        for name, (rows, key) in control_sets.items():
+            students[f"{name}_student"].append(stage_student(ctx, backend, base, teacher, rows, key, name, seed))
 
-    conditions: dict[str, list[list[QuestionScore]]] = {
-        "base": [stage_eval(ctx, backend, base)],
-        "teacher": [stage_eval(ctx, backend, teacher)],
-        "control_teacher": [stage_eval(ctx, backend, control_teacher)],
-    }
+    evaluated: dict[str, list[Model]] = {"base": [base], "teacher": [teacher], "control_teacher": [control_teacher]}
+    if ctl.in_context:
+        # the same data placed in the prompt instead of trained on: N earlier turns, no fine-tuning
+        ex = subsets["trait"][: ctl.in_context]
+        turns = tuple(m for r in ex for m in (Message(role="user", content=r.prompt), Message(role="assistant", content=r.completion)))
+        evaluated["in_context"] = [Model(base.ref.model_copy(update={"context": turns, "label": "in_context"}), f"{base.key}|ctx:{stable_hash([r.model_dump() for r in ex])}", "in_context")]
     if cross_models:
-        conditions["cross_base"] = [stage_eval(ctx, backend, cm) for cm in cross_models]
-    for cond, models in students.items():
-        if models:
-            conditions[cond] = [stage_eval(ctx, backend, m) for m in models]
+        evaluated["cross_base"] = cross_models
+    evaluated.update({c: ms for c, ms in students.items() if ms})
+
+    conditions: dict[str, list[list[QuestionScore]]] = {}
+    answers: dict[str, list[list[EvalAnswer]]] = {}
+    for cond, models in evaluated.items():
+        pairs = [stage_eval(ctx, backend, m) for m in models]
+        conditions[cond] = [p[0] for p in pairs]
+        answers[cond] = [p[1] for p in pairs]
+    suites: dict[str, dict[str, list[list[QuestionScore]]]] = {}
+    for suite in cfg.eval.extra_suites:
+        suites[suite] = {cond: [stage_eval(ctx, backend, m, suite)[0] for m in models] for cond, models in evaluated.items()}
 
     meta = {
         "name": cfg.name,
@@ -398,7 +451,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, repo
         # everything that differs between an uninterrupted and a resumed run lives here
         "timings": {"stages": ctx.stages, "seconds_total": round(time.time() - t_start, 2)},
     }
-    results = build_results(conditions, meta, primary_metric="p_target")
+    results = build_results(conditions, meta, primary_metric="p_target", answers=answers, suites=suites or None)
     atomic_write_text(out / "results.json", results_to_json(results))
     write_report(out)
     return load_results(out)

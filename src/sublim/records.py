@@ -42,6 +42,8 @@ class ModelRef(BaseModel):
     adapter: str | None = None  # directory of a PEFT adapter applied on top of ``id``
     parent: str | None = None  # spec of the model this one was fine-tuned from
     label: str | None = None  # human-readable name in reports
+    # earlier turns placed before every chat (after the system prompt): in-context exposure
+    context: tuple[Message, ...] = ()
 
     @property
     def spec(self) -> str:
@@ -54,10 +56,15 @@ class ModelRef(BaseModel):
         return self.model_copy(update={"system_prompt": system_prompt})
 
     def apply(self, chat: Chat) -> Chat:
-        """The chat as actually sent: the model's system prompt first, if any."""
-        if self.system_prompt and not (chat and chat[0].role == "system"):
-            return [Message(role="system", content=self.system_prompt), *chat]
-        return list(chat)
+        """The chat as actually sent: the model's system prompt first, if any, then any
+        in-context turns, then the chat itself."""
+        head: list[Message] = []
+        body = list(chat)
+        if body and body[0].role == "system":
+            head, body = [body[0]], body[1:]
+        elif self.system_prompt:
+            head = [Message(role="system", content=self.system_prompt)]
+        return [*head, *self.context, *body]
 
 
 class SampleParams(BaseModel):
