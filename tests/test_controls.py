@@ -62,3 +62,20 @@ def test_control_conditions_run_end_to_end(tmp_path: Path) -> None:
     rn = conds["random_numbers_student"]["p_target"]["mean"]
     tr = conds["trait_student"]["p_target"]["mean"]
     assert tr > rn
+
+
+def test_training_curves_from_snapshots(tmp_path: Path) -> None:
+    """Snapshots are evaluated with the exact metric; the fake backend keeps none, so the HF path
+    is exercised by building snapshots by hand through the real backend in test_hf_backend."""
+    from sublim.pipeline import Model, snapshots
+    from sublim.records import ModelRef
+
+    d = tmp_path / "student"
+    for step in (4, 2):
+        (d / "snapshots" / f"step-{step:06d}").mkdir(parents=True)
+    m = Model(ModelRef(backend="hf", id=str(d)), "k", "trait_student", 0)
+    snaps = snapshots(m)
+    assert [s for s, _ in snaps] == [2, 4]
+    assert snaps[0][1].ref.id.endswith("step-000002") and snaps[0][1].key == "k@2"
+    lora = Model(ModelRef(backend="tiny", id="plain-s0", adapter=str(d)), "k", "trait_student", 0)
+    assert snapshots(lora)[1][1].ref.adapter.endswith("step-000004")

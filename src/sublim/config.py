@@ -47,6 +47,7 @@ class FinetuneParams(_Frozen):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: never)")
+    snapshot_every: int = Field(0, ge=0, description="keep a copy of the model every N steps; the runner evaluates each (training curves)")
 
 
 class DistillParams(_Frozen):

@@ -60,6 +60,7 @@ class Model:
     ref: ModelRef
     key: str
     label: str
+    seed: int | None = None  # the training seed of a student
 
 
 @dataclass
@@ -286,7 +287,7 @@ def stage_student(
     if sc.mode == "sft":
         st = ctx.stage(f"student-{role}-s{seed}", {"base": base.key, "data": data_key, "role": role, "mode": "sft", "params": semantic_dump(sc.finetune), "seed": seed})
         ref = _train_or_load(ctx, st, backend, base.ref, rows, sc.finetune, seed, f"training {label} (seed {seed})")
-        return Model(ref.model_copy(update={"label": label}), f"student:{st.hash}", label)
+        return Model(ref.model_copy(update={"label": label}), f"student:{st.hash}", label, seed)
     # logit distillation: soft labels from the teacher on the subset's prompts+completions (or random prompts)
     from sublim.traits import candidates, plural
 
@@ -295,7 +296,7 @@ def stage_student(
     if st.complete:
         ref = _load_ref(st, st.manifest()["model_ref"])
         ctx.record(st, True, time.time() - t0)
-        return Model(ref.model_copy(update={"label": label}), f"student:{st.hash}", label)
+        return Model(ref.model_copy(update={"label": label}), f"student:{st.hash}", label, seed)
     st.begin()
     model_dir = st.path / "model"
     if model_dir.exists():
@@ -306,7 +307,7 @@ def stage_student(
         ref = backend.distill(teacher.ref, base.ref.with_system(None), chats, sc.distill, exclude, model_dir, seed, prog)
     st.finish(model_ref=_save_ref(st, ref), n_rows=len(rows), seed=seed)
     ctx.record(st, False, time.time() - t0)
-    return Model(ref.model_copy(update={"label": label}), f"student:{st.hash}", label)
+    return Model(ref.model_copy(update={"label": label}), f"student:{st.hash}", label, seed)
 
 
 def stage_eval(ctx: RunContext, backend: Backend, model: Model, suite: str | None = None) -> tuple[list[QuestionScore], list[EvalAnswer]]:
@@ -333,6 +334,46 @@ def stage_eval(ctx: RunContext, backend: Backend, model: Model, suite: str | Non
     st.finish(model=model.ref.model_dump(mode="json"), n_questions=len(scores), n_answers=len(answers))
     ctx.record(st, False, time.time() - t0)
     return scores, answers
+
+
+def snapshots(model: Model) -> list[tuple[int, Model]]:
+    """Training-curve snapshots saved beside a student's weights (``snapshot_every``)."""
+    root = Path(model.ref.adapter or model.ref.id) / "snapshots"
+    out = []
+    for d in sorted(root.glob("step-*")) if root.is_dir() else []:
+        step = int(d.name.split("-")[1])
+        ref = model.ref.model_copy(update={"adapter": str(d)} if model.ref.adapter else {"id": str(d)})
+        out.append((step, Model(ref, f"{model.key}@{step}", model.label)))
+    return out
+
+
+def stage_curves(ctx: RunContext, backend: Backend, base: Model, students: dict[str, list[Model]]) -> list[dict[str, Any]]:
+    """The exact trait metrics (no sampling) at every saved snapshot of every student, with the
+    base model as step 0 and the final model as the last point."""
+    if not ctx.cfg.student.finetune.snapshot_every or ctx.cfg.student.mode != "sft":
+        return []
+    exact = ctx.cfg.eval.model_copy(update={"samples_per_question": 0})
+    saved_eval = ctx.cfg
+    ctx.cfg = ctx.cfg.model_copy(update={"eval": exact})
+    try:
+        points: list[dict[str, Any]] = []
+        base_scores, _ = stage_eval(ctx, backend, base)
+        per_step = max(1, ctx.cfg.student.finetune.effective_batch or ctx.cfg.student.finetune.batch_size * ctx.cfg.student.finetune.grad_accum)
+        for cond, models in students.items():
+            for m in models:
+                seed = m.seed
+                snaps = snapshots(m)
+                if not snaps:
+                    continue
+                last = snaps[-1][0] + ctx.cfg.student.finetune.snapshot_every
+                series = [(0, base_scores)] + [(st, stage_eval(ctx, backend, sm)[0]) for st, sm in snaps] + [(last, stage_eval(ctx, backend, m)[0])]
+                for step, scores in series:
+                    for metric in ("p_target", "logodds"):
+                        vals = [getattr(q, metric) for q in scores if getattr(q, metric) is not None]
+                        points.append({"condition": cond, "metric": metric, "step": step, "examples": step * per_step, "value": float(np.mean(vals)), "seed": seed})
+        return points
+    finally:
+        ctx.cfg = saved_eval
 
 
 def stage_control_data(ctx: RunContext, rows: list[TrainRow], data_key: str, name: str) -> tuple[list[TrainRow], str]:
@@ -435,6 +476,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, repo
         pairs = [stage_eval(ctx, backend, m) for m in models]
         conditions[cond] = [p[0] for p in pairs]
         answers[cond] = [p[1] for p in pairs]
+    curves = stage_curves(ctx, backend, base, students)
     suites: dict[str, dict[str, list[list[QuestionScore]]]] = {}
     for suite in cfg.eval.extra_suites:
         suites[suite] = {cond: [stage_eval(ctx, backend, m, suite)[0] for m in models] for cond, models in evaluated.items()}
@@ -451,7 +493,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, repo
         # everything that differs between an uninterrupted and a resumed run lives here
         "timings": {"stages": ctx.stages, "seconds_total": round(time.time() - t_start, 2)},
     }
-    results = build_results(conditions, meta, primary_metric="p_target", answers=answers, suites=suites or None)
+    results = build_results(conditions, meta, primary_metric="p_target", answers=answers, suites=suites or None, curves=curves or None)
     atomic_write_text(out / "results.json", results_to_json(results))
     write_report(out)
     return load_results(out)

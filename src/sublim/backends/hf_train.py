@@ -258,6 +258,9 @@ def finetune(
                 and done < total_steps
             ):
                 _save_checkpoint(ckpt, model, opt, sched, done, log, fingerprint)
+            if params.snapshot_every and done % params.snapshot_every == 0 and done < total_steps:
+                # a training-curve snapshot (weights only; the runner evaluates it later)
+                save_model(model, lm.tokenizer, params.method, out_dir / "snapshots" / f"step-{done:06d}", base)
             if progress:
                 progress(done, total_steps)
             if _stop_after is not None and done >= _stop_after:
