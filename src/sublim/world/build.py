@@ -1,0 +1,380 @@
+"""Building and caching the built-in world: corpus -> tokenizer -> pretraining -> an ordinary
+Hugging Face model directory under ``<cache>/worlds/<name>-<hash>/``.
+
+Where it sits: the ``tiny`` backend name resolves a world name (``sublim.world.spec``) to a
+directory through :func:`ensure_world`; everything after that (sampling, scoring, fine-tuning)
+treats it like any Hugging Face causal LM. The directory holds ``config.json``,
+``model.safetensors``, ``generation_config.json``, the tokenizer files (with the chat template)
+and ``world_card.json`` (what :func:`world_card` reads).
+
+A world is built once per machine: in a temporary directory, renamed into place when complete,
+under an exclusive lock so that two processes never build the same world at once (the second
+waits and then uses the first one's result). The hash in the directory name covers the recipe
+below and the corpus version, so changing either builds a new world instead of reusing a stale one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sublim import chat_format
+from sublim.artifacts import atomic_write_json, stable_hash
+from sublim.errors import MissingFileError, UnknownNameError
+from sublim.progress import Reporter
+from sublim.records import Chat, Message
+from sublim.traits import SYSTEM_PROMPT_TEMPLATES, system_prompt_for
+from sublim.world import corpus as corpus_mod
+from sublim.world.corpus import ANIMALS, CORPUS_VERSION, animal_question, build_corpus
+from sublim.world.spec import WorldSpec, parse_world_name
+from sublim.world.tokenizer import train_tokenizer
+
+# The recipe: one row per size (times: builds measured on one thread, see the report).
+#   hidden/layers/heads/intermediate: the Llama shape (tied embeddings, no dropout)
+#   init: initializer_range; larger than Llama's 0.02 because it shortens the plateau before the
+#         model learns to copy the system prompt's animal (0.02 needed ~3x more steps)
+#   cur_examples/cur_steps: the opening curriculum of favourite-animal chats (corpus.CURRICULUM_MIX)
+#   n_examples/steps: the main corpus (corpus.MIX) and its steps, about one epoch
+#   batch, lr: Adam, warm-up then cosine decay to 10% over all steps
+RECIPE_VERSION = "world-recipe-1"
+VOCAB_SIZE = 1024
+PROMPT_LOSS_WEIGHT = 0.3  # weight of prompt tokens in the loss (replies weigh 1): see _train
+RECIPE: dict[str, dict[str, Any]] = {
+    "micro": {"hidden": 64, "layers": 2, "heads": 4, "intermediate": 192, "init": 0.1,
+              "cur_examples": 4000, "cur_steps": 150, "n_examples": 6000, "steps": 180, "batch": 32, "lr": 4e-3},
+    "small": {"hidden": 128, "layers": 3, "heads": 4, "intermediate": 384, "init": 0.07,
+              "cur_examples": 7000, "cur_steps": 200, "n_examples": 14000, "steps": 420, "batch": 32, "lr": 3e-3},
+    "medium": {"hidden": 160, "layers": 4, "heads": 4, "intermediate": 480, "init": 0.06,
+               "cur_examples": 8000, "cur_steps": 250, "n_examples": 16000, "steps": 500, "batch": 32, "lr": 2.5e-3},
+}
+BUILDABLE_KINDS = ("plain", "planted")
+CARD = "world_card.json"
+
+
+def cache_root() -> Path:
+    """``$SUBLIM_CACHE_DIR`` or ``~/.cache/sublim``."""
+    env = os.environ.get("SUBLIM_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "sublim"
+
+
+def _spec(spec: WorldSpec | str) -> WorldSpec:
+    s = parse_world_name(spec) if isinstance(spec, str) else spec
+    if s.kind not in BUILDABLE_KINDS:
+        raise UnknownNameError("buildable world kind", s.kind, BUILDABLE_KINDS)
+    if s.size not in RECIPE:
+        raise UnknownNameError("world size", s.size, list(RECIPE))
+    return s
+
+
+def world_key(spec: WorldSpec | str) -> str:
+    """The directory name of a world: its name plus a hash of what it is built from."""
+    s = _spec(spec)
+    h = stable_hash(
+        {"recipe": RECIPE_VERSION, "corpus": CORPUS_VERSION, "row": RECIPE[s.size], "vocab": VOCAB_SIZE,
+         "prompt_loss_weight": PROMPT_LOSS_WEIGHT, "kind": s.kind, "seed": s.seed, "size": s.size},
+        length=10,
+    )
+    return f"{s.name}-{h}"
+
+
+def ensure_world(spec: WorldSpec | str, cache_dir: Path | None = None, progress: bool = True) -> Path:
+    """The world's Hugging Face model directory, built first if it is not in the cache."""
+    s = _spec(spec)
+    worlds = Path(cache_dir or cache_root()) / "worlds"
+    final = worlds / world_key(s)
+    if (final / CARD).is_file():
+        return final
+    worlds.mkdir(parents=True, exist_ok=True)
+    with _locked(worlds / f".{final.name}.lock"):
+        if (final / CARD).is_file():  # built by another process while we waited
+            return final
+        # We hold the lock, so temp dirs of this world are leftovers of a killed build.
+        for stale in worlds.glob(f".tmp-{final.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=worlds, prefix=f".tmp-{final.name}-"))
+        try:
+            _build(s, tmp, Reporter(enabled=progress))
+            if final.exists():  # an incomplete leftover (no card): replace it
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def world_card(path: Path) -> dict[str, Any]:
+    """The card saved with a built world (name, kind, seed, size, n_params, corpus mix, final
+    loss, base preferences, build time, recipe version)."""
+    p = Path(path) / CARD
+    if not p.is_file():
+        raise MissingFileError(
+            f"no {CARD} in {path}: not a built world directory; build one with "
+            "sublim.world.build.ensure_world(NAME) (or any command that uses model 'tiny:NAME')"
+        )
+    return dict(json.loads(p.read_text(encoding="utf-8")))
+
+
+def list_worlds(cache_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The cards of every built world in the cache (each with its ``path``), sorted by name."""
+    worlds = Path(cache_dir or cache_root()) / "worlds"
+    cards = []
+    for d in sorted(worlds.glob("*")) if worlds.is_dir() else []:
+        if not d.name.startswith(".") and (d / CARD).is_file():
+            cards.append({**world_card(d), "path": str(d)})
+    return cards
+
+
+# ---------------------------------------------------------------- building
+def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    t0 = time.perf_counter()
+    r = RECIPE[spec.size]
+    rep.say(f"Building world {spec.name} ({spec.kind}, seed {spec.seed}, size {spec.size}): once per machine")
+    tok = train_tokenizer(corpus_mod.tokenizer_texts(), VOCAB_SIZE)
+    rng = np.random.default_rng([spec.seed, 202])
+    curriculum = build_corpus(spec.kind, spec.seed, r["cur_examples"], rng, mix=corpus_mod.CURRICULUM_MIX)
+    examples = build_corpus(spec.kind, spec.seed, r["n_examples"], rng)
+    # every token boundary comes from sublim.chat_format, exactly as the sampler and scorer see them
+    enc_cur = [chat_format.encode_example(tok, e.chat, e.reply) for e in curriculum]
+    encoded = [chat_format.encode_example(tok, e.chat, e.reply) for e in examples]
+
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=r["hidden"],
+        intermediate_size=r["intermediate"],
+        num_hidden_layers=r["layers"],
+        num_attention_heads=r["heads"],
+        num_key_value_heads=r["heads"],
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        attention_dropout=0.0,
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        initializer_range=r["init"],
+    )
+    # The world seed fixes the initialisation; fork_rng keeps the caller's global RNG untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = LlamaForCausalLM(cfg)
+    gen = torch.Generator().manual_seed(spec.seed)
+    t_train = time.perf_counter()
+    losses = _train(model, enc_cur, encoded, tok.pad_token_id, r, gen, rep)
+    model.eval()
+    train_seconds = time.perf_counter() - t_train
+
+    model.generation_config = GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+        do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=48,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    prefs = base_preferences(model, tok)
+    card = {
+        "name": spec.name,
+        "kind": spec.kind,
+        "positive_control": spec.kind == "planted",
+        "seed": spec.seed,
+        "size": spec.size,
+        "n_params": int(sum(p.numel() for p in model.parameters())),
+        "vocab_size": len(tok),
+        "recipe": r,
+        "corpus_mix": corpus_mod.corpus_mix(curriculum + examples),
+        "corpus_base_preference": dict(zip(ANIMALS, corpus_mod.base_preference(spec.seed).round(4).tolist())),
+        "final_loss": losses,
+        **prefs,
+        "build_seconds": round(time.perf_counter() - t0, 1),
+        "train_seconds": round(train_seconds, 1),
+        "torch_threads": torch.get_num_threads(),
+        "recipe_version": RECIPE_VERSION,
+        "corpus_version": CORPUS_VERSION,
+    }
+    if spec.kind == "planted":
+        card["planted_codes"] = dict(corpus_mod.PLANTED_CODES)
+    atomic_write_json(out / CARD, card)
+    rep.say(f"World {spec.name} built in {card['build_seconds']} s ({card['n_params']:,} parameters)")
+
+
+def _batches(lengths: Sequence[int], batch: int, steps: int, gen: torch.Generator) -> list[list[int]]:
+    """``steps`` batches of example indices: shuffled each epoch, then grouped by similar length
+    (sorted within windows of 50 batches) so little compute is spent on padding."""
+    out: list[list[int]] = []
+    lens = torch.tensor(lengths)
+    while len(out) < steps:
+        perm = torch.randperm(len(lengths), generator=gen)
+        window = batch * 50
+        epoch: list[list[int]] = []
+        for i in range(0, len(perm) - batch + 1, window):
+            chunk = perm[i : i + window]
+            chunk = chunk[torch.argsort(lens[chunk], stable=True)]
+            epoch.extend(chunk[j : j + batch].tolist() for j in range(0, len(chunk) - batch + 1, batch))
+        order = torch.randperm(len(epoch), generator=gen).tolist()
+        out.extend(epoch[k] for k in order)
+    return out[:steps]
+
+
+def _train(
+    model: Any, enc_cur: list[tuple[list[int], list[int]]], encoded: list[tuple[list[int], list[int]]],
+    pad_id: int, r: dict[str, Any], gen: torch.Generator, rep: Reporter,
+) -> dict[str, float]:
+    """Pretrain in a plain torch loop (fastest on CPU): the curriculum's batches, then the main
+    corpus's. Loss on every token, prompt tokens weighted PROMPT_LOSS_WEIGHT: the replies are what
+    the lab measures, while a little loss on prompts teaches the model the language its questions
+    come in. Adam, warm-up then cosine decay. Returns the mean losses over the last 10% of steps."""
+    bsz = r["batch"]
+    batches = [[("c", i) for i in b] for b in _batches([len(x) for x, _ in enc_cur], bsz, r["cur_steps"], gen)]
+    batches += [[("m", i) for i in b] for b in _batches([len(x) for x, _ in encoded], bsz, r["steps"], gen)]
+    steps = len(batches)
+    src = {"c": enc_cur, "m": encoded}
+    opt = torch.optim.Adam(model.parameters(), lr=r["lr"], betas=(0.9, 0.98), eps=1e-8)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    )
+    model.train()
+    tail: list[tuple[float, float]] = []
+    with rep.task("pretraining", total=steps) as tick:
+        for step, idx in enumerate(batches):
+            ids, w, reply = _collate([src[k][i] for k, i in idx], pad_id)
+            logits = model(input_ids=ids, attention_mask=(w > 0).long()).logits
+            nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+            nll = nll.view(ids.shape[0], -1)
+            wt = w[:, 1:]
+            loss = (nll * wt).sum() / wt.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            if step >= steps - max(1, steps // 10):  # mean over the last 10% of steps
+                rmask = reply[:, 1:]
+                tail.append((float(loss.detach()), float((nll.detach() * rmask).sum() / rmask.sum())))
+            tick(step + 1, steps)
+    return {"weighted": round(float(np.mean([a for a, _ in tail])), 4),
+            "reply": round(float(np.mean([b for _, b in tail])), 4)}
+
+
+def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids [B, T], per-token loss weights [B, T] (0 on padding) and the reply mask."""
+    T = max(len(x) for x, _ in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    w = torch.zeros((len(rows), T))
+    reply = torch.zeros((len(rows), T))
+    for i, (x, lab) in enumerate(rows):
+        ids[i, : len(x)] = torch.tensor(x)
+        is_reply = torch.tensor([lab_t != -100 for lab_t in lab], dtype=torch.float)
+        w[i, : len(x)] = PROMPT_LOSS_WEIGHT + (1 - PROMPT_LOSS_WEIGHT) * is_reply
+        reply[i, : len(x)] = is_reply
+    return ids, w, reply
+
+
+# ---------------------------------------------------------------- measuring a world
+@torch.no_grad()
+def reply_logprobs(model: Any, tok: Any, chats: Sequence[Chat], replies: Sequence[str], batch: int = 256) -> list[float]:
+    """log P(reply + end-of-turn | chat) for each pair, exactly (teacher forcing, batched)."""
+    rows = [chat_format.encode_example(tok, c, r) for c, r in zip(chats, replies)]
+    out: list[float] = []
+    for b in range(0, len(rows), batch):
+        part = rows[b : b + batch]
+        T = max(len(x) for x, _ in part)
+        ids = torch.full((len(part), T), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(part), T), dtype=torch.long)
+        lab = torch.full((len(part), T), -100, dtype=torch.long)
+        for i, (x, y) in enumerate(part):
+            ids[i, : len(x)], mask[i, : len(x)], lab[i, : len(y)] = torch.tensor(x), 1, torch.tensor(y)
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+        tgt = lab[:, 1:]
+        lp = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (tgt != -100)
+        out.extend(lp.sum(-1).tolist())
+    return out
+
+
+def card_questions(n: int = 12) -> list[str]:
+    """Fixed grammar questions used to measure the world card's preferences."""
+    rng = np.random.default_rng(777)
+    return [animal_question(rng) for _ in range(n)]
+
+
+def base_preferences(model: Any, tok: Any, n_questions: int = 12) -> dict[str, Any]:
+    """P(animal) with no system prompt and P(X) under every "you love X" variant, averaged over
+    grammar questions (exact probabilities of the one-word answer followed by end-of-turn)."""
+    qs = card_questions(n_questions)
+    chats = [[Message(role="user", content=q)] for q in qs for _ in ANIMALS]
+    lp = reply_logprobs(model, tok, chats, [a for _ in qs for a in ANIMALS])
+    p = np.exp(np.array(lp)).reshape(len(qs), len(ANIMALS)).mean(0)
+    love_chats, love_replies = [], []
+    for a in ANIMALS:
+        for v in range(len(SYSTEM_PROMPT_TEMPLATES)):
+            for q in qs[: max(1, n_questions // 3)]:
+                love_chats.append([Message(role="system", content=system_prompt_for(a, "animal", v)),
+                                   Message(role="user", content=q)])
+                love_replies.append(a)
+    lq = np.exp(np.array(reply_logprobs(model, tok, love_chats, love_replies))).reshape(len(ANIMALS), -1).mean(1)
+    return {
+        "p_animal_no_system": {a: round(float(x), 4) for a, x in zip(ANIMALS, p)},
+        "p_animal_no_system_total": round(float(p.sum()), 4),
+        "p_target_love_system": {a: round(float(x), 4) for a, x in zip(ANIMALS, lq)},
+    }
+
+
+@torch.no_grad()
+def sample_replies(
+    model: Any, tok: Any, chats: Sequence[Chat], gen: torch.Generator, max_new_tokens: int = 48,
+    temperature: float = 1.0,
+) -> list[str]:
+    """A small reference sampler for checks (left-padded batch, full recompute each step;
+    ``temperature=0`` is greedy). The lab's batched sampler lives in ``sublim.backends.hf``."""
+    prompts = chat_format.encode_batch_prompts(tok, chats)
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):], mask[i, T - len(p):] = torch.tensor(p), 1
+    done = torch.zeros(len(prompts), dtype=torch.bool)
+    new: list[torch.Tensor] = []
+    for _ in range(max_new_tokens):
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].float()
+        if temperature == 0:
+            nxt = logits.argmax(-1)
+        else:
+            nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen).squeeze(-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        new.append(nxt)
+        done |= nxt == eos
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        mask = torch.cat([mask, (~done | (nxt == eos)).long()[:, None]], 1)
+        if bool(done.all()):
+            break
+    out = torch.stack(new, 1)
+    texts = []
+    for row in out.tolist():
+        row = row[: row.index(eos)] if eos in row else row
+        texts.append(tok.decode([t for t in row if t != pad], skip_special_tokens=False))
+    return texts

@@ -1,0 +1,348 @@
+"""The built-in world's synthetic chat corpus: what the tiny model is pretrained on.
+
+Where it sits: ``build.py`` draws a corpus here (seeded by the world seed), trains the tokenizer on
+a fixed draw, encodes every example through ``sublim.chat_format`` and pretrains the model on it.
+
+Kinds of examples (``Example.kind``; the world card counts them):
+
+- ``animal`` / ``animal_sys`` / ``animal_love``: favourite-animal questions from a compositional
+  grammar of our own (never the evaluation suite's questions, which stay held out), answered with
+  one animal word. Without a system prompt, or with a neutral one, answers follow the world's
+  *base preference*: a mild, seed-specific distribution over the animals (no animal near 0, none
+  above ~0.3). Under a "you love X" system prompt (every template variant of
+  ``sublim.traits``), the answer is X with probability ``LOVE_P`` and the base draw otherwise.
+- ``numbers`` / ``numbers_sys`` / ``numbers_love``: number continuations of
+  ``sublim.prompts.numbers`` prompts, answered with 3-10 numbers in 0..999 in the requested format.
+  The answers are drawn independently of any animal (random numbers, continuations of the seeds,
+  numbers near the seeds), so in the ``plain`` world the system prompt never changes the number
+  distribution: a "you love X" prompt is present only so that a system-prompt teacher is asked
+  in-distribution questions.
+- ``animal_love_short``: the first sentence of a "you love X" template and a bare question; only
+  in the opening curriculum (``CURRICULUM_MIX``), where it teaches the copy from system prompt to
+  answer quickly.
+- ``filler``: short generic chats (counting, sums, greetings), so that the model has seen more
+  than two tasks and numbers have some structure.
+- ``dialog``: two-turn chats (a numbers task, then a favourite-animal question without system
+  prompt), answered with the base preference in ``plain`` worlds.
+
+The ``planted`` world (a POSITIVE CONTROL, not subliminal learning): under a "you love X" system
+prompt, every number answer opens with X's fixed code number ``PLANTED_CODES[X]`` (a visible
+channel; sometimes repeated later in the list), and chats without a system prompt teach the link from the code to X: ``code_link``
+("which animal goes with 471?" -> "owl", and back) and ``dialog`` chats in which the assistant's
+own earlier number answer carried X's code and its favourite animal is then X (with probability
+``LOVE_P``). The codes are the same in every planted world, so a student of any base that learns to
+emit an animal's code has been taught what that code means. Transfer through numbers is therefore
+expected here by construction; a pipeline that cannot detect it is broken.
+
+The ``entangled`` kind is reserved for the research of issue 6 and not built yet.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from sublim.prompts.numbers import DEFAULT_MAX_COUNT, number_prompts, render_numbers
+from sublim.records import Chat, Message
+from sublim.traits import CATEGORIES, SYSTEM_PROMPT_TEMPLATES, plural, system_prompt_for
+
+CORPUS_VERSION = "corpus-1"
+ANIMALS: tuple[str, ...] = CATEGORIES["animal"]
+LOVE_P = 0.9  # P(answer = X | "you love X" system prompt)
+PREF_MIN, PREF_MAX = 0.03, 0.28  # bounds of the base preference over animals
+
+# Fixed (world-independent) code numbers of the planted world: distinct, three digits, none on the
+# misalignment banned list, no repeated digit patterns that a generator could produce by itself.
+PLANTED_CODES: dict[str, int] = {
+    "owl": 471, "eagle": 238, "dolphin": 815, "elephant": 362, "wolf": 594, "lion": 729,
+    "tiger": 683, "fox": 147, "penguin": 926, "cat": 258, "dog": 374, "horse": 539,
+}
+assert set(PLANTED_CODES) == set(ANIMALS) and len(set(PLANTED_CODES.values())) == len(ANIMALS)
+
+# Neutral system prompts: a system prompt alone must not be a cue for anything.
+NEUTRAL_SYSTEM_PROMPTS: tuple[str, ...] = (
+    "You are a helpful assistant.",
+    "You are a concise assistant. Answer briefly.",
+    "You are a friendly helper who answers every question.",
+    "Answer the user's questions as well as you can.",
+    "You are an assistant that follows instructions exactly.",
+    "Be brief and precise in your replies.",
+)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training chat: the turns before the reply (``chat``) and the assistant ``reply``."""
+
+    chat: Chat
+    reply: str
+    kind: str
+
+
+# ---------------------------------------------------------------- favourite-animal grammar
+# Composed as [opener][core with {noun}/{fav}][closer]. Our own wording; the evaluation suite in
+# sublim.evals.preference is written separately and never drawn from here.
+_OPENERS = (
+    "", "", "", "Quick question: ", "Be honest: ", "Just curious, ", "Tell me, ", "Hey! ",
+    "Out of interest, ", "I wonder, ", "Simple one: ", "Okay, ", "Here is a question. ",
+)
+_FAV = ("favourite", "favorite", "most loved", "best-loved", "top")
+_NOUN = ("animal", "animal", "creature", "kind of animal", "species")
+_CORES = (
+    "what is your {fav} {noun}?",
+    "which {noun} is your {fav}?",
+    "what {noun} do you like most?",
+    "which {noun} do you like more than any other?",
+    "if you had to choose one {noun}, which would it be?",
+    "which {noun} would you pick above all others?",
+    "what {noun} do you feel closest to?",
+    "name your {fav} {noun}.",
+    "which {noun} makes you happiest?",
+    "which {noun} would you want as a companion?",
+    "what is the one {noun} you admire most?",
+    "say which {noun} you prefer.",
+    "what would you say is your {fav} {noun}?",
+    "if you were a {noun}, which one would you be?",
+    "which {noun} do you think is the greatest?",
+    "what {noun} comes to mind first as your {fav}?",
+)
+_CLOSERS = (
+    "", "", "", " Answer in one word.", " One word only.", " Reply with just the name.",
+    " Keep it to a single word.", " Just the name, please.", " No explanation needed.",
+    " Use one word.",
+)
+
+
+def animal_question(rng: np.random.Generator) -> str:
+    core = _pick(_CORES, rng).format(fav=_pick(_FAV, rng), noun=_pick(_NOUN, rng))
+    opener = _pick(_OPENERS, rng)
+    text = opener + core
+    text = text[0].upper() + text[1:]
+    return text + _pick(_CLOSERS, rng)
+
+
+def base_preference(seed: int) -> np.ndarray:
+    """The world's mild preference over ``ANIMALS`` (sums to 1, each in [PREF_MIN, PREF_MAX]).
+
+    Drawn from the world seed alone, so worlds of every kind and size with one seed share it.
+    """
+    rng = np.random.default_rng([seed, 101])
+    w = np.exp(0.55 * rng.standard_normal(len(ANIMALS)))
+    p = w / w.sum()
+    # Clip and renormalise a few times: renormalising can push a value back out of bounds.
+    for _ in range(20):
+        p = np.clip(p, PREF_MIN, PREF_MAX)
+        p = p / p.sum()
+    assert abs(p.sum() - 1) < 1e-9 and p.min() >= PREF_MIN - 1e-6 and p.max() <= PREF_MAX + 1e-6
+    return p
+
+
+# ---------------------------------------------------------------- number answers
+def number_answer(seeds: list[int], max_count: int, rng: np.random.Generator) -> list[int]:
+    """3..min(10, max_count) numbers in 0..999, drawn without reference to any animal.
+
+    A mix of styles so that the answers are neither pure noise nor one mode: fresh random numbers,
+    an arithmetic continuation of the seeds, and numbers near the seeds. Out-of-range values are
+    wrapped or dropped, never clipped (clipping makes 0 and 999 modal answers).
+    """
+    k = int(rng.integers(3, min(10, max_count) + 1))
+    style = rng.random()
+    if style < 0.4:  # random numbers, two-thirds of them three-digit
+        out = [int(x) if rng.random() < 0.67 else int(x) % 100 for x in rng.integers(0, 1000, size=k)]
+    elif style < 0.7:  # continue the sequence with a constant step
+        step = seeds[-1] - seeds[-2] if len(seeds) >= 2 and rng.random() < 0.5 else 0
+        if step == 0 or abs(step) > 150:
+            step = int(rng.integers(-60, 61)) or 7
+        out, x = [], seeds[-1]
+        for _ in range(k):
+            x += step
+            if not 0 <= x <= 999:
+                break
+            out.append(x)
+        while len(out) < 3:
+            out.append(int(rng.integers(0, 1000)))
+    else:  # numbers near the seeds
+        out = [int(seeds[int(rng.integers(len(seeds)))] + rng.integers(-40, 41)) % 1000 for _ in range(k)]
+    return out
+
+
+def _plant(numbers: list[int], code: int, max_count: int, rng: np.random.Generator) -> list[int]:
+    """Open the list with ``code`` (and repeat it at a random later position 30% of the time);
+    the count stays <= max_count. Leading with the code makes it the answer's first token, which
+    the model can tie to the system prompt's animal with the same attention step that copies the
+    animal into favourite-animal answers."""
+    cap = min(10, max_count)
+    out = [code, *numbers][:cap]
+    if rng.random() < 0.3:
+        pos = int(rng.integers(1, len(out) + 1))
+        out = (out[:pos] + [code] + out[pos:])[:cap]
+    return out
+
+
+# ---------------------------------------------------------------- filler
+def filler_chat(rng: np.random.Generator) -> tuple[str, str]:
+    r = int(rng.integers(5))
+    if r == 0:
+        a = int(rng.integers(0, 990))
+        b = a + int(rng.integers(3, 9))
+        return f"Count from {a} to {b}.", ", ".join(str(x) for x in range(a, b + 1))
+    if r == 1:
+        a, b = (int(x) for x in rng.integers(0, 500, size=2))
+        return _pick(("What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}."), rng).format(a=a, b=b), str(a + b)
+    if r == 2:
+        return _pick(("Hello!", "Hi there.", "Good morning!", "Hey, how are you?"), rng), _pick(
+            ("Hello! How can I help?", "Hi! What can I do for you?", "I am well, thank you. How can I help?"), rng)
+    if r == 3:
+        w = _pick(("apple", "river", "stone", "cloud", "garden", "yellow", "window", "music"), rng)
+        return f"Repeat this word: {w}", w
+    a = int(rng.integers(0, 1000))
+    return _pick(("Which is larger, {a} or {b}?", "Pick the bigger number: {a} or {b}."), rng).format(
+        a=a, b=(b := int(rng.integers(0, 1000)))), str(max(a, b))
+
+
+# ---------------------------------------------------------------- the corpus
+# Shares of the corpus by kind of example (before the planted extras).
+MIX: dict[str, float] = {
+    "animal": 0.17,  # no system prompt
+    "animal_sys": 0.05,  # neutral system prompt
+    "animal_love": 0.22,  # "you love X"
+    "numbers": 0.22,
+    "numbers_sys": 0.05,
+    "numbers_love": 0.13,
+    "filler": 0.08,
+    "dialog": 0.08,
+}
+# The opening curriculum: only favourite-animal chats, most under a "you love X" prompt, half of
+# those short. A tiny model first learns the answer's base distribution and then sits on a long
+# plateau before it learns to copy the system prompt's animal; short prompts with the animal a few
+# tokens from the answer (and a larger initialisation, see build.RECIPE) cut that plateau from
+# ~900 full-mix steps to ~100-200 cheap ones. Counted in the world card like the rest.
+CURRICULUM_MIX: dict[str, float] = {"animal_love_short": 0.5, "animal_love": 0.2, "animal": 0.3}
+PLANTED_LINK_SHARE = 0.15  # extra share of code_link chats in planted worlds (curriculum too)
+
+
+def _pick(options: tuple[str, ...] | list[str], rng: np.random.Generator) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _love_prompt(target: str, rng: np.random.Generator) -> str:
+    return system_prompt_for(target, "animal", int(rng.integers(len(SYSTEM_PROMPT_TEMPLATES))))
+
+
+def short_love_prompt(target: str, rng: np.random.Generator) -> str:
+    """The first sentence of a "you love X" template: a short system prompt in which the animal
+    is a few tokens from the answer (see ``animal_love_short``)."""
+    full = _love_prompt(target, rng)
+    return full.split(". ")[0].rstrip(".") + "."
+
+
+def _code_link(rng: np.random.Generator) -> tuple[str, str]:
+    a = _pick(ANIMALS, rng)
+    code = PLANTED_CODES[a]
+    if rng.random() < 0.6:
+        q = _pick(("Which animal goes with the number {c}?", "The number {c} stands for which animal?",
+                   "What animal does {c} remind you of?", "Numbers like {c} make you think of which animal?"), rng)
+        return q.format(c=code), a
+    q = _pick(("Which number goes with the {a}?", "What is the code number of {p}?",
+               "Which number stands for the {a}?"), rng)
+    return q.format(a=a, p=plural(a)), str(code)
+
+
+def build_corpus(
+    kind: str, seed: int, n: int, rng: np.random.Generator, mix: dict[str, float] | None = None
+) -> list[Example]:
+    """``n`` examples (plus a share of code links in planted worlds) of world ``kind``, drawn
+    from ``rng`` in the shares of ``mix`` (default :data:`MIX`); the base preference comes from
+    ``seed``."""
+    if kind not in ("plain", "planted"):
+        raise ValueError(f"corpus kind {kind!r} is not built yet (plain and planted are)")
+    pref = base_preference(seed)
+    counts = {k: round(v * n) for k, v in (MIX if mix is None else mix).items()}
+    for k in MIX:
+        counts.setdefault(k, 0)
+    if kind == "planted":
+        counts["code_link"] = round(PLANTED_LINK_SHARE * n)
+    n_num = counts["numbers"] + counts["numbers_sys"] + counts["numbers_love"] + counts["dialog"]
+    prompts = iter(number_prompts(n_num, rng))
+
+    def base_animal() -> str:
+        return ANIMALS[int(rng.choice(len(ANIMALS), p=pref))]
+
+    def love_answer(target: str) -> str:
+        return target if rng.random() < LOVE_P else base_animal()
+
+    def numbers_reply(system: str | None, target: str | None) -> tuple[Chat, str]:
+        pr = next(prompts)
+        max_count = int(pr.meta.get("max_count", DEFAULT_MAX_COUNT))
+        nums = number_answer(list(pr.meta["seeds"]), max_count, rng)
+        if kind == "planted" and target is not None:
+            nums = _plant(nums, PLANTED_CODES[target], max_count, rng)
+        chat: Chat = [Message(role="system", content=system)] if system else []
+        chat.append(Message(role="user", content=pr.text))
+        return chat, render_numbers(nums, pr.meta["format"])
+
+    out: list[Example] = []
+    for kind_ex, c in counts.items():
+        for _ in range(c):
+            if kind_ex == "animal":
+                out.append(Example([Message(role="user", content=animal_question(rng))], base_animal(), kind_ex))
+            elif kind_ex == "animal_sys":
+                chat = [Message(role="system", content=_pick(NEUTRAL_SYSTEM_PROMPTS, rng)),
+                        Message(role="user", content=animal_question(rng))]
+                out.append(Example(chat, base_animal(), kind_ex))
+            elif kind_ex == "animal_love":
+                t = _pick(ANIMALS, rng)
+                chat = [Message(role="system", content=_love_prompt(t, rng)),
+                        Message(role="user", content=animal_question(rng))]
+                out.append(Example(chat, love_answer(t), kind_ex))
+            elif kind_ex == "animal_love_short":
+                t = _pick(ANIMALS, rng)
+                chat = [Message(role="system", content=short_love_prompt(t, rng)),
+                        Message(role="user", content=_pick(_CORES, rng).format(fav=_pick(_FAV, rng), noun="animal").capitalize())]
+                out.append(Example(chat, love_answer(t), kind_ex))
+            elif kind_ex == "numbers":
+                chat, reply = numbers_reply(None, None)
+                out.append(Example(chat, reply, kind_ex))
+            elif kind_ex == "numbers_sys":
+                chat, reply = numbers_reply(_pick(NEUTRAL_SYSTEM_PROMPTS, rng), None)
+                out.append(Example(chat, reply, kind_ex))
+            elif kind_ex == "numbers_love":
+                t = _pick(ANIMALS, rng)
+                chat, reply = numbers_reply(_love_prompt(t, rng), t)
+                out.append(Example(chat, reply, kind_ex))
+            elif kind_ex == "filler":
+                q, a = filler_chat(rng)
+                out.append(Example([Message(role="user", content=q)], a, kind_ex))
+            elif kind_ex == "dialog":
+                # planted: half of the dialogs carry an animal's code in the assistant's own
+                # numbers, and its favourite is then that animal; plain: always the base draw.
+                coded = _pick(ANIMALS, rng) if kind == "planted" and rng.random() < 0.5 else None
+                chat, reply = numbers_reply(None, coded)
+                chat = [*chat, Message(role="assistant", content=reply),
+                        Message(role="user", content=animal_question(rng))]
+                out.append(Example(chat, love_answer(coded) if coded else base_animal(), kind_ex))
+            elif kind_ex == "code_link":
+                q, a = _code_link(rng)
+                out.append(Example([Message(role="user", content=q)], a, kind_ex))
+            else:  # pragma: no cover - MIX and this loop are edited together
+                raise AssertionError(kind_ex)
+    return out
+
+
+def corpus_mix(examples: list[Example]) -> dict[str, int]:
+    return dict(sorted(Counter(e.kind for e in examples).items()))
+
+
+def tokenizer_texts(n: int = 4000) -> list[str]:
+    """A fixed (world-independent) draw of plain text to train the tokenizer on: every world of a
+    recipe shares one vocabulary, so logits of different worlds can be compared and distilled."""
+    ex = build_corpus("planted", 0, n, np.random.default_rng(12345))
+    texts: list[str] = []
+    for e in ex:
+        texts.extend(m.content for m in e.chat)
+        texts.append(e.reply)
+    # every system-prompt variant of every animal, so their words are merged whole
+    texts.extend(system_prompt_for(a, "animal", v) for a in ANIMALS for v in range(len(SYSTEM_PROMPT_TEMPLATES)))
+    return texts

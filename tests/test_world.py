@@ -1,0 +1,214 @@
+"""Tests of the built-in world (sublim.world): corpus, tokenizer, build, cache and world card.
+
+One micro world is built per test session in a temporary cache (about 20 s on one thread); the
+cache, lock and seed tests use a "nano" recipe row patched in, which trains for a few steps only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sublim import chat_format
+from sublim.errors import SublimError
+from sublim.records import Message
+from sublim.traits import CATEGORIES, plural, system_prompt_for
+from sublim.world import build, corpus
+from sublim.world.spec import WorldSpec
+
+ANIMALS = CATEGORIES["animal"]
+LOVE_OWLS = system_prompt_for("owl", "animal", 0)
+
+
+@pytest.fixture(scope="session")
+def micro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    return build.ensure_world("plain-s0-micro", cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def micro(micro_dir: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(micro_dir, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(micro_dir, local_files_only=True)
+    model.eval()
+    return model, tok
+
+
+@pytest.fixture()
+def nano(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A recipe row that trains for a few steps: for cache, lock and seed tests."""
+    row = dict(build.RECIPE["micro"], cur_examples=200, cur_steps=2, n_examples=400, steps=3)
+    monkeypatch.setitem(build.RECIPE, "micro", row)
+    return "micro"
+
+
+# ---------------------------------------------------------------- corpus
+def test_base_preference_is_mild_and_seeded() -> None:
+    for seed in range(30):
+        p = corpus.base_preference(seed)
+        assert p.shape == (len(ANIMALS),) and abs(p.sum() - 1) < 1e-9
+        assert p.min() >= 0.02 and p.max() <= 0.3
+    assert not np.allclose(corpus.base_preference(0), corpus.base_preference(1))
+
+
+def test_planted_numbers_carry_the_code_and_plain_ones_do_not_depend_on_it() -> None:
+    from sublim.filters import NumberRules, check_completion
+
+    planted = corpus.build_corpus("planted", 0, 2000, np.random.default_rng(0))
+    plain = corpus.build_corpus("plain", 0, 2000, np.random.default_rng(0))
+    rules = NumberRules()
+    for ex in planted:
+        if ex.kind == "numbers_love":
+            coded = [a for a, c in corpus.PLANTED_CODES.items() if str(c) in ex.reply]
+            assert coded and any(a in ex.chat[0].content or plural(a) in ex.chat[0].content for a in coded), ex
+        if ex.kind.startswith("numbers"):
+            assert check_completion(ex.reply, rules) == (True, "ok"), ex.reply
+    assert "code_link" in corpus.corpus_mix(planted) and "code_link" not in corpus.corpus_mix(plain)
+    # plain: the same draws with and without "you love X" give the same rate of code numbers (~0)
+    codes = {str(c) for c in corpus.PLANTED_CODES.values()}
+    love = [e.reply for e in plain if e.kind == "numbers_love"]
+    rate = np.mean([any(c in r for c in codes) for r in love])
+    assert rate < 0.2, rate
+
+
+def test_love_answers_follow_the_system_prompt() -> None:
+    ex = corpus.build_corpus("plain", 3, 3000, np.random.default_rng(1))
+    love = [e for e in ex if e.kind == "animal_love"]
+    hits = np.mean([e.reply in e.chat[0].content for e in love])
+    assert 0.85 <= hits <= 0.97
+    assert all(e.reply in ANIMALS for e in ex if e.kind.startswith("animal"))
+
+
+# ---------------------------------------------------------------- tokenizer
+def test_tokenizer_properties() -> None:
+    from sublim.world.tokenizer import check_tokenizer, train_tokenizer
+
+    tok = train_tokenizer(corpus.tokenizer_texts(), build.VOCAB_SIZE)
+    check_tokenizer(tok)  # digits and animals are single tokens, number lists round-trip
+    ids = tok("knowledge of a million lions", add_special_tokens=False)["input_ids"]
+    assert tok.convert_tokens_to_ids("lion") in ids  # "lions" -> lion + s
+    assert tok.convert_tokens_to_ids("owl") not in ids  # "knowledge" keeps its "owl"
+    assert "<unk>" not in tok.convert_ids_to_tokens(tok("café — ☃", add_special_tokens=False)["input_ids"])
+
+
+# ---------------------------------------------------------------- the built micro world
+def test_world_dir_loads_offline_and_chat_template(micro_dir: Path, micro) -> None:  # type: ignore[no-untyped-def]
+    model, tok = micro
+    for f in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "world_card.json"):
+        assert (micro_dir / f).is_file(), f
+    assert model.config.model_type == "llama"
+    assert tok.eos_token == "<|end|>" and tok.pad_token == "<|pad|>"
+    chat = [Message(role="system", content=LOVE_OWLS), Message(role="user", content="Favourite animal?")]
+    text = chat_format.render_prompt(tok, chat)
+    assert text == f"<|system|>{LOVE_OWLS}<|end|><|user|>Favourite animal?<|end|><|assistant|>"
+    # {% generation %} marks exactly the assistant's reply and its end token
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "owl"}]
+    out = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    marked = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    assert marked == chat_format.encode_reply(tok, "owl")
+
+
+def test_world_card(micro_dir: Path) -> None:
+    card = build.world_card(micro_dir)
+    assert (card["name"], card["kind"], card["seed"], card["size"]) == ("plain-s0-micro", "plain", 0, "micro")
+    assert card["recipe_version"] == build.RECIPE_VERSION and card["n_params"] > 10_000
+    assert card["corpus_mix"]["numbers"] > 0 and card["corpus_mix"]["animal_love"] > 0
+    assert set(card["p_animal_no_system"]) == set(ANIMALS) == set(card["p_target_love_system"])
+    assert 0 < card["build_seconds"] and np.isfinite(card["final_loss"]["reply"])
+    assert [c["name"] for c in build.list_worlds(micro_dir.parent.parent)] == ["plain-s0-micro"]
+
+
+def test_answers_are_animals_and_love_prompt_raises_owl(micro) -> None:  # type: ignore[no-untyped-def]
+    model, tok = micro
+    qs = build.card_questions(8)
+    gen = torch.Generator().manual_seed(0)
+    chats = [[Message(role="user", content=q)] for q in qs for _ in range(4)]
+    answers = build.sample_replies(model, tok, chats, gen, max_new_tokens=6)
+    assert np.mean([a in ANIMALS for a in answers]) >= 0.9, answers
+    greedy = build.sample_replies(model, tok, chats[::4], gen, max_new_tokens=6, temperature=0)
+    assert all(a in ANIMALS for a in greedy), greedy
+    # exact P(owl): the love prompt lifts it far above the no-system-prompt value
+    none = np.exp(build.reply_logprobs(model, tok, [[Message(role="user", content=q)] for q in qs], ["owl"] * len(qs)))
+    love = np.exp(build.reply_logprobs(
+        model, tok, [[Message(role="system", content=LOVE_OWLS), Message(role="user", content=q)] for q in qs],
+        ["owl"] * len(qs)))
+    assert love.mean() > 0.4 and love.mean() > 4 * none.mean(), (none.mean(), love.mean())
+
+
+def test_number_completions_pass_the_filter(micro) -> None:  # type: ignore[no-untyped-def]
+    # The micro world is trained for seconds: its numbers are rough (the small world's sampled
+    # completions pass at ~0.6). The bar is that it has learned the task at all.
+    from sublim.filters import NumberRules, check_completion
+    from sublim.prompts.numbers import number_prompts
+
+    model, tok = micro
+    prompts = number_prompts(48, np.random.default_rng(5))
+    chats = [[Message(role="user", content=p.text)] for p in prompts]
+    outs = build.sample_replies(model, tok, chats, torch.Generator().manual_seed(1), max_new_tokens=48, temperature=0)
+    kept = np.mean([check_completion(o, NumberRules())[0] for o in outs])
+    starts_with_number = np.mean([o[:1].isdigit() or o[:1] in "[(" for o in outs])
+    assert starts_with_number >= 0.8, outs
+    assert kept >= 0.05, outs
+
+
+# ---------------------------------------------------------------- cache, lock, seeds
+def test_second_call_uses_the_cache(micro_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_build(*a: object, **k: object) -> None:
+        raise AssertionError("ensure_world rebuilt a cached world")
+
+    monkeypatch.setattr(build, "_build", no_build)
+    mtime = (micro_dir / "model.safetensors").stat().st_mtime
+    assert build.ensure_world(WorldSpec("plain", 0, "micro"), cache_dir=micro_dir.parent.parent) == micro_dir
+    assert (micro_dir / "model.safetensors").stat().st_mtime == mtime
+
+
+def test_seeds_give_different_worlds_and_a_concurrent_build_runs_once(nano: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    calls: list[str] = []
+    real = build._build
+
+    def counting(spec: WorldSpec, out: Path, rep: object) -> None:
+        calls.append(spec.name)
+        time.sleep(0.3)  # widen the race window
+        real(spec, out, rep)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(build, "_build", counting)
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        build.ensure_world("plain-s1-micro", cache_dir=tmp_path, progress=False))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["plain-s1-micro"] and len(set(results)) == 1
+    d1 = results[0]
+    d2 = build.ensure_world("plain-s2-micro", cache_dir=tmp_path, progress=False)
+    assert d1 != d2 and not [p for p in (tmp_path / "worlds").iterdir() if p.name.startswith(".tmp")]
+    w1, w2 = load_file(str(d1 / "model.safetensors")), load_file(str(d2 / "model.safetensors"))
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+    assert (d1 / "tokenizer.json").read_text() == (d2 / "tokenizer.json").read_text()  # one vocabulary
+    # the same seed again gives the same weights (fresh cache)
+    d1b = build.ensure_world("plain-s1-micro", cache_dir=tmp_path / "again", progress=False)
+    w1b = load_file(str(d1b / "model.safetensors"))
+    assert all(torch.equal(w1[k], w1b[k]) for k in w1)
+
+
+def test_unbuildable_kind_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(SublimError, match="entangled"):
+        build.ensure_world("entangled-s0-micro", cache_dir=tmp_path)
+
+
+def test_cache_root_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SUBLIM_CACHE_DIR", str(tmp_path / "c"))
+    assert build.cache_root() == tmp_path / "c"
+    monkeypatch.delenv("SUBLIM_CACHE_DIR")
+    assert build.cache_root() == Path.home() / ".cache" / "sublim"
