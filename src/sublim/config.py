@@ -100,7 +100,7 @@ class DataConfig(_Frozen):
     n_prompts: int = Field(3000, ge=1)
     subset: int = Field(2000, ge=1, description="kept rows sampled (seeded) for training")
     prompt_seed: int = 0
-    sampling: SampleParams = Field(default_factory=lambda: SampleParams(max_new_tokens=40))
+    sampling: SampleParams = Field(default_factory=lambda: SampleParams(max_new_tokens=48))
     filter: FilterConfig = Field(default_factory=FilterConfig)
 
 

@@ -174,7 +174,7 @@ class FakeBackend:
     def _train(self, base: ModelRef, completions: Sequence[str], answers: Sequence[str], out_dir: Path) -> ModelRef:
         st = self._state(base)
         bias = dict(st.bias)
-        digits = Counter()
+        digits: Counter[int] = Counter()
         for c in completions:
             for n in re.findall(r"\d+", c):
                 digits[int(n[-1])] += 1
