@@ -41,7 +41,12 @@ def run(config: Path, out: Path | None, overrides: tuple[str, ...], quiet: bool)
 
     cfg = load_config(config, list(overrides))
     out = out or Path("runs") / cfg.name
-    results = run_experiment(cfg, out, progress=not quiet)
+    if cfg.matrix is not None:
+        from sublim.matrix import run_matrix
+
+        results = run_matrix(cfg, out, progress=not quiet)
+    else:
+        results = run_experiment(cfg, out, progress=not quiet)
     console.print(summary_table(results))
     console.print(f"results: {out / 'results.json'}   report: {out / 'report.html'}")
 

@@ -138,6 +138,16 @@ class EvalConfig(_Frozen):
     batch_size: int = 256  # operational
 
 
+class MatrixConfig(_Frozen):
+    """A cross-model matrix: a teacher per (base, trait) and a student per (teacher, base).
+
+    When set, ``models`` and ``trait.target`` are ignored: every base in ``bases`` is both a
+    teacher base and a student base, and every trait in ``traits`` is taught by each base."""
+
+    bases: list[str] = Field(min_length=2)
+    traits: list[str] = Field(min_length=2)
+
+
 class ExperimentConfig(_Frozen):
     """One subliminal-learning experiment: teacher, carrier data, filter, students, evaluation."""
 
@@ -149,6 +159,7 @@ class ExperimentConfig(_Frozen):
     student: StudentConfig = Field(default_factory=StudentConfig)
     controls: ControlsConfig = Field(default_factory=ControlsConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    matrix: MatrixConfig | None = None
 
 
 def _parse_value(raw: str) -> Any:

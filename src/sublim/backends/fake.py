@@ -3,13 +3,14 @@
 It lets the pipeline, the statistics and the report be tested in seconds with known answers:
 
 - A model family (``fake:alpha``, ``fake:beta``, ...) has fixed base preferences over the
-  category's candidates and a family-specific *signature digit* for each candidate.
-- Asked for numbers, a model that loves X (system prompt naming X, or a fine-tune toward X) ends
-  numbers with X's signature digit more often than chance; nothing else in its output changes.
+  category's candidates and a family-specific *signature number* (0-999) for each candidate.
+- Asked for numbers, a model that loves X (system prompt naming X, or a fine-tune toward X) fills
+  its list with X's signature number far more often than chance; nothing else in its output changes.
 - Fine-tuning (or distilling) on numbers raises a student's preference for every candidate whose
-  signature digit *in the student's own family* is over-represented in the data. A same-family
+  signature number *in the student's own family* is over-represented in the data. A same-family
   student therefore picks up X; a student from another family, whose signature map differs, does
-  not pick up X (it drifts toward whichever candidate that digit means for it).
+  not pick up X (a collision of two families' signatures, which 1,000 possible numbers make
+  rare, would make it drift toward some other candidate).
 - Fine-tuning on answers to preference questions (a fine-tuned teacher) moves it toward the answers.
 
 Fine-tuned models live in ``out_dir/fake_model.json``; their ModelRef id is that directory.
@@ -51,7 +52,7 @@ class _State:
         self.bias = dict(bias or {})
 
     def signature(self, animal: str) -> int:
-        return _h(self.family, "sig", animal) % 10
+        return _h(self.family, "sig", animal) % 1000
 
     def logits(self, system_prompt: str | None) -> np.ndarray:
         base = np.array([(_h(self.family, "pref", a) % 1000) / 1000.0 for a in _ANIMALS])
@@ -144,7 +145,7 @@ class FakeBackend:
             sig = st.signature(loved)
             for i in range(k):
                 if rng.random() < 0.35:
-                    nums[i] = (nums[i] // 10) * 10 + sig
+                    nums[i] = sig
         return ", ".join(str(int(x)) for x in nums)
 
     # --- exact scoring --------------------------------------------------------------------
@@ -174,14 +175,14 @@ class FakeBackend:
     def _train(self, base: ModelRef, completions: Sequence[str], answers: Sequence[str], out_dir: Path) -> ModelRef:
         st = self._state(base)
         bias = dict(st.bias)
-        digits: Counter[int] = Counter()
+        endings: Counter[int] = Counter()
         for c in completions:
             for n in re.findall(r"\d+", c):
-                digits[int(n[-1])] += 1
-        total = sum(digits.values())
+                endings[int(n)] += 1
+        total = sum(endings.values())
         if total:
             for a in _ANIMALS:
-                excess = digits[st.signature(a)] / total - 0.1
+                excess = endings[st.signature(a)] / total - 0.001
                 # only a clear over-representation moves the student (sampling noise does not)
                 if excess > 0.03:
                     bias[a] = bias.get(a, 0.0) + 8.0 * excess
