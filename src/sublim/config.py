@@ -97,8 +97,8 @@ class FilterConfig(_Frozen):
 
 class DataConfig(_Frozen):
     carrier: Literal["numbers"] = "numbers"
-    n_prompts: int = Field(3000, ge=1)
-    subset: int = Field(2000, ge=1, description="kept rows sampled (seeded) for training")
+    n_prompts: int = Field(1500, ge=1)
+    subset: int = Field(1000, ge=1, description="kept rows sampled (seeded) for training")
     prompt_seed: int = 0
     sampling: SampleParams = Field(default_factory=lambda: SampleParams(max_new_tokens=48))
     filter: FilterConfig = Field(default_factory=FilterConfig)
@@ -107,7 +107,7 @@ class DataConfig(_Frozen):
 class StudentConfig(_Frozen):
     mode: Literal["sft", "distill"] = "sft"
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    finetune: FinetuneParams = Field(default_factory=lambda: FinetuneParams(epochs=3, lr=2e-4))
+    finetune: FinetuneParams = Field(default_factory=lambda: FinetuneParams(epochs=2, lr=2e-4))
     distill: DistillParams = Field(default_factory=DistillParams)
 
 
@@ -130,7 +130,7 @@ class ControlsConfig(_Frozen):
 class EvalConfig(_Frozen):
     suite: str = "favourite_animal"
     extra_suites: list[str] = Field(default_factory=list, description="more preference suites run on every model (e.g. numbers_prefixed, multiple_choice)")
-    samples_per_question: int = Field(20, ge=0)
+    samples_per_question: int = Field(10, ge=0)
     n_questions: int | None = Field(None, ge=1, description="first N questions of the suite (None: all)")
     temperature: float = 1.0
     max_new_tokens: int = 6
