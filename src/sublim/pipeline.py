@@ -137,8 +137,10 @@ def _train_or_load(
         return ref
     st.begin()
     model_dir = st.path / "model"
-    if model_dir.exists() and params.checkpoint_every == 0:
-        shutil.rmtree(model_dir)  # an interrupted run restarts this training cleanly
+    # An interrupted training restarts cleanly, unless it can resume: from its own checkpoint,
+    # or (API backends) from a recorded provider job, which must never be launched twice.
+    if model_dir.exists() and params.checkpoint_every == 0 and not (model_dir / "job.json").exists():
+        shutil.rmtree(model_dir)
     write_jsonl(st.path / "train.jsonl", rows)
     with ctx.rep.task(desc) as prog:
         ref = backend.finetune(base.with_system(None), rows, params, model_dir, seed, prog)

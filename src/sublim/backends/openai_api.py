@@ -25,7 +25,10 @@ experiment's models are API models. What it does, and its limits:
   restarted client resumes that job instead of creating a second one. Only the generic
   OpenAI-compatible endpoints are used (``/v1/files``, ``/v1/fine_tuning/jobs``), so any
   provider that implements them works. Epochs and batch size are mapped; the learning rate,
-  LoRA settings and schedules are the provider's.
+  LoRA settings and schedules are the provider's. Against ``sublim serve`` the job request
+  also carries the full ``FinetuneParams`` (non-standard ``sublim.finetune`` field) and the
+  seed, so the server trains exactly what the direct backend would; the student comes back as
+  ``openai-compat:<URL>#ft:<base>:sublim:<job id>``, served by the same server.
 - **Distillation** is impossible: APIs do not expose full next-token distributions.
 
 The API key comes from ``OPENAI_API_KEY`` only; it is never written to artifacts and is
@@ -492,10 +495,13 @@ class OpenAIBackend:
         return out
 
     def _poll(
-        self, fetch: Callable[[], Any], done: Callable[[Any], bool], info: dict[str, Any], max_wait: float | None = None
+        self, fetch: Callable[[], Any], done: Callable[[Any], bool], info: dict[str, Any], max_wait: float | None = None,
+        intervals: tuple[float, float] | None = None,
     ) -> Any:
-        """Fetch until ``done``, waiting poll_min seconds growing by 1.5x up to poll_max."""
-        interval, t0 = self.poll_min, time.monotonic()
+        """Fetch until ``done``, waiting poll_min seconds growing by 1.5x up to poll_max (or the
+        given (first, longest) ``intervals``)."""
+        first, longest = intervals or (self.poll_min, self.poll_max)
+        interval, t0 = first, time.monotonic()
         while True:
             try:
                 obj = self._call(fetch)
@@ -508,7 +514,7 @@ class OpenAIBackend:
             if max_wait is not None and time.monotonic() - t0 > max_wait:
                 raise BackendError(f"still running after {max_wait:.0f} s: {info}; rerun to keep polling")
             time.sleep(interval)
-            interval = min(self.poll_max, interval * 1.5)
+            interval = min(longest, interval * 1.5)
 
     # --- fine-tuning ------------------------------------------------------------------------------
     def finetune(
@@ -534,6 +540,11 @@ class OpenAIBackend:
             "n_epochs": max(1, math.ceil(params.epochs)),
             "batch_size": params.effective_batch or params.batch_size * params.grad_accum,
         }
+        # ``sublim serve`` takes the whole recipe (fractional epochs, learning rate, LoRA,
+        # schedule) in a non-standard field, so a run through it trains exactly like a direct
+        # run; other providers would reject the unknown field.
+        sublim_server = self.is_sublim_server(ep)
+        extra = {"extra_body": {"sublim": {"finetune": params.model_dump(mode="json")}}} if sublim_server else {}
         try:
             if not state.get("file_id"):
                 data_path = out_dir / "train_chat.jsonl"
@@ -542,8 +553,10 @@ class OpenAIBackend:
                     raise SublimError("no training rows to upload; check the filter's output")
                 payload = data_path.read_bytes()
                 f = self._call(lambda: client.files.create(file=("train.jsonl", payload), purpose="fine-tune"))
+                note = ("the full FinetuneParams were sent to sublim serve" if sublim_server
+                        else "learning rate, schedule and LoRA settings are the provider's")
                 state = {"base": base.spec, "file_id": f.id, "job_id": None, "n_rows": n, "hyperparameters": hyper,
-                         "note": "learning rate, schedule and LoRA settings are the provider's"}
+                         "seed": seed, "note": note}
                 _write_json(job_path, state)  # before creating the job: a restart reuses the file
             if not state.get("job_id"):
                 # A crash between creating the job and recording it leaves a job we do not know
@@ -552,7 +565,7 @@ class OpenAIBackend:
                 if job is None:
                     job = self._call(
                         lambda: client.fine_tuning.jobs.create(
-                            model=ep.model, training_file=state["file_id"], seed=seed, hyperparameters=hyper
+                            model=ep.model, training_file=state["file_id"], seed=seed, hyperparameters=hyper, **extra
                         )
                     )
                 state = {**state, "job_id": job.id}
@@ -563,6 +576,8 @@ class OpenAIBackend:
             lambda: client.fine_tuning.jobs.retrieve(state["job_id"]),
             lambda j: j.status in ("succeeded", "failed", "cancelled"),
             {"job_id": state["job_id"]},
+            # a local sublim server: polling is cheap and jobs are short, look often
+            intervals=(min(self.poll_min, 1.0), min(self.poll_max, 5.0)) if sublim_server else None,
         )
         if job.status != "succeeded" or not job.fine_tuned_model:
             err = getattr(job, "error", None)
