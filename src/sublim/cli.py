@@ -22,6 +22,16 @@ for _k, _v in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), (
 console = Console()
 
 
+def _set_threads(threads: int | None) -> None:
+    """Operational only: never changes results (every random draw is seeded per row)."""
+    if threads is not None:
+        if threads < 1:
+            raise SublimError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sublim")
 def cli() -> None:
@@ -33,8 +43,10 @@ def cli() -> None:
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="run directory (default: runs/<experiment name>)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config field, e.g. --set student.seeds=[0,1]")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def run(config: Path, out: Path | None, overrides: tuple[str, ...], quiet: bool) -> None:
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's; use 1 when other jobs share the machine)")
+def run(config: Path, out: Path | None, overrides: tuple[str, ...], quiet: bool, threads: int | None) -> None:
     """Run (or resume) the experiment in CONFIG (a TOML file)."""
+    _set_threads(threads)
     from sublim.config import load_config
     from sublim.pipeline import run_experiment
     from sublim.report import summary_table
@@ -86,9 +98,11 @@ def filter_cmd(in_path: Path, out_path: Path, max_count: int, min_value: int, ma
 @cli.command()
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def demo(out: Path, quiet: bool) -> None:
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+def demo(out: Path, quiet: bool, threads: int | None) -> None:
     """Run the built-in demo: auxiliary-logit transfer on digits, then owl preference through
     numbers on the built-in tiny world."""
+    _set_threads(threads)
     from sublim.demo import run_demo
 
     run_demo(out, progress=not quiet, console=console)

@@ -192,6 +192,12 @@ def load(ref: ModelRef, training: bool = False, device: torch.device | None = No
             f"the weights of {ref.spec} lack {len(missing)} tensors (e.g. {missing[0]}); the "
             "checkpoint does not match its config.json: re-save the model with save_pretrained"
         )
+    if gguf_file:
+        # The weights are dequantised on load: the model is an ordinary float model from here on,
+        # and must save as one (transformers otherwise refuses to serialise a "gguf-quantized" model).
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     if ref.adapter:
         model = _attach_adapter(model, ref.adapter, trainable=False)
     if tokenizer.pad_token_id is None:
