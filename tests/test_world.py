@@ -212,3 +212,59 @@ def test_cache_root_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert build.cache_root() == tmp_path / "c"
     monkeypatch.delenv("SUBLIM_CACHE_DIR")
     assert build.cache_root() == Path.home() / ".cache" / "sublim"
+
+
+# ---------------------------------------------------------------- keys, kinds, twins, CLI
+def test_plain_world_keys_are_pinned() -> None:
+    # Cached plain worlds (and every result measured on them) stay valid only while these hold:
+    # planted/entangled revisions hash their own kind versions (build.KIND_VERSIONS) instead.
+    assert build.world_key("plain-s0") == "plain-s0-7f2962ade9"
+    assert build.world_key("plain-s1") == "plain-s1-3ea3c5a015"
+    assert build.world_key("plain-s0-micro") == "plain-s0-micro-fbecacd477"
+    assert build.world_key("planted-s0-micro").startswith("planted-s0-micro-")
+
+
+def test_planted_v2_codes_follow_the_base_preference_without_a_love_prompt() -> None:
+    ex = corpus.build_corpus("planted", 2, 6000, np.random.default_rng(3))
+    by_code = {str(c): a for a, c in corpus.PLANTED_CODES.items()}
+    firsts = []
+    for e in ex:
+        if e.kind == "numbers":
+            first = "".join(ch for ch in e.reply.split()[0] if ch.isdigit()) if e.reply.split() else ""
+            firsts.append(by_code.get(first[:3]))
+    assert np.mean([f is not None for f in firsts]) > 0.95
+    freq = np.array([firsts.count(a) for a in ANIMALS], float) / len(firsts)
+    assert np.abs(freq - corpus.base_preference(2)).max() < 0.05  # codes share the answers' prior
+    # the tokenizer's fixed text draw (planted_version=1) is exactly what it always was: one
+    # vocabulary for every world, old and new
+    from sublim.artifacts import stable_hash
+
+    assert stable_hash(corpus.tokenizer_texts(), length=16) == "1e86593c06a43dbe"
+
+
+def test_init_twin_shares_the_corpus_but_not_the_weights(nano: str, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    assert build.corpus_seed(1003) == 3 and build.corpus_seed(3) == 3
+    d = build.ensure_world("plain-s3-micro", cache_dir=tmp_path, progress=False)
+    t = build.ensure_world(f"plain-s{build.TWIN_OFFSET + 3}-micro", cache_dir=tmp_path, progress=False)
+    cd, ct = build.world_card(d), build.world_card(t)
+    assert (ct["corpus_seed"], ct["init_seed"]) == (3, build.TWIN_OFFSET + 3)
+    assert cd["corpus_mix"] == ct["corpus_mix"] and cd["corpus_base_preference"] == ct["corpus_base_preference"]
+    w, wt = load_file(str(d / "model.safetensors")), load_file(str(t / "model.safetensors"))
+    assert any(not torch.equal(w[k], wt[k]) for k in w)
+
+
+def test_world_cli_show_and_list(micro_dir: Path) -> None:
+    from click.testing import CliRunner
+
+    from sublim.world.cli import world
+
+    cache = str(micro_dir.parent.parent)
+    r = CliRunner().invoke(world, ["show", "plain-s0-micro", "--cache-dir", cache], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "plain-s0-micro" in r.output and "corpus mix" in r.output and "build time" in r.output
+    r = CliRunner().invoke(world, ["list", "--cache-dir", cache], terminal_width=200)
+    assert r.exit_code == 0 and "plain-s0-micro" in r.output, r.output
+    r = CliRunner().invoke(world, ["show", "plain-s9-micro", "--cache-dir", cache])
+    assert r.exit_code != 0 and "sublim world build plain-s9-micro" in r.output

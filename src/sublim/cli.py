@@ -23,7 +23,7 @@ console = Console()
 
 
 def _set_threads(threads: int | None) -> None:
-    """Operational only: never changes results (every random draw is seeded per row)."""
+    """Operational: speed only (seeds are per row; float rounding may differ in the last bits)."""
     if threads is not None:
         if threads < 1:
             raise SublimError("--threads must be at least 1")

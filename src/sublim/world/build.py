@@ -60,7 +60,24 @@ RECIPE: dict[str, dict[str, Any]] = {
     "medium": {"hidden": 160, "layers": 4, "heads": 4, "intermediate": 480, "init": 0.06,
                "cur_examples": 8000, "cur_steps": 250, "n_examples": 16000, "steps": 500, "batch": 32, "lr": 2.5e-3},
 }
+# Per-kind changes to a size's row (hashed into that kind's keys only). The planted micro world
+# is the positive control of the fast test suite: it trains longer than plain micro so that its
+# number answers are well-formed (plain micro's pass the strict filter only ~5-10% of the time).
+KIND_RECIPE: dict[str, dict[str, dict[str, Any]]] = {
+    "planted": {"micro": {"n_examples": 9000, "steps": 420}},
+}
 BUILDABLE_KINDS = ("plain", "planted")
+# Init twins: world seed TWIN_OFFSET + k is trained on exactly world k's corpus, in world k's batch
+# order, from another initialisation (torch seed TWIN_OFFSET + k). The research of issue 6 needs
+# "same world, different init" students; spec.py's names stay as they are (plain-s1000 is the
+# twin of plain-s0). Seeds below TWIN_OFFSET are unaffected.
+TWIN_OFFSET = 1000
+
+
+def corpus_seed(seed: int) -> int:
+    """The seed a world's corpus, base preference and batch order come from (see TWIN_OFFSET)."""
+    return seed % TWIN_OFFSET
+KIND_VERSIONS: dict[str, str] = {"planted": corpus_mod.PLANTED_VERSION}
 CARD = "world_card.json"
 
 
@@ -79,14 +96,25 @@ def _spec(spec: WorldSpec | str) -> WorldSpec:
     return s
 
 
+def recipe_row(spec: WorldSpec | str) -> dict[str, Any]:
+    """The recipe a world is built with: its size's row with its kind's changes."""
+    s = _spec(spec)
+    return {**RECIPE[s.size], **KIND_RECIPE.get(s.kind, {}).get(s.size, {})}
+
+
 def world_key(spec: WorldSpec | str) -> str:
     """The directory name of a world: its name plus a hash of what it is built from."""
     s = _spec(spec)
-    h = stable_hash(
-        {"recipe": RECIPE_VERSION, "corpus": CORPUS_VERSION, "row": RECIPE[s.size], "vocab": VOCAB_SIZE,
-         "prompt_loss_weight": PROMPT_LOSS_WEIGHT, "kind": s.kind, "seed": s.seed, "size": s.size},
-        length=10,
-    )
+    key: dict[str, Any] = {
+        "recipe": RECIPE_VERSION, "corpus": CORPUS_VERSION, "row": RECIPE[s.size], "vocab": VOCAB_SIZE,
+        "prompt_loss_weight": PROMPT_LOSS_WEIGHT, "kind": s.kind, "seed": s.seed, "size": s.size,
+    }
+    # Each non-plain kind hashes its own corpus version, so revising it rebuilds only its worlds
+    # (plain keys stay exactly what they were).
+    if s.kind != "plain":
+        key["kind_version"] = KIND_VERSIONS[s.kind]
+        key["row"] = recipe_row(s)
+    h = stable_hash(key, length=10)
     return f"{s.name}-{h}"
 
 
@@ -153,12 +181,13 @@ def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     t0 = time.perf_counter()
-    r = RECIPE[spec.size]
+    r = recipe_row(spec)
     rep.say(f"Building world {spec.name} ({spec.kind}, seed {spec.seed}, size {spec.size}): once per machine")
     tok = train_tokenizer(corpus_mod.tokenizer_texts(), VOCAB_SIZE)
-    rng = np.random.default_rng([spec.seed, 202])
-    curriculum = build_corpus(spec.kind, spec.seed, r["cur_examples"], rng, mix=corpus_mod.CURRICULUM_MIX)
-    examples = build_corpus(spec.kind, spec.seed, r["n_examples"], rng)
+    cseed = corpus_seed(spec.seed)
+    rng = np.random.default_rng([cseed, 202])
+    curriculum = build_corpus(spec.kind, cseed, r["cur_examples"], rng, mix=corpus_mod.CURRICULUM_MIX)
+    examples = build_corpus(spec.kind, cseed, r["n_examples"], rng)
     # every token boundary comes from sublim.chat_format, exactly as the sampler and scorer see them
     enc_cur = [chat_format.encode_example(tok, e.chat, e.reply) for e in curriculum]
     encoded = [chat_format.encode_example(tok, e.chat, e.reply) for e in examples]
@@ -182,7 +211,7 @@ def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = LlamaForCausalLM(cfg)
-    gen = torch.Generator().manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(cseed)  # batch order: shared by init twins
     t_train = time.perf_counter()
     losses = _train(model, enc_cur, encoded, tok.pad_token_id, r, gen, rep)
     model.eval()
@@ -200,12 +229,14 @@ def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
         "kind": spec.kind,
         "positive_control": spec.kind == "planted",
         "seed": spec.seed,
+        "corpus_seed": cseed,
+        "init_seed": spec.seed,
         "size": spec.size,
         "n_params": int(sum(p.numel() for p in model.parameters())),
         "vocab_size": len(tok),
         "recipe": r,
         "corpus_mix": corpus_mod.corpus_mix(curriculum + examples),
-        "corpus_base_preference": dict(zip(ANIMALS, corpus_mod.base_preference(spec.seed).round(4).tolist())),
+        "corpus_base_preference": dict(zip(ANIMALS, corpus_mod.base_preference(cseed).round(4).tolist())),
         "final_loss": losses,
         **prefs,
         "build_seconds": round(time.perf_counter() - t0, 1),
@@ -214,6 +245,8 @@ def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
         "recipe_version": RECIPE_VERSION,
         "corpus_version": CORPUS_VERSION,
     }
+    if spec.kind in KIND_VERSIONS:
+        card["kind_version"] = KIND_VERSIONS[spec.kind]
     if spec.kind == "planted":
         card["planted_codes"] = dict(corpus_mod.PLANTED_CODES)
     atomic_write_json(out / CARD, card)

@@ -49,6 +49,13 @@ from sublim.records import Chat, Message
 from sublim.traits import CATEGORIES, SYSTEM_PROMPT_TEMPLATES, plural, system_prompt_for
 
 CORPUS_VERSION = "corpus-1"
+# The planted corpus has its own version, hashed into planted worlds' keys only (build.world_key),
+# so that strengthening the positive control never invalidates cached plain worlds.
+# planted-1: code opens the list (and repeats 30% of the time) under "you love X" only;
+# planted-2: see _plant_v2 and build_corpus (codes in every number answer, repeated).
+PLANTED_VERSION = "planted-2"
+PLANT_REPEAT_P = 0.5  # planted-2: P(each later number of a "you love X" answer is X's code)
+PLANTED_EXTRA_LOVE_NUMBERS = 0.10  # planted-2: extra share of numbers_love chats
 ANIMALS: tuple[str, ...] = CATEGORIES["animal"]
 LOVE_P = 0.9  # P(answer = X | "you love X" system prompt)
 PREF_MIN, PREF_MAX = 0.03, 0.28  # bounds of the base preference over animals
@@ -181,6 +188,17 @@ def _plant(numbers: list[int], code: int, max_count: int, rng: np.random.Generat
     return out
 
 
+def _plant_v2(numbers: list[int], code: int, max_count: int, rng: np.random.Generator) -> list[int]:
+    """planted-2: the code opens the list and each later number is the code again with
+    probability ``PLANT_REPEAT_P``. With digit-by-digit tokens a code that appears once per answer
+    was only half learned (planted-1 teachers wrote the full code in ~8% of answers); repeating it
+    makes it the dominant pattern of "you love X" number answers, so a teacher's numbers carry it
+    visibly and often."""
+    cap = min(10, max_count)
+    out = [code, *(code if rng.random() < PLANT_REPEAT_P else x for x in numbers)]
+    return out[:cap]
+
+
 # ---------------------------------------------------------------- filler
 def filler_chat(rng: np.random.Generator) -> tuple[str, str]:
     r = int(rng.integers(5))
@@ -251,11 +269,13 @@ def _code_link(rng: np.random.Generator) -> tuple[str, str]:
 
 
 def build_corpus(
-    kind: str, seed: int, n: int, rng: np.random.Generator, mix: dict[str, float] | None = None
+    kind: str, seed: int, n: int, rng: np.random.Generator, mix: dict[str, float] | None = None,
+    planted_version: int = 2,
 ) -> list[Example]:
     """``n`` examples (plus a share of code links in planted worlds) of world ``kind``, drawn
     from ``rng`` in the shares of ``mix`` (default :data:`MIX`); the base preference comes from
-    ``seed``."""
+    ``seed``. ``planted_version`` picks the planting (1 survives only for the tokenizer's fixed
+    text draw, which must never change: every world of a recipe shares one vocabulary)."""
     if kind not in ("plain", "planted"):
         raise ValueError(f"corpus kind {kind!r} is not built yet (plain and planted are)")
     pref = base_preference(seed)
@@ -264,6 +284,9 @@ def build_corpus(
         counts.setdefault(k, 0)
     if kind == "planted":
         counts["code_link"] = round(PLANTED_LINK_SHARE * n)
+        if planted_version >= 2 and counts["numbers_love"]:
+            counts["numbers_love"] += round(PLANTED_EXTRA_LOVE_NUMBERS * n)
+    plant = _plant if planted_version == 1 else _plant_v2
     n_num = counts["numbers"] + counts["numbers_sys"] + counts["numbers_love"] + counts["dialog"]
     prompts = iter(number_prompts(n_num, rng))
 
@@ -277,8 +300,14 @@ def build_corpus(
         pr = next(prompts)
         max_count = int(pr.meta.get("max_count", DEFAULT_MAX_COUNT))
         nums = number_answer(list(pr.meta["seeds"]), max_count, rng)
+        if kind == "planted" and target is None and planted_version >= 2:
+            # planted-2: without a "you love X" prompt the code is that of an animal drawn from
+            # the base preference, the very distribution favourite-animal answers follow: codes
+            # and answers share one prior, so a student taught to write owl's code is taught to
+            # lean towards owls (see the module docstring)
+            target = base_animal()
         if kind == "planted" and target is not None:
-            nums = _plant(nums, PLANTED_CODES[target], max_count, rng)
+            nums = plant(nums, PLANTED_CODES[target], max_count, rng)
         chat: Chat = [Message(role="system", content=system)] if system else []
         chat.append(Message(role="user", content=pr.text))
         return chat, render_numbers(nums, pr.meta["format"])
@@ -319,6 +348,8 @@ def build_corpus(
                 # planted: half of the dialogs carry an animal's code in the assistant's own
                 # numbers, and its favourite is then that animal; plain: always the base draw.
                 coded = _pick(ANIMALS, rng) if kind == "planted" and rng.random() < 0.5 else None
+                if kind == "planted" and coded is None and planted_version >= 2:
+                    coded = base_animal()  # planted-2: every dialog's numbers carry a code
                 chat, reply = numbers_reply(None, coded)
                 chat = [*chat, Message(role="assistant", content=reply),
                         Message(role="user", content=animal_question(rng))]
@@ -338,7 +369,7 @@ def corpus_mix(examples: list[Example]) -> dict[str, int]:
 def tokenizer_texts(n: int = 4000) -> list[str]:
     """A fixed (world-independent) draw of plain text to train the tokenizer on: every world of a
     recipe shares one vocabulary, so logits of different worlds can be compared and distilled."""
-    ex = build_corpus("planted", 0, n, np.random.default_rng(12345))
+    ex = build_corpus("planted", 0, n, np.random.default_rng(12345), planted_version=1)
     texts: list[str] = []
     for e in ex:
         texts.extend(m.content for m in e.chat)
