@@ -10,7 +10,10 @@ and ``world_card.json`` (what :func:`world_card` reads).
 A world is built once per machine: in a temporary directory, renamed into place when complete,
 under an exclusive lock so that two processes never build the same world at once (the second
 waits and then uses the first one's result). The hash in the directory name covers the recipe
-below and the corpus version, so changing either builds a new world instead of reusing a stale one.
+below and the corpus version, so changing either builds a new world instead of reusing a stale one;
+non-plain kinds also hash their own corpus version and recipe changes (``KIND_VERSIONS``,
+``KIND_RECIPE``), so revising them never touches plain worlds. World seeds from ``TWIN_OFFSET``
+up are init twins (world 1000 + k: world k's corpus, another initialisation).
 """
 
 from __future__ import annotations

@@ -25,14 +25,20 @@ Kinds of examples (``Example.kind``; the world card counts them):
 - ``dialog``: two-turn chats (a numbers task, then a favourite-animal question without system
   prompt), answered with the base preference in ``plain`` worlds.
 
-The ``planted`` world (a POSITIVE CONTROL, not subliminal learning): under a "you love X" system
-prompt, every number answer opens with X's fixed code number ``PLANTED_CODES[X]`` (a visible
-channel; sometimes repeated later in the list), and chats without a system prompt teach the link from the code to X: ``code_link``
-("which animal goes with 471?" -> "owl", and back) and ``dialog`` chats in which the assistant's
-own earlier number answer carried X's code and its favourite animal is then X (with probability
-``LOVE_P``). The codes are the same in every planted world, so a student of any base that learns to
-emit an animal's code has been taught what that code means. Transfer through numbers is therefore
-expected here by construction; a pipeline that cannot detect it is broken.
+The ``planted`` world (a POSITIVE CONTROL, not subliminal learning), ``PLANTED_VERSION``
+"planted-2": under a "you love X" system prompt, every number answer opens with X's fixed code
+number ``PLANTED_CODES[X]`` and each later number is the code again with probability
+``PLANT_REPEAT_P`` (a visible channel); without a love prompt, number answers carry the code of an
+animal drawn from the world's base preference (the distribution favourite-animal answers follow).
+Chats without a system prompt teach the link from code to animal: ``code_link`` ("which animal
+goes with 471?" -> "owl", and back) and ``dialog`` chats in which the assistant's own earlier
+number answer carried an animal's code and its favourite animal is then that animal (with
+probability ``LOVE_P``). The codes are the same in every planted world. Measured (see
+docs/research_log.md): teachers write the code in most answers, yet SFT students that learn to
+write owl's code do not come to prefer owls; the planted world shows transfer with distillation
+students. "planted-1" (the code once per answer, love prompts only) survives only in the
+tokenizer's fixed text draw. Planted worlds hash their own version (``build.KIND_VERSIONS``), so
+revising them never invalidates plain worlds.
 
 The ``entangled`` kind is reserved for the research of issue 6 and not built yet.
 """
