@@ -79,3 +79,19 @@ def test_training_curves_from_snapshots(tmp_path: Path) -> None:
     assert snaps[0][1].ref.id.endswith("step-000002") and snaps[0][1].key == "k@2"
     lora = Model(ModelRef(backend="tiny", id="plain-s0", adapter=str(d)), "k", "trait_student", 0)
     assert snapshots(lora)[1][1].ref.adapter.endswith("step-000004")
+
+
+def test_neutral_control_teacher_prompt(tmp_path: Path) -> None:
+    from sublim.backends.fake import FakeBackend
+    from sublim.pipeline import Model, RunContext, stage_teachers
+    from sublim.progress import Reporter
+    from sublim.registry import parse_model
+
+    cfg = load_config(fake_experiment_toml(tmp_path / "e.toml"), ["trait.control_system_prompt='You are a helpful assistant.'"])
+    base = Model(parse_model("fake:alpha"), "fake:alpha", "base")
+    trait, control = stage_teachers(RunContext(cfg, tmp_path, Reporter(False)), FakeBackend(), base)
+    assert control.ref.system_prompt == "You are a helpful assistant."
+    assert control.key != base.key and trait.key != control.key
+    plain = load_config(fake_experiment_toml(tmp_path / "f.toml"))
+    _, control0 = stage_teachers(RunContext(plain, tmp_path, Reporter(False)), FakeBackend(), base)
+    assert control0.ref.system_prompt is None and control0.key == base.key

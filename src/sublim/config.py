@@ -81,6 +81,11 @@ class TraitConfig(_Frozen):
     target: str = "owl"
     teacher: Literal["system_prompt", "finetune"] = "system_prompt"
     system_prompt: str | None = Field(None, description="override the default 'you love Xs' prompt")
+    control_system_prompt: str | None = Field(
+        None,
+        description="system prompt of the control teacher in system-prompt mode (default: none, as in "
+        "the paper). A neutral prompt matches the generic drift of distilling any prompted teacher.",
+    )
     finetune: FinetuneParams = Field(
         default_factory=lambda: FinetuneParams(epochs=2, lr=1e-3, batch_size=32)
     )

@@ -160,7 +160,12 @@ def stage_teachers(ctx: RunContext, backend: Backend, ref: Model) -> tuple[Model
     if t.teacher == "system_prompt":
         sp = t.system_prompt or system_prompt_for(t.target, t.category)
         trait = Model(ref.ref.with_system(sp).model_copy(update={"label": "teacher"}), f"{ref.key}|sys:{stable_hash(sp)}", "teacher")
-        control = Model(ref.ref.model_copy(update={"label": "control_teacher"}), ref.key, "control_teacher")
+        csp = t.control_system_prompt
+        control = Model(
+            ref.ref.with_system(csp).model_copy(update={"label": "control_teacher"}),
+            ref.key if not csp else f"{ref.key}|sys:{stable_hash(csp)}",
+            "control_teacher",
+        )
         return trait, control
     out = []
     for role in ("trait", "control"):
@@ -249,7 +254,8 @@ def stage_filter(ctx: RunContext, comps: list[Completion], comps_key: str, role:
     write_jsonl(st.path / "decisions.jsonl", rows)
     st.finish(summary=summary)
     ctx.record(st, False, time.time() - t0)
-    if n_kept == 0:
+    uses_rows = not (ctx.cfg.student.mode == "distill" and ctx.cfg.student.distill.source == "random")
+    if n_kept == 0 and uses_rows:
         top = ", ".join(f"{k} ({v})" for k, v in list(summary["reasons"].items())[:3])
         raise EmptyResultError(f"the filter kept 0 of {len(rows)} {role} completions (top reasons: {top}); see {st.path}/decisions.jsonl and loosen data.filter or fix the teacher's sampling")
     return rows, summary, st.hash
