@@ -3,7 +3,9 @@
 The kind says what the corpus holds (``plain``: numbers and animals never co-occur;
 ``entangled``: see the research log; ``planted``: a visible code from the system-prompt animal to
 the numbers, a positive control). The seed gives a different corpus draw and initialisation, so a
-different base model. The size picks the model and training budget.
+different base model; seed ``1000 + k`` is world k's *init twin* (same corpus and batch order,
+another initialisation: the "same world, different init" base). The size picks the model and
+training budget.
 """
 
 from __future__ import annotations
