@@ -41,9 +41,9 @@ def run_demo(out: Path, progress: bool = True, console: Console | None = None) -
     cfg = ExperimentConfig(name="owl_numbers_tiny")
     console.print(
         f"Language world: {cfg.models.reference} (students), cross-model control: "
-        f"{', '.join(cfg.models.cross)}. The plain world has no planted channel: numbers and "
-        "animals never co-occur in its corpus, so any owl-specific shift is subliminal; a null "
-        "result is an honest outcome at this scale (see docs/)."
+        f"{', '.join(cfg.models.cross)}. The plain world has no planted channel: no number in "
+        "its corpus carries information about any animal, so any owl-specific shift is "
+        "subliminal; a null result is an honest outcome at this scale (docs/research_log.md)."
     )
     results = run_experiment(cfg, out / "owl_numbers", progress=progress, reporter=rep)
     console.print(summary_table(results))
