@@ -283,6 +283,12 @@ def meaning(results: Mapping[str, Any]) -> str:
         parts.append(
             f"Cross-model student minus {xc.get('b')}: {_signed_interval(xc)} ({p_phrase(xc.get('p_value'))}); "
             "the paper predicts no transfer across different base models."
+            + (
+                " (Against the untrained cross base: generic fine-tuning drift is not matched; "
+                "set controls.cross_control for a matched control student.)"
+                if xc.get("b") == "cross_base"
+                else ""
+            )
         )
     return " ".join(parts)
 

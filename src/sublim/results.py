@@ -68,7 +68,7 @@ every `rate` when `eval.samples_per_question = 0`, or an interval from a single 
 | `...per_seed` | list[float] | the per-model values (mean over questions), one per seed, in seed order |
 | `contrast` | object | differences between conditions (below); a contrast is present when both of its conditions are |
 | `contrast.trait_minus_control` | object | `trait_student` minus `control_student`: the headline result |
-| `contrast.cross_minus_control` | object | `cross_student` minus `cross_control_student` (a control student from the same cross base model) when that condition was run, otherwise minus `control_student`; `b` says which |
+| `contrast.cross_minus_control` | object | `cross_student` minus `cross_control_student` (a control student from the same cross base model, `controls.cross_control`) when that condition was run, otherwise minus `cross_base` (the cross base model itself: no fine-tuning drift is matched), otherwise minus `control_student`; `b` says which |
 | `contrast.teacher_minus_control_teacher` | object | `teacher` minus `control_teacher`: checks the teacher carries the trait at all |
 | `contrast.<k>.metric` | str | the primary metric |
 | `contrast.<k>.a`, `.b` | str | the two conditions (a minus b) |
@@ -222,7 +222,9 @@ def contrast_pairs(names: Sequence[str]) -> dict[str, tuple[str, str]]:
     if "cross_student" in have:
         # A control student from the same cross base isolates the trait from "fine-tuning that
         # base on any numbers"; without one the same-base control is the best available.
-        ctrl = "cross_control_student" if "cross_control_student" in have else "control_student"
+        # the comparison must stay within the cross base: another base's control differs by its
+        # own preferences, not by transfer
+        ctrl = next(c for c in ("cross_control_student", "cross_base", "control_student") if c in have or c == "control_student")
         if ctrl in have:
             pairs["cross_minus_control"] = ("cross_student", ctrl)
     if {"teacher", "control_teacher"} <= have:
