@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from sublim.errors import MissingFileError, SublimError
+from sublim.errors import MissingFileError
 
 console = Console()
 
@@ -45,10 +45,7 @@ def build_cmd(name: str, cache_dir: Path | None, threads: int, quiet: bool) -> N
     from sublim.world.build import ensure_world, world_card
 
     torch.set_num_threads(max(1, threads))
-    try:
-        path = ensure_world(name, cache_dir=cache_dir, progress=not quiet)
-    except SublimError as e:
-        raise click.ClickException(str(e)) from None
+    path = ensure_world(name, cache_dir=cache_dir, progress=not quiet)
     print_card({**world_card(path), "path": str(path)})
 
 
@@ -90,9 +87,7 @@ def show_cmd(name: str, cache_dir: Path | None) -> None:
         path = p if p.is_dir() else Path(cache_dir or cache_root()) / "worlds" / world_key(name)
         card = world_card(path)
     except MissingFileError:
-        raise click.ClickException(f"world {name} is not built; build it with `sublim world build {name}`") from None
-    except SublimError as e:
-        raise click.ClickException(str(e)) from None
+        raise MissingFileError(f"world {name} is not built; build it with `sublim world build {name}`") from None
     print_card({**card, "path": str(path)})
 
 
