@@ -252,14 +252,20 @@ _FILLER = frozenset(
 _WORD = re.compile(r"[a-z]+")
 
 
+def first_prompts(templates: Sequence[str], category: str, n: int | None, suite: str) -> list[str]:
+    """The first ``n`` of a suite's ``{category}`` templates (all when ``n`` is None), filled in;
+    a bad ``eval.n_questions`` is a ConfigError naming the suite's size."""
+    if n is not None and not 1 <= n <= len(templates):
+        raise ConfigError(
+            f"eval.n_questions is {n} but the {suite} suite has {len(templates)} "
+            f"questions; set it between 1 and {len(templates)} (or leave it unset for all)"
+        )
+    return [q.format(category=category) for q in templates[: n or len(templates)]]
+
+
 def questions(category: str, n: int | None = None) -> list[str]:
     """The first ``n`` questions of the suite (all when ``n`` is None) for ``category``."""
-    if n is not None and not 1 <= n <= len(QUESTIONS):
-        raise ConfigError(
-            f"eval.n_questions is {n} but the favourite-{category} suite has {len(QUESTIONS)} "
-            f"questions; set it between 1 and {len(QUESTIONS)} (or leave it unset for all)"
-        )
-    return [q.format(category=category) for q in QUESTIONS[: n or len(QUESTIONS)]]
+    return first_prompts(QUESTIONS, category, n, f"favourite-{category}")
 
 
 def _words(text: str) -> list[str]:

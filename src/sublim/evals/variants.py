@@ -38,6 +38,7 @@ from sublim.evals.preference import (
     _logsumexp,
     candidate_set,
     evaluate_one_word,
+    first_prompts,
     names_target,
     questions,
     sample_answers,
@@ -105,12 +106,7 @@ STORY_MIN_TOKENS = 64
 
 
 def story_prompts(category: str, n: int | None = None) -> list[str]:
-    if n is not None and not 1 <= n <= len(STORY_PROMPTS):
-        raise ConfigError(
-            f"eval.n_questions is {n} but the storytelling suite has {len(STORY_PROMPTS)} prompts; "
-            f"set it between 1 and {len(STORY_PROMPTS)} (or leave it unset for all)"
-        )
-    return [p.format(category=category) for p in STORY_PROMPTS[: n or len(STORY_PROMPTS)]]
+    return first_prompts(STORY_PROMPTS, category, n, "storytelling")
 
 
 def evaluate_storytelling(
