@@ -36,10 +36,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from sublim.artifacts import atomic_write_json, atomic_write_text, derive_seed, package_versions
-from sublim.config import format_validation_error
+from sublim.config import parse_config
 from sublim.errors import ConfigError, DataError, MissingFileError
 
 N_CLASSES = 10
@@ -96,10 +96,7 @@ def parse_digits_config(data: dict[str, Any], source: str = "digits config") -> 
     # A TOML file may wrap the options in a [digits] table.
     if set(data) == {"digits"} and isinstance(data["digits"], dict):
         data = data["digits"]
-    try:
-        return DigitsConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+    return parse_config(DigitsConfig, data, source)
 
 
 # ----------------------------------------------------------------------------------------------

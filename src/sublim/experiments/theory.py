@@ -45,10 +45,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from sublim.artifacts import atomic_write_json, atomic_write_text, derive_seed, package_versions
-from sublim.config import format_validation_error
+from sublim.config import parse_config
 from sublim.errors import BackendError, ConfigError, MissingFileError
 
 MEASURES = ("cosine", "inner", "dloss_first_order", "dloss_actual", "cosine_specific", "dloss_specific_first_order")
@@ -98,10 +98,7 @@ class TheoryConfig(BaseModel):
 def parse_theory_config(data: dict[str, Any], source: str = "theory config") -> TheoryConfig:
     if set(data) == {"theory"} and isinstance(data["theory"], dict):
         data = data["theory"]
-    try:
-        return TheoryConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+    return parse_config(TheoryConfig, data, source)
 
 
 def _dtype(cfg: TheoryConfig, lm: bool) -> torch.dtype:
