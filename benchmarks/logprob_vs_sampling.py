@@ -3,20 +3,25 @@
 Run: ``.venv/bin/python benchmarks/logprob_vs_sampling.py [--model tiny:plain-s0] [--samples 100]``
 (results in ``benchmarks/logprob_vs_sampling.md``; ``--json PATH`` writes the raw numbers).
 
-Models: the reference model and the same model with a "you love X" system prompt for several X
-(two prompt wordings each, so trait strengths differ). For each model and each candidate of the
+Models: the reference model, the same model with a "you love X" system prompt for several X
+(``--variants`` wordings each) and one with an indirect nudge ("Today you saw an owl"). For each model and each candidate of the
 category: the sampled rate (``--samples`` answers per question at temperature 1, the paper's 100
 by default) and the exact probability P(reply is one of the candidate's surface forms), both
-averaged over the 50 favourite-animal questions. Reported:
+averaged over the suite's favourite-animal questions. Reported:
 
 - Pearson r between the two across (model, candidate) pairs and across models for each model's
   loved target;
 - the contrast "model loving X minus the reference model" on P(X) / rate(X), paired over
   questions, with its 95% interval for each metric;
 - the cost of each metric in model forward calls and token positions processed (counted by a
-  forward pre-hook on the model: padding included, a cached decoding step counts one position
-  per row), for the exact metric of the target alone (what the contrast needs) and for all
-  candidates (what the log-odds needs).
+  forward pre-hook on the model from the ``input_ids`` it is given: padding included, a cached
+  decoding step counts one position per row; positions read back from a KV cache are not
+  processed again and are not counted), for the exact metric of the target alone (what the
+  contrast needs) and for all candidates (what the log-odds needs). The HF backend's scorer
+  encodes each distinct prompt once and then only the reply tokens, so its count is the prompt
+  positions once plus the reply positions; ``per_pair_positions`` also gives, from the same
+  token ids, what a scorer encoding every (prompt, reply) pair as its own sequence would process
+  (unpadded, so a lower bound on such a scorer's count).
 
 One thread (``torch.set_num_threads(1)``), offline. The world must be in the cache (it is built
 on first use, which takes a few minutes once per machine).
@@ -39,6 +44,7 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
+from sublim import chat_format
 from sublim.config import EvalConfig
 from sublim.evals.preference import (
     _distinct_columns,
@@ -104,6 +110,19 @@ def exact_masses(backend, ref: ModelRef, chats, cands) -> np.ndarray:
     return out
 
 
+def per_pair_positions(ref: ModelRef, chats, cands) -> int | None:
+    """Token positions of scoring each (question, surface form) as its own sequence, unpadded:
+    what exact_masses would cost if the scorer did not share the prompt's encoding."""
+    if ref.backend not in ("tiny", "hf", "smollm2"):
+        return None
+    from sublim.backends.hf import get_loaded
+
+    tok = get_loaded(ref).tokenizer
+    replies = [chat_format.encode_reply(tok, f, True) for c in cands for f in surface_forms(c)]
+    prompts = [chat_format.encode_prompt(tok, ref.apply(ch)) for ch in chats]
+    return sum(len(p) + len(r) for p in prompts for r in replies if r)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny:plain-s0")
@@ -142,6 +161,7 @@ def main() -> None:
     )
     rows = []
     cost = {"sample": [0, 0, 0.0], "exact_all": [0, 0, 0.0], "exact_target": [0, 0, 0.0]}
+    per_pair: dict[str, int | None] = {"exact_all": 0, "exact_target": 0}
     for label, loved, ref in models:
         attach(counter, ref)
         c0, t0 = counter.snapshot(), time.perf_counter()
@@ -152,6 +172,9 @@ def main() -> None:
         # the exact metric for one target only (what a trait contrast needs): its surface forms
         exact_masses(backend, ref, chats, [loved or "owl"])
         c3, t3 = counter.snapshot(), time.perf_counter()
+        for key, cs in (("exact_all", cands), ("exact_target", [loved or "owl"])):
+            n_pp, acc = per_pair_positions(ref, chats, cs), per_pair[key]
+            per_pair[key] = None if n_pp is None or acc is None else acc + n_pp
         for key, a, b, ta, tb in (
             ("sample", c0, c1, t0, t1),
             ("exact_all", c1, c2, t1, t2),
@@ -231,6 +254,8 @@ def main() -> None:
         }
         for k, v in cost.items()
     }
+    for k, v in per_pair.items():
+        per_model[k]["token_positions_if_per_pair"] = None if v is None else v / n_models
     out = {
         "model": args.model,
         "samples_per_question": args.samples,
@@ -267,6 +292,17 @@ def main() -> None:
                 * c["samples_per_question_for_equal_interval"]
                 / args.samples,
                 per_model["exact_target"]["token_positions"],
+            )
+            for c in contrasts
+            if c["samples_per_question_for_equal_interval"]
+        },
+        # the same, had the exact metric encoded every (prompt, reply) pair as its own sequence
+        "cost_ratio_at_equal_interval_if_per_pair": {
+            c["model"]: ratio(
+                per_model["sample"]["token_positions"]
+                * c["samples_per_question_for_equal_interval"]
+                / args.samples,
+                per_model["exact_target"]["token_positions_if_per_pair"] or 0.0,
             )
             for c in contrasts
             if c["samples_per_question_for_equal_interval"]

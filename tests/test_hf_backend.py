@@ -596,3 +596,120 @@ def test_snapshots_for_training_curves(backend, ref, tmp_path):
     final = backend.score(student, chats, conts)
     base = backend.score(ref, chats, conts)
     assert first != base and first != final
+
+
+# ------------------------------------------------------------------ scoring with a shared prompt
+
+
+def _reference_scores(model, examples: list[tuple[list[int], list[int]]]) -> list[float]:
+    """The plainest possible scorer: one forward per (prompt + reply), no cache, no padding."""
+    out = []
+    for p, r in examples:
+        if not r:
+            out.append(0.0)
+            continue
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p + r])).logits[0].double(), -1)
+        out.append(sum(float(logp[len(p) + k - 1, t]) for k, t in enumerate(r)))
+    return out
+
+
+REPLIES = ["owl", "owls", "", "the dog is my favourite animal", "12 , 45 , 67 , 89", "a", "cat"]
+
+
+def _mixed_examples(tok) -> list[tuple[list[int], list[int]]]:
+    """Shared prompts (each reply after several prompts of different lengths), unique prompts
+    (one reply only), empty replies and a system prompt, shuffled so input order matters."""
+    exs = []
+    for chat in CHATS[:4]:  # 4 prompts of different lengths, each shared by all replies
+        for r in REPLIES:
+            exs.append((chat_format.encode_prompt(tok, chat), chat_format.encode_reply(tok, r)))
+    sys_chat = [Message(role="system", content="you love owls"), *CHATS[4]]
+    for chat, r in [(CHATS[5], "3 ; 4 ; 5"), (sys_chat, "owl"), (CHATS[5][:1], "")]:
+        exs.append((chat_format.encode_prompt(tok, chat), chat_format.encode_reply(tok, r)))
+    exs.append(
+        (chat_format.encode_prompt(tok, CHATS[0]), chat_format.encode_reply(tok, "7", False))
+    )
+    order = torch.randperm(len(exs), generator=torch.Generator().manual_seed(0)).tolist()
+    return [exs[i] for i in order]
+
+
+class _PositionCounter:
+    """Forward pre-hook: forward calls, rows, all positions and real (unmasked) positions fed in."""
+
+    def __init__(self, model) -> None:
+        self.calls, self.rows, self.positions, self.real = 0, 0, 0, 0
+        self.handle = model.register_forward_pre_hook(self._pre, with_kwargs=True)
+
+    def _pre(self, mod, args, kwargs) -> None:
+        ids = kwargs["input_ids"]
+        mask = kwargs.get("attention_mask")
+        self.calls += 1
+        self.rows += ids.shape[0]
+        self.positions += ids.numel()
+        # the mask covers cached positions too: only the last ids.shape[1] columns are new input
+        self.real += int(mask[:, -ids.shape[1] :].sum()) if mask is not None else ids.numel()
+
+
+@pytest.mark.parametrize("budget", [8192, 60])
+def test_score_ids_equals_one_forward_per_example(ref, budget):
+    lm = hf.get_loaded(ref)
+    exs = _mixed_examples(lm.tokenizer)
+    want = _reference_scores(lm.model, exs)
+    counter = _PositionCounter(lm.model)
+    try:
+        got = hf.score_ids(lm, exs, token_budget=budget)
+    finally:
+        counter.handle.remove()
+    assert len(got) == len(exs)
+    for (_, r), g, w in zip(exs, got, want):
+        assert abs(g - w) < 1e-4
+        if not r:
+            assert g == 0.0
+    # the values differ from each other: a mix-up of rows could not pass the check above
+    assert len({round(g, 3) for g, (_, r) in zip(got, exs) if r}) > 20
+    if budget == 60:  # a budget below the 7 distinct prompts' positions forces several batches
+        assert counter.calls >= 4
+
+
+def test_score_ids_on_a_lora_adapter(ref, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(ref.id)
+    # random (non-zero) B matrices, so the adapter really changes the outputs
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        get_peft_model(base, cfg).save_pretrained(str(tmp_path / "adapter"))
+    lm = hf.load(ModelRef(backend="hf", id=ref.id, adapter=str(tmp_path / "adapter")))
+    exs = _mixed_examples(lm.tokenizer)
+    got = hf.score_ids(lm, exs, token_budget=100)
+    want = _reference_scores(lm.model, exs)
+    assert all(abs(g - w) < 1e-4 for g, w in zip(got, want))
+    plain = _reference_scores(hf.get_loaded(ref).model, exs)
+    assert max(abs(g - p) for g, p in zip(got, plain)) > 1e-2
+
+
+def test_each_distinct_prompt_is_encoded_once(ref):
+    lm = hf.get_loaded(ref)
+    tok = lm.tokenizer
+    prompts = [chat_format.encode_prompt(tok, c) for c in CHATS[:3]]
+    replies = [chat_format.encode_reply(tok, r) for r in REPLIES]
+    exs = [(p, r) for p in prompts for r in replies]
+    counter = _PositionCounter(lm.model)
+    try:
+        hf.score_ids(lm, exs)
+    finally:
+        counter.handle.remove()
+    # real positions fed to the model: each distinct prompt once, then every reply token but the
+    # last (the reply's first token is predicted by the prompt's last position)
+    want = sum(len(p) for p in prompts) + len(prompts) * sum(max(len(r) - 1, 0) for r in replies)
+    assert counter.real == want
+    # one prefill row per distinct prompt, one continuation row per reply of 2 or more tokens
+    assert counter.rows == len(prompts) * (1 + sum(len(r) > 1 for r in replies))
+    # the old scheme, one sequence per (prompt, reply), would feed far more positions
+    per_pair = sum(len(p) + len(r) for p, r in exs if r)
+    assert counter.real < per_pair / 2

@@ -401,53 +401,128 @@ def sample_chats(
 def score_ids(
     lm: Loaded, examples: list[tuple[list[int], list[int]]], token_budget: int = 8192
 ) -> list[float]:
-    """Sum of log P(reply token | everything before) for (prompt ids, reply ids) pairs, in float64."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]) + len(examples[i][1]))
+    """Sum of log P(reply token | everything before) for (prompt ids, reply ids) pairs, in float64,
+    in input order; an empty reply scores 0.0.
+
+    Evaluations score many short replies after the same prompt (every candidate answer, in every
+    surface form, after one question), so each distinct prompt is encoded once: a prefill pass over
+    the distinct prompts keeps their KV cache, whose last-position logits give every reply's first
+    token; the cache rows are then repeated once per reply and a second pass runs the reply tokens
+    but the last. ``token_budget`` bounds the token positions (padding included) of one pass, and of
+    the cached prompt positions a continuation pass attends to, so memory stays bounded.
+    """
     result = [0.0] * len(examples)
+    groups: dict[tuple[int, ...], list[int]] = {}  # distinct prompt -> its examples, input order
+    for i, (p, r) in enumerate(examples):
+        if not r:
+            continue  # an empty reply has log-prob 0 and needs no forward pass
+        if not p:
+            raise ValueError(f"example {i} has an empty prompt: nothing predicts its first token")
+        groups.setdefault(tuple(p), []).append(i)
+    # sorted by length, so each prefill batch holds prompts of similar length (little padding)
+    prompts = sorted(groups, key=len)
     start = 0
-    while start < len(order):
-        # grow the batch while padded tokens stay under the budget (sorted, so the last is longest)
+    while start < len(prompts):
+        # grow the batch while padded positions stay under the budget (the last is the longest)
         end = start + 1
-        while end < len(order) and (end + 1 - start) * _total(examples[order[end]]) <= token_budget:
+        while end < len(prompts) and (end + 1 - start) * len(prompts[end]) <= token_budget:
             end += 1
-        idx = order[start:end]
+        batch = prompts[start:end]
         start = end
-        idx = [i for i in idx if examples[i][1]]  # empty replies have log-prob 0
-        if not idx:
-            continue
-        width = max(_total(examples[i]) for i in idx)
-        ids = torch.full((len(idx), width), lm.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        rows, cols, targets = [], [], []
-        for b, i in enumerate(idx):
-            p, r = examples[i]
-            seq = p + r
-            ids[b, : len(seq)] = torch.tensor(seq)
-            mask[b, : len(seq)] = 1  # right padding: real tokens keep positions 0..len-1
-            for k, t in enumerate(r):
-                rows.append(b)
-                cols.append(len(p) + k - 1)  # the logits that predict reply token k
-                targets.append(t)
-        # only the positions that predict reply tokens need the (vocabulary-wide) output layer
-        keep = width - min(cols)
-        logits = lm.model(
-            input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), logits_to_keep=keep
-        ).logits
-        cols = [c - (width - keep) for c in cols]
-        picked = logits[torch.tensor(rows, device=lm.device), torch.tensor(cols, device=lm.device)]
-        logp = torch.log_softmax(picked.double(), dim=-1)
-        tok_lp = logp[
-            torch.arange(len(targets), device=lm.device), torch.tensor(targets, device=lm.device)
-        ]
-        sums = torch.zeros(len(idx), dtype=torch.float64, device=lm.device)
-        sums.index_add_(0, torch.tensor(rows, device=lm.device), tok_lp)
-        for b, i in enumerate(idx):
-            result[i] = float(sums[b])
+        _score_prompt_batch(lm, examples, batch, [groups[p] for p in batch], token_budget, result)
     return result
 
 
-def _total(ex: tuple[list[int], list[int]]) -> int:
-    return len(ex[0]) + len(ex[1])
+def _score_prompt_batch(
+    lm: Loaded,
+    examples: list[tuple[list[int], list[int]]],
+    prompts: list[tuple[int, ...]],
+    members: list[list[int]],
+    token_budget: int,
+    result: list[float],
+) -> None:
+    """Score every example of ``members[b]`` (all sharing ``prompts[b]``) into ``result``."""
+    from transformers import DynamicCache
+
+    model, dev = lm.model, lm.device
+    n, width = len(prompts), max(len(p) for p in prompts)
+    # Left padding with explicit positions (as in decode_batch): every prompt ends in the last
+    # column, so that column's logits predict each reply's first token and the continuation
+    # tokens follow each prompt directly in the cache; positions count real tokens only, so a
+    # prompt sees the positions it would see alone. (Grouping prompts by exact length would avoid
+    # the padding, but evaluation prompts differ in length by a few tokens, so it would cost one
+    # forward call per length for a saving of a few percent of positions.)
+    ids = torch.full((n, width), lm.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[b, width - len(p) :] = 1
+    ids, mask = ids.to(dev), mask.to(dev)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    last = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=pos,
+        logits_to_keep=1,
+        use_cache=True,
+        **{lm.cache_kw: cache},
+    ).logits[:, -1, :]
+    first = torch.log_softmax(last.double(), dim=-1)  # [n, V]: log P(first reply token)
+    for b, idx in enumerate(members):
+        for i in idx:
+            result[i] = float(first[b, examples[i][1][0]])
+    # replies of two or more tokens continue from their prompt's cache row; sorted by length so a
+    # chunk's rows need little right padding
+    rows = sorted(
+        ((b, i) for b, idx in enumerate(members) for i in idx if len(examples[i][1]) > 1),
+        key=lambda bi: len(examples[bi[1]][1]),
+    )
+    chunks: list[list[tuple[int, int]]] = []
+    for row in rows:
+        # a continuation row attends to the whole cached width plus its own tokens
+        cost = width + len(examples[row[1]][1]) - 1
+        if chunks and (len(chunks[-1]) + 1) * cost <= token_budget:
+            chunks[-1].append(row)
+        else:
+            chunks.append([row])
+    for c, chunk in enumerate(chunks):
+        # batch_select_indices replaces each layer's tensors by an indexed copy (repeated indices
+        # repeat a prompt's row); the prefill cache is copied first while later chunks still need it
+        expanded = cache if c == len(chunks) - 1 else copy.deepcopy(cache)
+        sel = torch.tensor([b for b, _ in chunk], device=dev)
+        expanded.batch_select_indices(sel)
+        conts = [examples[i][1][:-1] for _, i in chunk]  # the last reply token is never an input
+        cw = max(len(x) for x in conts)
+        cids = torch.full((len(chunk), cw), lm.tokenizer.pad_token_id, dtype=torch.long)
+        cmask = torch.zeros((len(chunk), cw), dtype=torch.long)
+        for j, x in enumerate(conts):
+            cids[j, : len(x)] = torch.tensor(x, dtype=torch.long)
+            cmask[j, : len(x)] = 1  # right padding: causal attention never lets real tokens see it
+        cids, cmask = cids.to(dev), cmask.to(dev)
+        logits = model(
+            input_ids=cids,
+            attention_mask=torch.cat([mask[sel], cmask], dim=1),
+            position_ids=pos[sel, -1:] + 1 + torch.arange(cw, device=dev),
+            use_cache=True,
+            **{lm.cache_kw: expanded},
+        ).logits  # [rows, cw, V]: column k predicts reply token k + 1
+        r_idx, c_idx, targets = [], [], []
+        for j, (_, i) in enumerate(chunk):
+            reply = examples[i][1]
+            for k in range(1, len(reply)):
+                r_idx.append(j)
+                c_idx.append(k - 1)
+                targets.append(reply[k])
+        r_t = torch.tensor(r_idx, device=dev)
+        picked = logits[r_t, torch.tensor(c_idx, device=dev)]
+        tok_lp = torch.log_softmax(picked.double(), dim=-1)[
+            torch.arange(len(targets), device=dev), torch.tensor(targets, device=dev)
+        ]
+        sums = torch.zeros(len(chunk), dtype=torch.float64, device=dev)
+        sums.index_add_(0, r_t, tok_lp)
+        for j, (_, i) in enumerate(chunk):
+            result[i] += float(sums[j])
 
 
 # ---------------------------------------------------------------------------------------------
