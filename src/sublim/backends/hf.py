@@ -92,6 +92,66 @@ def find_smollm2_gguf() -> Path:
     )
 
 
+GGUF_CACHE_VERSION = "gguf-float-1"  # bump to reconvert every cached GGUF model
+
+
+def dequantised_dir(gguf_path: Path, cache_dir: Path | None = None) -> Path:
+    """An ordinary float32 Hugging Face directory (safetensors, tokenizer, chat template) holding
+    the dequantised weights of ``gguf_path``, converted once per machine under
+    ``$SUBLIM_CACHE_DIR/gguf``: transformers dequantises a GGUF file on every load (~40 s for
+    SmolLM2-135M on one core), which an experiment with several students would otherwise pay at
+    every load; reading the converted copy takes about a second. Keyed by the file's name, size
+    and modification time, written to a temporary directory and renamed, under a lock (a killed
+    conversion leaves no half-written model)."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from sublim.artifacts import stable_hash
+    from sublim.world.build import cache_root, file_lock
+
+    st = gguf_path.stat()
+    key = stable_hash(
+        {"v": GGUF_CACHE_VERSION, "name": gguf_path.name, "size": st.st_size, "mtime": int(st.st_mtime)},
+        length=10,
+    )
+    root = Path(cache_dir or cache_root()) / "gguf"
+    final = root / f"{gguf_path.stem}-{key}"
+    done = final / "config.json"
+    if done.is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    with file_lock(root / f".{final.name}.lock"):
+        if done.is_file():  # converted by another process while we waited
+            return final
+        for stale in root.glob(f".tmp-{final.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
+        hf_logging.disable_progress_bar()
+        try:
+            kw: dict[str, Any] = {"gguf_file": gguf_path.name}
+            tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), dtype=torch.float32, **kw
+            )
+            # dequantised on load: an ordinary float model from here on, which must save as one
+            # (transformers otherwise refuses to serialise a "gguf-quantized" model)
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            tok.save_pretrained(str(tmp))
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            if final.exists():  # an incomplete leftover (no config.json): replace it
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def resolve(ref: ModelRef) -> tuple[str, str | None]:
     """(directory or hub id, gguf file name or None) that ``from_pretrained`` should load."""
     if ref.backend == "tiny":
@@ -104,7 +164,7 @@ def resolve(ref: ModelRef) -> tuple[str, str | None]:
             import gguf  # noqa: F401  (transformers' GGUF reader needs it)
         except ImportError:
             raise MissingExtraError("gguf", "smollm2", "loading SmolLM2") from None
-        return str(path.parent), path.name
+        return str(dequantised_dir(path)), None
     if ref.backend != "hf":
         raise ValueError(f"HFBackend cannot serve backend {ref.backend!r}")
     p = Path(ref.id).expanduser()

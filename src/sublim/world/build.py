@@ -129,7 +129,7 @@ def ensure_world(spec: WorldSpec | str, cache_dir: Path | None = None, progress:
     if (final / CARD).is_file():
         return final
     worlds.mkdir(parents=True, exist_ok=True)
-    with _locked(worlds / f".{final.name}.lock"):
+    with file_lock(worlds / f".{final.name}.lock"):
         if (final / CARD).is_file():  # built by another process while we waited
             return final
         # We hold the lock, so temp dirs of this world are leftovers of a killed build.
@@ -148,7 +148,9 @@ def ensure_world(spec: WorldSpec | str, cache_dir: Path | None = None, progress:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock held on ``path`` (created if missing) for the ``with`` block:
+    one process builds a cached artifact while the others wait for it."""
     with open(path, "a+") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
