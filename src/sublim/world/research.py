@@ -1,18 +1,27 @@
 """Multi-world experiments of issue 6: one recipe run over several built-in worlds fixed in
 advance, with worlds (not student seeds) as the independent units.
 
-Where it sits: above the runner. For each world seed k it calls ``sublim.pipeline.run_experiment``
-twice into one run directory (so the teacher, control and same-init students are computed once):
-once with the init twin of world k as the cross base (``build.TWIN_OFFSET + k``: the same corpus
-and batch order, another initialisation) and once with another world as the cross base; both with
-``controls.cross_control`` so every cross student has a control student on its own base. It then
-tests, over worlds, the paired differences trait - control (same init), twin trait - twin
-control, and other-world trait - other-world control, with ``sublim.stats.paired_contrast``.
+Where it sits: above the runner. It reuses the pipeline's own stages (``stage_teachers``,
+``stage_student``, ``stage_eval``: the same teachers, distillation, exact evaluation and
+content-addressed cache as ``sublim run``) but skips teacher generation and filtering, which a
+random-prompt distillation student never reads. For each world k of the list:
 
-The research log (docs/research_log.md) records what these runs found; reproduce one with
+- teachers: world k with a "you love X" system prompt for every target X of ``targets``, and one
+  control teacher, world k with the neutral ``trait.control_system_prompt`` (so trait and control
+  students both learn from a prompted copy of the base and share its generic drift);
+- three student bases ("arms"): world k itself (**same init**), its init twin
+  ``build.TWIN_OFFSET + k`` (same corpus and batch order, another initialisation: **twin**), and
+  the next world of the list, cyclically (**other world**);
+- on every base, per student seed: one student per target teacher and one control student, all
+  distilled on the same random prompts (drawn from the student seed);
+- the effect of an arm in world k: the mean over targets and seeds of
+  [log-odds of X for the X-student - log-odds of X for the control student].
 
-    OMP_NUM_THREADS=1 python -m sublim.world.research experiments/owl_numbers_world.toml \
-        --worlds 0,1,2,3,4 --size micro --out runs/owl_world
+It then tests each arm's per-world effects over worlds with ``sublim.stats.paired_contrast``
+(a two-sided one-sample t over worlds), and the same-init effect against each cross-init arm
+(paired over worlds). The research log (docs/research_log.md) records the pre-registered design
+and what it found. ``python -m sublim.world.research`` with no options runs that confirmatory
+design (``CONFIRMATORY_WORLDS`` with ``experiments/owl_numbers_world.toml``).
 """
 
 from __future__ import annotations
@@ -25,58 +34,135 @@ from typing import Any
 import click
 import numpy as np
 
-from sublim.stats import paired_contrast
+from sublim.errors import ConfigError
 from sublim.world.build import TWIN_OFFSET
 
-OTHER_OFFSET = 5  # other-world bases: world OTHER_OFFSET + (k + 1) mod OTHER_OFFSET (never a tested world < 5)
+# Frozen before the confirmatory run (docs/research_log.md, section 2b, phase 2): world
+# seeds never run before, the targets averaged per world, and the neutral control prompt.
+CONFIRMATORY_WORLDS: tuple[int, ...] = (20, 21, 22, 23, 24, 25, 26, 27)
+TARGETS: tuple[str, ...] = ("owl", "cat", "wolf", "eagle")
+DEFAULT_CONFIG = Path("experiments/owl_numbers_world.toml")
+ARMS = ("same_init", "twin", "other_world")
 
 
-def _name(seed: int, size: str) -> str:
-    return f"tiny:plain-s{seed}" + ("" if size == "small" else f"-{size}")
+def world_name(seed: int, size: str, kind: str = "plain") -> str:
+    """The tiny-backend model name of a built-in world (``small`` has no size suffix)."""
+    return f"tiny:{kind}-s{seed}" + ("" if size == "small" else f"-{size}")
 
 
-def _mean_logodds(cond: dict[str, Any]) -> float:
-    return float(np.mean(cond["logodds"]["per_seed"]))
+def arm_bases(worlds: list[int]) -> dict[int, dict[str, int]]:
+    """World seed of each arm's student base, per tested world: itself, its init twin, and the
+    next world of the list (cyclically), so the other-world arm needs no extra world builds."""
+    if len(set(worlds)) != len(worlds) or len(worlds) < 2:
+        raise ConfigError("--worlds needs at least two distinct world seeds (the other-world arm uses the next one)")
+    if any(k >= TWIN_OFFSET or k < 0 for k in worlds):
+        raise ConfigError(f"world seeds must be in 0..{TWIN_OFFSET - 1}; seeds from {TWIN_OFFSET} up are init twins")
+    return {k: {"same_init": k, "twin": TWIN_OFFSET + k, "other_world": worlds[(i + 1) % len(worlds)]}
+            for i, k in enumerate(worlds)}
+
+
+def _mean_logodds(scores: list[Any]) -> float:
+    vals = [q.logodds for q in scores if q.logodds is not None]
+    return float(np.mean(vals))
 
 
 def run_over_worlds(
-    config: Path, worlds: list[int], size: str, out: Path, overrides: list[str] | None = None,
-    progress: bool = False,
+    config: Path, worlds: list[int], out: Path, size: str = "micro", targets: tuple[str, ...] = TARGETS,
+    overrides: list[str] | None = None, progress: bool = False, arms: tuple[str, ...] = ARMS,
 ) -> dict[str, Any]:
-    """Run the experiment ``config`` on every world of ``worlds`` (plain kind, ``size``); returns
-    (and writes to ``out/summary.json``) per-world log-odds and the tests over worlds."""
+    """Run the multi-target design of the module docstring with the experiment ``config``
+    (``student.mode = "distill"``, ``source = "random"``, a system-prompt teacher) on every world
+    of ``worlds`` (plain kind, ``size``); returns (and writes to ``out/summary.json``) per-world
+    rows and one test over worlds per arm."""
     from sublim.config import load_config
-    from sublim.pipeline import run_experiment
+    from sublim.pipeline import (
+        Model,
+        RunContext,
+        model_key,
+        stage_eval,
+        stage_student,
+        stage_teachers,
+    )
+    from sublim.progress import Reporter
+    from sublim.registry import get_backend, parse_model
+    from sublim.stats import paired_contrast
+    from sublim.world.build import ensure_world
 
+    cfg = load_config(config, list(overrides or []))
+    if cfg.student.mode != "distill" or cfg.student.distill.source != "random" or cfg.trait.teacher != "system_prompt":
+        raise ConfigError(f"{config}: the multi-world runner needs student.mode='distill', student.distill.source='random' and trait.teacher='system_prompt'")
+    if cfg.trait.system_prompt is not None and len(targets) > 1:
+        raise ConfigError("trait.system_prompt names one animal; leave it unset when several targets are averaged")
+    if not targets or len(set(targets)) != len(targets):
+        raise ConfigError("--targets needs distinct target names")
+    if not arms or any(a not in ARMS for a in arms):
+        raise ConfigError(f"--arms must be some of {', '.join(ARMS)}")
+    bases = {k: {a: b for a, b in v.items() if a in arms} for k, v in arm_bases(worlds).items()}
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
+    (out / "rows.jsonl").unlink(missing_ok=True)  # this run's rows only (a rerun is served from the cache)
+    rep = Reporter(progress)
     t_all = time.perf_counter()
+
+    # Build (or find) every world first, so cold and warm costs are reported apart.
+    seeds = sorted({s for b in bases.values() for s in b.values()})
+    t0 = time.perf_counter()
+    for s in seeds:
+        ensure_world(world_name(s, size)[len("tiny:"):], progress=progress)
+    build_seconds = time.perf_counter() - t0
+    backend = get_backend("tiny")
+    models = {s: Model(parse_model(world_name(s, size), label="base"), "", "base") for s in seeds}
+    for m in models.values():
+        m.key = model_key(m.ref)
+
+    rows: list[dict[str, Any]] = []
     for k in worlds:
-        row: dict[str, Any] = {"world": k}
-        for arm, cross in (("twin", TWIN_OFFSET + k), ("other", OTHER_OFFSET + (k + 1) % OTHER_OFFSET)):
-            t0 = time.perf_counter()
-            cfg = load_config(config, [
-                f"models.reference={_name(k, size)}", f"models.cross=['{_name(cross, size)}']",
-                "controls.cross_control=true", *(overrides or []),
-            ])
-            c = run_experiment(cfg, out / f"world-{k}", progress=progress)["conditions"]
-            row.update(base=_mean_logodds(c["base"]), trait=_mean_logodds(c["trait_student"]),
-                       control=_mean_logodds(c["control_student"]))
-            row[f"{arm}_trait"] = _mean_logodds(c["cross_student"])
-            row[f"{arm}_control"] = _mean_logodds(c["cross_control_student"])
-            row[f"{arm}_seconds"] = round(time.perf_counter() - t0, 1)
+        t_world = time.perf_counter()
+        row: dict[str, Any] = {"world": k, "bases": bases[k]}
+        for target in targets:
+            tcfg = cfg.model_copy(update={"trait": cfg.trait.model_copy(update={"target": target})})
+            ctx = RunContext(tcfg, out / f"world-{k}", rep)
+            teacher, control_teacher = stage_teachers(ctx, backend, models[k])
+            row.setdefault("base", {})[target] = _mean_logodds(stage_eval(ctx, backend, models[k])[0])
+            row.setdefault("teacher", {})[target] = _mean_logodds(stage_eval(ctx, backend, teacher)[0])
+            row.setdefault("control_teacher", {})[target] = _mean_logodds(stage_eval(ctx, backend, control_teacher)[0])
+            for arm, b in bases[k].items():
+                base = models[b]
+                trait_lo, control_lo = [], []
+                for seed in cfg.student.seeds:
+                    # Random prompts come from the student seed alone, so a trait student and its
+                    # control student see exactly the same inputs; data_key "random" says so.
+                    ts = stage_student(ctx, backend, base, teacher, [], "random", f"{arm}-{target}", seed)
+                    cs = stage_student(ctx, backend, base, control_teacher, [], "random", f"{arm}-control", seed)
+                    trait_lo.append(_mean_logodds(stage_eval(ctx, backend, ts)[0]))
+                    control_lo.append(_mean_logodds(stage_eval(ctx, backend, cs)[0]))
+                row.setdefault(arm, {})[target] = {"trait": float(np.mean(trait_lo)), "control": float(np.mean(control_lo)),
+                                                   "trait_per_seed": trait_lo, "control_per_seed": control_lo}
+        for arm in arms:
+            row[f"{arm}_effect"] = float(np.mean([v["trait"] - v["control"] for v in row[arm].values()]))
+        if "owl" in targets:
+            for arm in arms:
+                row[f"{arm}_owl_effect"] = row[arm]["owl"]["trait"] - row[arm]["owl"]["control"]
+        row["seconds"] = round(time.perf_counter() - t_world, 1)
         rows.append(row)
+        with (out / "rows.jsonl").open("a", encoding="utf-8") as f:  # progress of a long run
+            f.write(json.dumps(row) + "\n")
+        rep.say(f"world {k}: " + ", ".join(f"{a} {row[a + '_effect']:+.3f}" for a in arms) + f" ({row['seconds']} s)")
 
-    def test(a: str, b: str) -> dict[str, Any]:
-        r = paired_contrast([x[a] for x in rows], [x[b] for x in rows])
-        return {"mean": r["mean"], "ci95": r["ci95"], "p_value": r["p_value"],
-                "per_world": [x[a] - x[b] for x in rows]}
+    def test(key: str) -> dict[str, Any]:
+        r = paired_contrast([x[key] for x in rows], [0.0] * len(rows))
+        return {"mean": r["mean"], "ci95": r["ci95"], "p_value": r["p_value"], "per_world": [x[key] for x in rows]}
 
-    summary = {
-        "config": str(config), "size": size, "worlds": worlds, "overrides": overrides or [],
-        "same_init": test("trait", "control"),
-        "twin": test("twin_trait", "twin_control"),
-        "other_world": test("other_trait", "other_control"),
+    summary: dict[str, Any] = {
+        "config": str(config), "size": size, "worlds": worlds, "targets": list(targets),
+        "control_system_prompt": cfg.trait.control_system_prompt, "student_seeds": cfg.student.seeds,
+        "overrides": list(overrides or []),
+        "arms": list(arms),
+        "tests": {arm: test(f"{arm}_effect") for arm in arms},
+        "owl_only": {arm: test(f"{arm}_owl_effect") for arm in arms} if "owl" in targets else None,
+        # secondary: how much of the same-init effect is specific to the shared initialisation
+        "same_init_minus": {arm: paired_contrast([x["same_init_effect"] for x in rows], [x[f"{arm}_effect"] for x in rows])
+                            for arm in arms if arm != "same_init" and "same_init" in arms},
+        "build_seconds": round(build_seconds, 1),
         "wall_seconds": round(time.perf_counter() - t_all, 1),
         "rows": rows,
     }
@@ -84,22 +170,46 @@ def run_over_worlds(
     return summary
 
 
+def format_summary(s: dict[str, Any]) -> str:
+    """A few lines: one test per arm (all targets, then owl alone) and the wall times."""
+    lines = [f"worlds {s['worlds']}, targets {s['targets']}, control prompt {s['control_system_prompt']!r}"]
+    for title, tests in (("all targets", s["tests"]), ("owl only", s["owl_only"])):
+        if not tests:
+            continue
+        for arm, t in tests.items():
+            lines.append(f"{title:11s} {arm:11s} {t['mean']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] p={t['p_value']:.3g}")
+    for arm, t in (s.get("same_init_minus") or {}).items():
+        lines.append(f"same_init - {arm:11s} {t['mean']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] p={t['p_value']:.3g}")
+    lines.append(f"wall {s['wall_seconds']} s (world builds {s['build_seconds']} s)")
+    return "\n".join(lines)
+
+
 @click.command()
-@click.argument("config", type=click.Path(exists=True, path_type=Path))
-@click.option("--worlds", default="0,1,2,3,4", show_default=True, help="world seeds, fixed before running")
+@click.argument("config", type=click.Path(path_type=Path), default=str(DEFAULT_CONFIG))
+@click.option("--worlds", default=",".join(map(str, CONFIRMATORY_WORLDS)), show_default=True, help="world seeds, fixed before running")
+@click.option("--targets", default=",".join(TARGETS), show_default=True, help="animals averaged per world, fixed before running")
 @click.option("--size", default="micro", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/owl_world_confirm"), show_default=True)
 @click.option("--set", "overrides", multiple=True, help="config override key=value (repeatable)")
-def main(config: Path, worlds: str, size: str, out: Path, overrides: tuple[str, ...]) -> None:
-    """Run CONFIG over several worlds and print the tests over worlds."""
+@click.option("--arms", default=",".join(ARMS), show_default=True, help="student bases to run (exploration may skip some)")
+@click.option("--progress/--quiet", default=True)
+def main(config: Path, worlds: str, targets: str, size: str, out: Path, overrides: tuple[str, ...], arms: str, progress: bool) -> None:
+    """Run CONFIG (default: the shipped recipe) over several worlds and print the tests over worlds."""
     import torch
 
-    torch.set_num_threads(1)
-    s = run_over_worlds(config, [int(x) for x in worlds.split(",")], size, out, list(overrides))
-    for key in ("same_init", "twin", "other_world"):
-        t = s[key]
-        click.echo(f"{key:12s} {t['mean']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] p={t['p_value']:.3g}")
-    click.echo(f"wall {s['wall_seconds']} s; {out / 'summary.json'}")
+    from sublim.errors import SublimError
+
+    torch.set_num_threads(1)  # the budget of issue 6 is stated for one thread per process
+    try:
+        if not config.is_file():
+            raise ConfigError(f"config file not found: {config}; run from the repository root or pass the experiment TOML")
+        s = run_over_worlds(config, [int(x) for x in worlds.split(",")], out, size,
+                            tuple(t.strip() for t in targets.split(",") if t.strip()), list(overrides), progress,
+                            tuple(a.strip() for a in arms.split(",") if a.strip()))
+    except SublimError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(format_summary(s))
+    click.echo(f"{out / 'summary.json'}")
 
 
 if __name__ == "__main__":

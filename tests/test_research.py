@@ -1,0 +1,97 @@
+"""The multi-world runner of issue 6 (``sublim.world.research``): its design, not its finding.
+
+Worlds are built with a shrunken recipe (a few training steps, as in test_world.py) in a private
+cache, so the whole file takes seconds: the numbers it produces are meaningless, and no test here
+asserts that any effect is significant. What is checked: every arm runs on the bases the design
+names, per-world effects are the means over targets of trait - control log-odds, the tests over
+worlds are computed from those rows, and a rerun is served from the stage cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from sublim.errors import ConfigError
+from sublim.stats import paired_contrast
+from sublim.world import build, research
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "student.seeds=[0]",
+    "student.distill.steps=3",
+    "student.distill.n_random_prompts=16",
+    "student.distill.random_prompt_len=6",
+    "student.distill.batch_size=4",
+    "eval.n_questions=4",
+]
+
+
+@pytest.fixture
+def tiny_worlds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private cache in which micro worlds train for a handful of steps (seconds each)."""
+    row = dict(build.RECIPE["micro"], cur_examples=200, cur_steps=2, n_examples=400, steps=3)
+    monkeypatch.setitem(build.RECIPE, "micro", row)
+    monkeypatch.setenv("SUBLIM_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_arm_bases_pair_each_world_with_its_twin_and_the_next_world() -> None:
+    b = research.arm_bases([20, 21, 22])
+    assert b[20] == {"same_init": 20, "twin": build.TWIN_OFFSET + 20, "other_world": 21}
+    assert b[22]["other_world"] == 20  # cyclic: the last world uses the first as its other world
+    with pytest.raises(ConfigError):
+        research.arm_bases([3])
+    with pytest.raises(ConfigError):
+        research.arm_bases([1, build.TWIN_OFFSET + 1])
+
+
+def test_runner_on_two_worlds_gives_three_tests_and_per_world_rows(tiny_worlds: Path) -> None:
+    out = tiny_worlds / "run"
+    cfg = ROOT / "experiments" / "owl_numbers_world.toml"
+    s = research.run_over_worlds(cfg, [0, 1], out, "micro", ("owl", "cat"), TINY)
+    assert set(s["tests"]) == {"same_init", "twin", "other_world"}
+    assert [r["world"] for r in s["rows"]] == [0, 1]
+    assert s["control_system_prompt"]  # the shipped recipe uses a neutral control teacher
+    for r in s["rows"]:
+        assert r["bases"]["twin"] == build.TWIN_OFFSET + r["world"]
+        for arm in research.ARMS:
+            diffs = [r[arm][t]["trait"] - r[arm][t]["control"] for t in ("owl", "cat")]
+            assert r[f"{arm}_effect"] == pytest.approx(float(np.mean(diffs)))
+            assert np.isfinite(r[f"{arm}_effect"])
+        # a prompted teacher and a neutral one are different models: their students differ
+        assert r["same_init"]["owl"]["trait"] != r["same_init"]["owl"]["control"]
+    for arm in research.ARMS:
+        want = paired_contrast([r[f"{arm}_effect"] for r in s["rows"]], [0.0, 0.0])
+        assert s["tests"][arm]["p_value"] == pytest.approx(want["p_value"], nan_ok=True)
+        assert s["owl_only"][arm]["per_world"] == [r[f"{arm}_owl_effect"] for r in s["rows"]]
+    assert json.loads((out / "summary.json").read_text())["worlds"] == [0, 1]
+    # Every stage is cached: a rerun reads the same numbers without training anything.
+    again = research.run_over_worlds(cfg, [0, 1], out, "micro", ("owl", "cat"), TINY)
+    assert again["tests"] == s["tests"]
+
+
+def test_cli_rejects_a_recipe_the_runner_cannot_use(tiny_worlds: Path) -> None:
+    cfg = ROOT / "experiments" / "owl_numbers_world.toml"
+    r = CliRunner().invoke(research.main, [str(cfg), "--worlds", "0,1", "--out", str(tiny_worlds / "x"),
+                                           "--set", "student.mode=sft", "--quiet"])
+    assert r.exit_code != 0 and "student.mode='distill'" in r.output
+
+
+def test_shipped_file_holds_the_confirmed_recipe() -> None:
+    # docs/research_log.md section 2b froze this recipe and these worlds before the confirmatory
+    # run; changing either means the logged result no longer describes what the command runs.
+    from sublim.config import load_config
+
+    cfg = load_config(ROOT / research.DEFAULT_CONFIG)
+    d = cfg.student.distill
+    assert (d.source, d.n_random_prompts, d.random_prompt_len, d.steps, d.lr, d.batch_size, d.temperature) == (
+        "random", 4000, 24, 60, 1.2e-3, 32, 2.0)
+    assert cfg.trait.control_system_prompt == "You are a helpful assistant."
+    assert cfg.student.seeds == [0] and cfg.eval.samples_per_question == 0
+    assert research.CONFIRMATORY_WORLDS == tuple(range(20, 28))
+    assert research.TARGETS == ("owl", "cat", "wolf", "eagle")
