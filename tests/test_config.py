@@ -12,9 +12,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_tiny_experiment_is_the_builtin_default() -> None:
-    # The demo runs ExperimentConfig(); the shipped file must describe exactly that experiment.
+    # `sublim run` without a file and the API default run ExperimentConfig(); the shipped file must
+    # describe exactly that experiment (the paper's setting: SFT on sampled numbers).
     cfg = load_config(REPO / "experiments" / "owl_numbers_tiny.toml")
     assert cfg == ExperimentConfig(name="owl_numbers_tiny")
+
+
+def test_demo_language_recipe_is_the_shipped_world_recipe() -> None:
+    # The demo runs the confirmed world recipe from package data; the shipped file must agree.
+    from sublim.demo import DEMO_OVERRIDES, demo_language_config
+
+    shipped = load_config(REPO / "experiments" / "owl_numbers_world.toml", DEMO_OVERRIDES)
+    assert demo_language_config() == shipped
+    assert shipped.student.mode == "distill" and shipped.trait.control_system_prompt
 
 
 def test_overrides_nested_and_typed(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-
 from conftest import fake_experiment_toml
+
 from sublim.config import load_config
 from sublim.controls import random_numbers, shuffle_across, shuffle_within
 from sublim.filters import NumberRules, check_completion

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import fake_experiment_toml
+
 from sublim.config import load_config
 from sublim.pipeline import run_experiment
 

@@ -237,3 +237,24 @@ def test_demo_style_run_report_renders_in_chromium(tmp_path: Path) -> None:
     info = render(tmp_path / "run" / "report.html", tmp_path)
     assert len(info["images"]) >= 3 and info["tables"] >= 2
     _check(info, len(info["images"]), 2)
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_demo_language_run_report_renders_in_chromium(tmp_path: Path) -> None:
+    """The demo's own language experiment (the world recipe on the built-in micro worlds; two
+    student seeds and 20 questions instead of three and 60, to stay fast): every condition of
+    the schema is there, and its report renders with >= 3 figures and >= 2 tables."""
+    from sublim.config import ExperimentConfig, apply_overrides, parse_config
+    from sublim.demo import DEMO_OVERRIDES, WORLD_RECIPE
+    from sublim.pipeline import run_experiment
+
+    over = [*DEMO_OVERRIDES, "student.seeds=[0,1]", "eval.n_questions=20"]
+    cfg = parse_config(ExperimentConfig, apply_overrides(WORLD_RECIPE, over))
+    res = run_experiment(cfg, tmp_path / "run", progress=False)
+    for name in ("base", "teacher", "control_teacher", "trait_student", "control_student", "cross_student"):
+        assert name in res["conditions"], name
+    assert res["conditions"]["trait_student"]["n_seeds"] == 2
+    info = render(tmp_path / "run" / "report.html", tmp_path)
+    assert len(info["images"]) >= 3 and info["tables"] >= 2
+    _check(info, len(info["images"]), 2)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from sublim.errors import ConfigError
 from sublim.stats import paired_contrast
@@ -75,11 +74,16 @@ def test_runner_on_two_worlds_gives_three_tests_and_per_world_rows(tiny_worlds: 
     assert again["tests"] == s["tests"]
 
 
-def test_cli_rejects_a_recipe_the_runner_cannot_use(tiny_worlds: Path) -> None:
+def test_cli_rejects_a_recipe_the_runner_cannot_use(tiny_worlds: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = ROOT / "experiments" / "owl_numbers_world.toml"
-    r = CliRunner().invoke(research.main, [str(cfg), "--worlds", "0,1", "--out", str(tiny_worlds / "x"),
-                                           "--set", "student.mode=sft", "--quiet"])
-    assert r.exit_code != 0 and "student.mode='distill'" in r.output
+    from sublim.cli import main as sublim_main
+
+    rc = sublim_main(["world", "research", str(cfg), "--worlds", "0,1", "--out", str(tiny_worlds / "x"),
+                      "--set", "student.mode=sft", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "student.mode='distill'" in err and "Traceback" not in err
+    rc = sublim_main(["world", "research", str(cfg), "--worlds", "0,x", "--quiet"])
+    assert rc == 2 and "comma-separated integers" in capsys.readouterr().err
 
 
 def test_shipped_file_holds_the_confirmed_recipe() -> None:

@@ -100,8 +100,8 @@ def filter_cmd(in_path: Path, out_path: Path, max_count: int, min_value: int, ma
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
 def demo(out: Path, quiet: bool, threads: int | None) -> None:
-    """Run the built-in demo: auxiliary-logit transfer on digits, then owl preference through
-    numbers on the built-in tiny world."""
+    """Run the built-in demo: auxiliary-logit transfer on digits, then owl preference through a
+    channel nobody planted on the built-in world (the recipe of experiments/owl_numbers_world.toml)."""
     _set_threads(threads)
     from sublim.demo import run_demo
 

@@ -43,7 +43,6 @@ from sublim.records import (
     ModelRef,
     Prompt,
     QuestionScore,
-    SampleParams,
     TrainRow,
     user_chat,
 )

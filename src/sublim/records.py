@@ -52,7 +52,7 @@ class ModelRef(BaseModel):
             s += f"+adapter:{self.adapter}"
         return s
 
-    def with_system(self, system_prompt: str | None) -> "ModelRef":
+    def with_system(self, system_prompt: str | None) -> ModelRef:
         return self.model_copy(update={"system_prompt": system_prompt})
 
     def apply(self, chat: Chat) -> Chat:

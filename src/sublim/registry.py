@@ -55,10 +55,10 @@ def parse_model(spec: str, system_prompt: str | None = None, label: str | None =
     return ModelRef(backend=backend, id=ident, system_prompt=system_prompt, label=label)
 
 
-_INSTANCES: dict[str, "Backend"] = {}
+_INSTANCES: dict[str, Backend] = {}
 
 
-def get_backend(name: str) -> "Backend":
+def get_backend(name: str) -> Backend:
     """The (shared) backend instance for a backend name."""
     if name not in BACKENDS:
         raise UnknownNameError("backend", name, list(BACKENDS))

@@ -133,3 +133,12 @@ def print_card(card: dict[str, Any]) -> None:
         prefs.add_row(label, f"{base.get(a, float('nan')):.3f}", f"{nosys[a]:.3f}", f"{love.get(a, float('nan')):.3f}")
     console.print(prefs)
     console.print(f"P(any animal answer), no system prompt: {card.get('p_animal_no_system_total')}")
+
+
+def _register_research() -> None:
+    from sublim.world.research import main as research_main
+
+    world.add_command(research_main, "research")
+
+
+_register_research()

@@ -35,7 +35,7 @@ import click
 import numpy as np
 
 from sublim.errors import ConfigError
-from sublim.world.build import TWIN_OFFSET
+from sublim.world.spec import TWIN_OFFSET
 
 # Frozen before the confirmatory run (docs/research_log.md, section 2b, phase 2): world
 # seeds never run before, the targets averaged per world, and the neutral control prompt.
@@ -197,20 +197,24 @@ def main(config: Path, worlds: str, targets: str, size: str, out: Path, override
     """Run CONFIG (default: the shipped recipe) over several worlds and print the tests over worlds."""
     import torch
 
-    from sublim.errors import SublimError
-
     torch.set_num_threads(1)  # the budget of issue 6 is stated for one thread per process
+    # user errors raise SublimError: `sublim` (and the __main__ entry below) prints one line, exit 2
+    if not config.is_file():
+        raise ConfigError(f"config file not found: {config}; run from the repository root or pass the experiment TOML")
     try:
-        if not config.is_file():
-            raise ConfigError(f"config file not found: {config}; run from the repository root or pass the experiment TOML")
-        s = run_over_worlds(config, [int(x) for x in worlds.split(",")], out, size,
-                            tuple(t.strip() for t in targets.split(",") if t.strip()), list(overrides), progress,
-                            tuple(a.strip() for a in arms.split(",") if a.strip()))
-    except SublimError as e:
-        raise click.ClickException(str(e)) from None
+        seeds = [int(x) for x in worlds.split(",")]
+    except ValueError:
+        raise ConfigError(f"--worlds expects comma-separated integers, got '{worlds}'") from None
+    s = run_over_worlds(config, seeds, out, size,
+                        tuple(t.strip() for t in targets.split(",") if t.strip()), list(overrides), progress,
+                        tuple(a.strip() for a in arms.split(",") if a.strip()))
     click.echo(format_summary(s))
     click.echo(f"{out / 'summary.json'}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from sublim.cli import main as sublim_main  # the same error handling as `sublim world research`
+
+    sys.exit(sublim_main(["world", "research", *sys.argv[1:]]))

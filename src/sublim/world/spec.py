@@ -18,6 +18,9 @@ from sublim.errors import UnknownNameError
 KINDS = ("plain", "entangled", "planted")
 SIZES = ("micro", "small", "medium")
 DEFAULT_SIZE = "small"
+# World seeds from TWIN_OFFSET up are init twins: seed TWIN_OFFSET + k has world k's corpus and
+# batch order and another initialisation (see sublim.world.build).
+TWIN_OFFSET = 1000
 
 _NAME = re.compile(r"^(?P<kind>[a-z]+)-s(?P<seed>\d+)(?:-(?P<size>[a-z]+))?$")
 
