@@ -91,6 +91,9 @@ def make_trainable(lm: Loaded, method: str, params: FinetuneParams | None, ref: 
 def save_model(model: Any, tokenizer: Any, method: str, out_dir: Path, base: ModelRef) -> ModelRef:
     """Save the student and return its ModelRef (full: an ``hf:`` directory; LoRA: an adapter
     on the base)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its per-save "Writing model shards" bar breaks sublim's bars
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))  # safetensors (the only format transformers 5 writes)
     if method == "full":
