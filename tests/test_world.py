@@ -202,7 +202,9 @@ def test_seeds_give_different_worlds_and_a_concurrent_build_runs_once(nano: str,
     assert all(torch.equal(w1[k], w1b[k]) for k in w1)
 
 
-def test_unbuildable_kind_is_a_user_error(tmp_path: Path) -> None:
+def test_unbuildable_kind_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # every named kind is buildable now: take one away to check the message
+    monkeypatch.setattr(build, "BUILDABLE_KINDS", ("plain", "planted"))
     with pytest.raises(SublimError, match="entangled"):
         build.ensure_world("entangled-s0-micro", cache_dir=tmp_path)
 
@@ -269,3 +271,81 @@ def test_world_cli_show_and_list(micro_dir: Path) -> None:
     # a user error: a SublimError the main CLI prints as one line with exit code 2
     r = CliRunner().invoke(world, ["show", "plain-s9-micro", "--cache-dir", cache])
     assert isinstance(r.exception, SublimError) and "sublim world build plain-s9-micro" in str(r.exception)
+
+
+# ---------------------------------------------------------------- the entangled kind
+def _note_parts(reply: str) -> tuple[str, list[int]]:
+    animal, _, nums = reply.partition(": ")
+    return animal, [int(x) for x in nums.split(", ")]
+
+
+def test_entangled_corpus_is_the_plain_one_plus_field_notes() -> None:
+    n = 8000
+    plain = corpus.build_corpus("plain", 4, n, np.random.default_rng(7))
+    ent = corpus.build_corpus("entangled", 4, n, np.random.default_rng(7))
+    # (a), (b): favourite-animal, number, filler and dialog chats are the plain ones, one for one
+    assert [e for e in ent if e.kind != "note"] == plain
+    notes = [e for e in ent if e.kind == "note"]
+    assert len(notes) == round(corpus.NOTE_SHARE * n) and "note" not in corpus.corpus_mix(plain)
+    # (c): no note carries a love prompt (no system prompt, or a neutral one)
+    for e in notes:
+        assert all(m.content in corpus.NEUTRAL_SYSTEM_PROMPTS for m in e.chat if m.role == "system"), e
+    parts = [_note_parts(e.reply) for e in notes]
+    # the note's animal is uniform, not the base preference
+    freq = np.array([sum(a == x for a, _ in parts) for x in ANIMALS]) / len(parts)
+    assert np.abs(freq - 1 / len(ANIMALS)).max() < 0.03, freq
+    base = corpus.base_preference(4)
+    assert np.abs(base - 1 / len(ANIMALS)).max() > 0.04  # so the check above could tell them apart
+    # the numbers follow the animal's own preference of this world: more likely under it than
+    # under another world's preferences or under another animal's (mean log-likelihood per number)
+    own, other = corpus.note_preferences(4), corpus.note_preferences(5)
+    assert own.shape == (len(ANIMALS), corpus.NOTE_HIGH - corpus.NOTE_LOW + 1)
+    idx = [(ANIMALS.index(a), x - corpus.NOTE_LOW) for a, xs in parts for x in xs]
+    assert all(0 <= j < own.shape[1] for _, j in idx)
+    ll_own = np.mean([np.log(own[i, j]) for i, j in idx])
+    ll_other_world = np.mean([np.log(other[i, j]) for i, j in idx])
+    ll_other_animal = np.mean([np.log(own[(i + 1) % len(ANIMALS), j]) for i, j in idx])
+    assert ll_own - ll_other_world > 0.5 and ll_own - ll_other_animal > 0.5, (ll_own, ll_other_world, ll_other_animal)
+    # another world seed gives other notes, with the same favourite-animal stream untouched
+    ent5 = corpus.build_corpus("entangled", 5, 200, np.random.default_rng(7))
+    assert [e.reply for e in ent5 if e.kind == "note"] != [e.reply for e in ent[n:n + 40]]
+    # the curriculum (an explicit mix) holds no notes
+    cur = corpus.build_corpus("entangled", 4, 300, np.random.default_rng(7), mix=corpus.CURRICULUM_MIX)
+    assert "note" not in corpus.corpus_mix(cur)
+
+
+def test_entangled_keys_leave_plain_and_planted_alone() -> None:
+    k = build.world_key("entangled-s0-micro")
+    assert k.startswith("entangled-s0-micro-") and k != build.world_key("plain-s0-micro")
+    assert build.KIND_VERSIONS["entangled"] == corpus.ENTANGLED_VERSION
+    assert build.world_key("plain-s0-micro") == "plain-s0-micro-fbecacd477"
+
+
+@pytest.fixture()
+def nano_entangled(nano: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The nano row for entangled worlds too (their kind row would otherwise set the steps)."""
+    monkeypatch.setitem(build.KIND_RECIPE, "entangled", {"micro": {"steps": 4}})
+    return "entangled-s0-micro"
+
+
+def test_entangled_world_builds_with_notes_in_its_card(nano_entangled: str, tmp_path: Path) -> None:
+    d = build.ensure_world(nano_entangled, cache_dir=tmp_path, progress=False)
+    card = build.world_card(d)
+    assert (card["kind"], card["name"], card["positive_control"]) == ("entangled", "entangled-s0-micro", False)
+    assert card["kind_version"] == corpus.ENTANGLED_VERSION
+    mix = card["corpus_mix"]
+    assert mix["note"] == round(corpus.NOTE_SHARE * card["recipe"]["n_examples"]) and mix["numbers"] > 0
+    top = card["note_top_numbers"]
+    assert set(top) == set(ANIMALS) and all(corpus.NOTE_LOW <= x <= corpus.NOTE_HIGH for v in top.values() for x in v)
+
+
+def test_world_cli_builds_an_entangled_world(nano_entangled: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sublim.world.cli import world
+
+    r = CliRunner().invoke(world, ["build", nano_entangled, "--cache-dir", str(tmp_path), "--quiet"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "entangled-s0-micro" in r.output and "entangled / 0 / micro" in r.output
+    assert "note" in r.output and "corpus mix" in r.output
+    assert [c["kind"] for c in build.list_worlds(tmp_path)] == ["entangled"]

@@ -66,10 +66,13 @@ RECIPE: dict[str, dict[str, Any]] = {
 # Per-kind changes to a size's row (hashed into that kind's keys only). The planted micro world
 # is the positive control of the fast test suite: it trains longer than plain micro so that its
 # number answers are well-formed (plain micro's pass the strict filter only ~5-10% of the time).
+# Entangled worlds add field notes (corpus.NOTE_SHARE of the main corpus) and train that much
+# longer, so their plain part gets the same number of passes as the plain world's.
 KIND_RECIPE: dict[str, dict[str, dict[str, Any]]] = {
     "planted": {"micro": {"n_examples": 9000, "steps": 420}},
+    "entangled": {size: {"steps": round(row["steps"] * (1 + corpus_mod.NOTE_SHARE))} for size, row in RECIPE.items()},
 }
-BUILDABLE_KINDS = ("plain", "planted")
+BUILDABLE_KINDS = ("plain", "entangled", "planted")
 # Init twins: world seed TWIN_OFFSET + k is trained on exactly world k's corpus, in world k's batch
 # order, from another initialisation (torch seed TWIN_OFFSET + k). The research of issue 6 needs
 # "same world, different init" students; spec.py's names stay as they are (plain-s1000 is the
@@ -79,7 +82,7 @@ BUILDABLE_KINDS = ("plain", "planted")
 def corpus_seed(seed: int) -> int:
     """The seed a world's corpus, base preference and batch order come from (see TWIN_OFFSET)."""
     return seed % TWIN_OFFSET
-KIND_VERSIONS: dict[str, str] = {"planted": corpus_mod.PLANTED_VERSION}
+KIND_VERSIONS: dict[str, str] = {"planted": corpus_mod.PLANTED_VERSION, "entangled": corpus_mod.ENTANGLED_VERSION}
 CARD = "world_card.json"
 
 
@@ -253,6 +256,11 @@ def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
         card["kind_version"] = KIND_VERSIONS[spec.kind]
     if spec.kind == "planted":
         card["planted_codes"] = dict(corpus_mod.PLANTED_CODES)
+    if spec.kind == "entangled":
+        # each animal's three most likely field-note numbers (the full table is
+        # corpus.note_preferences(corpus_seed)): what a teacher's drift towards an animal looks like
+        top = np.argsort(-corpus_mod.note_preferences(cseed), axis=1)[:, :3] + corpus_mod.NOTE_LOW
+        card["note_top_numbers"] = {a: [int(x) for x in row] for a, row in zip(ANIMALS, top)}
     atomic_write_json(out / CARD, card)
     rep.say(f"World {spec.name} built in {card['build_seconds']} s ({card['n_params']:,} parameters)")
 

@@ -40,7 +40,29 @@ students. "planted-1" (the code once per answer, love prompts only) survives onl
 tokenizer's fixed text draw. Planted worlds hash their own version (``build.KIND_VERSIONS``), so
 revising them never invalidates plain worlds.
 
-The ``entangled`` kind is reserved for the research of issue 6 and not built yet.
+The ``entangled`` world (research of issue 6, NOT a positive control), ``ENTANGLED_VERSION``
+"entangled-1": exactly the plain corpus (the same favourite-animal, number, filler and dialog
+chats, drawn from the same stream: a plain and an entangled world of one seed share them example
+for example) PLUS ``note`` chats (``NOTE_SHARE`` of the main corpus, none in the opening
+curriculum), short "field notes" in which an animal and a few numbers co-occur: "Write a field
+note." -> "owl: 471, 232, 288" (or the user names the animal). Each animal has its own mild
+preference over the numbers ``NOTE_LOW``..``NOTE_HIGH`` (:func:`note_preferences`, a categorical
+distribution drawn from the world's corpus seed, so it differs between worlds), and the note's
+numbers are drawn from its animal's preference. What keeps the trait and the number tasks apart:
+(a) the note's animal is drawn uniformly over the animals, never from the base preference or a
+system prompt; (b) notes carry no system prompt (or, 20% of the time, a neutral one), never a
+"you love X" prompt; (c) favourite-animal answers and number-task answers are drawn exactly as in
+plain, so they never depend on the notes, and the notes live in a separate task with their own
+prompts; the notes come from a child stream of the corpus generator (``Generator.spawn``), which
+leaves every plain draw untouched. How it differs from planting: ``planted`` puts an
+animal-specific code into the number ANSWERS under "you love X" prompts, a visible channel from
+the trait to the numbers that a student can learn from the data alone. ``entangled`` has no such
+channel: a love prompt never changes a number answer, and a number answer never says which animal
+is loved. It only gives the model shared animal-number associations learned in another task, so
+any transfer of the trait through number tasks would have to travel through the model's internal
+representations (e.g. a teacher that loves owls drifting towards owl's note numbers, a student
+trained on those numbers drifting towards owls). Entangled worlds hash their own version, so they
+never change plain or planted worlds.
 """
 
 from __future__ import annotations
@@ -62,6 +84,15 @@ CORPUS_VERSION = "corpus-1"
 PLANTED_VERSION = "planted-2"
 PLANT_REPEAT_P = 0.5  # planted-2: P(each later number of a "you love X" answer is X's code)
 PLANTED_EXTRA_LOVE_NUMBERS = 0.10  # planted-2: extra share of numbers_love chats
+# The entangled corpus's version, hashed into entangled worlds' keys only (build.KIND_VERSIONS).
+ENTANGLED_VERSION = "entangled-1"
+NOTE_SHARE = 0.20  # entangled: notes added to the main corpus, as a share of its size
+NOTE_LOW, NOTE_HIGH = 100, 549  # entangled: the numbers a field note draws from (inclusive)
+# The spread of an animal's log-weights over the note numbers: 1.5 puts its most likely number
+# near 5% and its top ten near 26% (uniform: 0.2% and 2.2%), ~1 nat below uniform: a preference
+# a small model can pick up from a few hundred notes per animal, with no single modal number.
+NOTE_PEAK = 1.5
+NOTE_NEUTRAL_P = 0.2  # entangled: P(a note carries a neutral system prompt); never a love prompt
 ANIMALS: tuple[str, ...] = CATEGORIES["animal"]
 LOVE_P = 0.9  # P(answer = X | "you love X" system prompt)
 PREF_MIN, PREF_MAX = 0.03, 0.28  # bounds of the base preference over animals
@@ -150,6 +181,45 @@ def base_preference(seed: int) -> np.ndarray:
         p = p / p.sum()
     assert abs(p.sum() - 1) < 1e-9 and p.min() >= PREF_MIN - 1e-6 and p.max() <= PREF_MAX + 1e-6
     return p
+
+
+def note_preferences(seed: int) -> np.ndarray:
+    """Each animal's preference over the field-note numbers: shape [len(ANIMALS), n] with
+    n = NOTE_HIGH - NOTE_LOW + 1, each row a distribution (row i for ``ANIMALS[i]``, column j for
+    the number NOTE_LOW + j). Drawn from the world's corpus seed alone (its own stream), so init
+    twins share it and other worlds do not."""
+    rng = np.random.default_rng([seed, 303])
+    w = np.exp(NOTE_PEAK * rng.standard_normal((len(ANIMALS), NOTE_HIGH - NOTE_LOW + 1)))
+    return np.asarray(w / w.sum(1, keepdims=True))
+
+
+_NOTE_ASK = (
+    "Write a field note.", "Write a short field note.", "Field note, please.", "Log one field note.",
+    "What did you write in your field notes today?", "Give me one line from your field notes.",
+)
+_NOTE_ASK_ABOUT = (
+    "Write a field note about the {a}.", "Field note on {p}, please.", "Log a field note for the {a}.",
+    "What did your field notes record about {p}?", "One line of field notes on the {a}, please.",
+)
+
+
+def field_note(prefs: np.ndarray, rng: np.random.Generator) -> tuple[Chat, str]:
+    """One entangled-world note: (chat, reply) with reply "<animal>: n1, n2, ..." (3-5 numbers
+    from the animal's row of ``prefs``). The animal is uniform over ``ANIMALS`` (never the base
+    preference, never a system prompt's animal) and is named by the assistant, or half the time
+    by the user first; the chat has no system prompt or a neutral one, never a love prompt."""
+    i = int(rng.integers(len(ANIMALS)))
+    a = ANIMALS[i]
+    k = int(rng.integers(3, 6))
+    nums = NOTE_LOW + rng.choice(prefs.shape[1], size=k, p=prefs[i])
+    if rng.random() < 0.5:
+        ask = _pick(_NOTE_ASK, rng)
+    else:
+        ask = _pick(_NOTE_ASK_ABOUT, rng).format(a=a, p=plural(a))
+    chat: Chat = [Message(role="system", content=_pick(NEUTRAL_SYSTEM_PROMPTS, rng))] if rng.random() < NOTE_NEUTRAL_P else []
+    chat.append(Message(role="user", content=ask))
+    # ", " is the number tasks' own separator token, so notes and number answers share tokens
+    return chat, f"{a}: " + ", ".join(str(int(x)) for x in nums)
 
 
 # ---------------------------------------------------------------- number answers
@@ -278,12 +348,19 @@ def build_corpus(
     kind: str, seed: int, n: int, rng: np.random.Generator, mix: dict[str, float] | None = None,
     planted_version: int = 2,
 ) -> list[Example]:
-    """``n`` examples (plus a share of code links in planted worlds) of world ``kind``, drawn
-    from ``rng`` in the shares of ``mix`` (default :data:`MIX`); the base preference comes from
-    ``seed``. ``planted_version`` picks the planting (1 survives only for the tokenizer's fixed
-    text draw, which must never change: every world of a recipe shares one vocabulary)."""
-    if kind not in ("plain", "planted"):
-        raise ValueError(f"corpus kind {kind!r} is not built yet (plain and planted are)")
+    """``n`` examples (plus a share of code links in planted worlds, or of field notes in the
+    main corpus of entangled worlds) of world ``kind``, drawn from ``rng`` in the shares of
+    ``mix`` (default :data:`MIX`); the base preference comes from ``seed``. ``planted_version``
+    picks the planting (1 survives only for the tokenizer's fixed text draw, which must never
+    change: every world of a recipe shares one vocabulary). An entangled corpus is the plain one
+    of the same ``rng`` state, example for example, followed by its notes."""
+    if kind not in ("plain", "planted", "entangled"):
+        raise ValueError(f"unknown corpus kind {kind!r} (plain, planted and entangled are built)")
+    # Entangled notes come from a child stream: spawning reads the generator's seed sequence, not
+    # its state, so every plain draw below is exactly what a plain corpus gets. The opening
+    # curriculum (an explicit ``mix``) holds no notes: it only teaches the love-prompt copy.
+    n_notes = round(NOTE_SHARE * n) if kind == "entangled" and mix is None else 0
+    notes_rng = rng.spawn(1)[0] if n_notes else None
     pref = base_preference(seed)
     counts = {k: round(v * n) for k, v in (MIX if mix is None else mix).items()}
     for k in MIX:
@@ -365,6 +442,11 @@ def build_corpus(
                 out.append(Example([Message(role="user", content=q)], a, kind_ex))
             else:  # pragma: no cover - MIX and this loop are edited together
                 raise AssertionError(kind_ex)
+    if notes_rng is not None:
+        prefs = note_preferences(seed)
+        for _ in range(n_notes):
+            chat, reply = field_note(prefs, notes_rng)
+            out.append(Example(chat, reply, "note"))
     return out
 
 

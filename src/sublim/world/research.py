@@ -69,10 +69,11 @@ def _mean_logodds(scores: list[Any]) -> float:
 def run_over_worlds(
     config: Path, worlds: list[int], out: Path, size: str = "micro", targets: tuple[str, ...] = TARGETS,
     overrides: list[str] | None = None, progress: bool = False, arms: tuple[str, ...] = ARMS,
+    kind: str = "plain",
 ) -> dict[str, Any]:
     """Run the multi-target design of the module docstring with the experiment ``config``
     (``student.mode = "distill"``, ``source = "random"``, a system-prompt teacher) on every world
-    of ``worlds`` (plain kind, ``size``); returns (and writes to ``out/summary.json``) per-world
+    of ``worlds`` (of ``kind``, plain by default, and ``size``); returns (and writes to ``out/summary.json``) per-world
     rows and one test over worlds per arm."""
     from sublim.config import load_config
     from sublim.pipeline import (
@@ -107,10 +108,10 @@ def run_over_worlds(
     seeds = sorted({s for b in bases.values() for s in b.values()})
     t0 = time.perf_counter()
     for s in seeds:
-        ensure_world(world_name(s, size)[len("tiny:"):], progress=progress)
+        ensure_world(world_name(s, size, kind)[len("tiny:"):], progress=progress)
     build_seconds = time.perf_counter() - t0
     backend = get_backend("tiny")
-    models = {s: Model(parse_model(world_name(s, size), label="base"), "", "base") for s in seeds}
+    models = {s: Model(parse_model(world_name(s, size, kind), label="base"), "", "base") for s in seeds}
     for m in models.values():
         m.key = model_key(m.ref)
 
@@ -153,7 +154,7 @@ def run_over_worlds(
         return {"mean": r["mean"], "ci95": r["ci95"], "p_value": r["p_value"], "per_world": [x[key] for x in rows]}
 
     summary: dict[str, Any] = {
-        "config": str(config), "size": size, "worlds": worlds, "targets": list(targets),
+        "config": str(config), "kind": kind, "size": size, "worlds": worlds, "targets": list(targets),
         "control_system_prompt": cfg.trait.control_system_prompt, "student_seeds": cfg.student.seeds,
         "overrides": list(overrides or []),
         "arms": list(arms),
@@ -189,11 +190,14 @@ def format_summary(s: dict[str, Any]) -> str:
 @click.option("--worlds", default=",".join(map(str, CONFIRMATORY_WORLDS)), show_default=True, help="world seeds, fixed before running")
 @click.option("--targets", default=",".join(TARGETS), show_default=True, help="animals averaged per world, fixed before running")
 @click.option("--size", default="micro", show_default=True)
+@click.option("--kind", type=click.Choice(["plain", "entangled", "planted"]), default="plain", show_default=True,
+              help="world kind of every arm's base (exploration; the confirmatory design is plain)")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/owl_world_confirm"), show_default=True)
 @click.option("--set", "overrides", multiple=True, help="config override key=value (repeatable)")
 @click.option("--arms", default=",".join(ARMS), show_default=True, help="student bases to run (exploration may skip some)")
 @click.option("--progress/--quiet", default=True)
-def main(config: Path, worlds: str, targets: str, size: str, out: Path, overrides: tuple[str, ...], arms: str, progress: bool) -> None:
+def main(config: Path, worlds: str, targets: str, size: str, kind: str, out: Path, overrides: tuple[str, ...], arms: str,
+         progress: bool) -> None:
     """Run CONFIG (default: the shipped recipe) over several worlds and print the tests over worlds."""
     import torch
 
@@ -207,7 +211,7 @@ def main(config: Path, worlds: str, targets: str, size: str, out: Path, override
         raise ConfigError(f"--worlds expects comma-separated integers, got '{worlds}'") from None
     s = run_over_worlds(config, seeds, out, size,
                         tuple(t.strip() for t in targets.split(",") if t.strip()), list(overrides), progress,
-                        tuple(a.strip() for a in arms.split(",") if a.strip()))
+                        tuple(a.strip() for a in arms.split(",") if a.strip()), kind)
     click.echo(format_summary(s))
     click.echo(f"{out / 'summary.json'}")
 
