@@ -9,14 +9,17 @@ renamed, so a kill can never leave half a chunk or a duplicated row).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,6 +79,44 @@ def dumps_rows(rows: Iterable[BaseModel | dict[str, Any]]) -> str:
         d = r.model_dump(mode="json") if isinstance(r, BaseModel) else r
         lines.append(json.dumps(d, ensure_ascii=False))
     return "".join(line + "\n" for line in lines)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock held on ``path`` (created if missing) for the ``with`` block:
+    one process builds a cached artifact while the others wait for it."""
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def build_dir_once(final: Path, done: str, build: Callable[[Path], None]) -> Path:
+    """The cached directory ``final``, made first by ``build(tmp)`` if ``final/done`` is missing.
+    ``build`` writes into a temporary sibling directory that is renamed to ``final`` only when it
+    returns, under a lock, so a killed build never leaves a half-written directory in use and
+    concurrent processes build once."""
+    if (final / done).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(final.parent / f".{final.name}.lock"):
+        if (final / done).is_file():  # built by another process while we waited
+            return final
+        # we hold the lock, so temp dirs of this name are leftovers of a killed build
+        for stale in final.parent.glob(f".tmp-{final.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+        try:
+            build(tmp)
+            if final.exists():  # an incomplete leftover (no done file): replace it
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def write_jsonl(path: Path, rows: Iterable[BaseModel | dict[str, Any]]) -> None:

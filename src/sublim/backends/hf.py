@@ -103,53 +103,33 @@ def dequantised_dir(gguf_path: Path, cache_dir: Path | None = None) -> Path:
     every load; reading the converted copy takes about a second. Keyed by the file's name, size
     and modification time, written to a temporary directory and renamed, under a lock (a killed
     conversion leaves no half-written model)."""
-    import shutil
-    import tempfile
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from sublim.artifacts import stable_hash
-    from sublim.world.build import cache_root, file_lock
+    from sublim.artifacts import build_dir_once, stable_hash
+    from sublim.world.build import cache_root
 
     st = gguf_path.stat()
     key = stable_hash(
         {"v": GGUF_CACHE_VERSION, "name": gguf_path.name, "size": st.st_size, "mtime": int(st.st_mtime)},
         length=10,
     )
-    root = Path(cache_dir or cache_root()) / "gguf"
-    final = root / f"{gguf_path.stem}-{key}"
-    done = final / "config.json"
-    if done.is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    with file_lock(root / f".{final.name}.lock"):
-        if done.is_file():  # converted by another process while we waited
-            return final
-        for stale in root.glob(f".tmp-{final.name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
+
+    def convert(tmp: Path) -> None:
         hf_logging.disable_progress_bar()
-        try:
-            kw: dict[str, Any] = {"gguf_file": gguf_path.name}
-            tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                str(gguf_path.parent), dtype=torch.float32, **kw
-            )
-            # dequantised on load: an ordinary float model from here on, which must save as one
-            # (transformers otherwise refuses to serialise a "gguf-quantized" model)
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            tok.save_pretrained(str(tmp))
-            model.save_pretrained(str(tmp), safe_serialization=True)
-            if final.exists():  # an incomplete leftover (no config.json): replace it
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        kw: dict[str, Any] = {"gguf_file": gguf_path.name}
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
+        model: Any = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
+        # dequantised on load: an ordinary float model from here on, which must save as one
+        # (transformers otherwise refuses to serialise a "gguf-quantized" model)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tok.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), safe_serialization=True)
+
+    final = Path(cache_dir or cache_root()) / "gguf" / f"{gguf_path.stem}-{key}"
+    return build_dir_once(final, "config.json", convert)
 
 
 def resolve(ref: ModelRef) -> tuple[str, str | None]:
@@ -357,6 +337,32 @@ def _pick(
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 
+def _prefill(lm: Loaded, prompts: list[list[int]]) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """One forward pass over left-padded ``prompts``: (last-position logits [n, V], the KV cache,
+    the attention mask, the position ids). Positions count real tokens only, so a row sees the
+    positions it would see alone, whatever its padding."""
+    from transformers import DynamicCache
+
+    n, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((n, width), lm.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p) :] = 1
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=lm.model.config)
+    logits = lm.model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=pos,
+        logits_to_keep=1,
+        use_cache=True,
+        **{lm.cache_kw: cache},
+    ).logits[:, -1, :]
+    return logits, cache, mask, pos
+
+
 @torch.inference_mode()
 def decode_batch(
     lm: Loaded,
@@ -369,30 +375,10 @@ def decode_batch(
     n, T = len(prompts), params.max_new_tokens
     # each row's whole uniform stream, drawn up front from its own generator (CPU, float64)
     uniforms = torch.stack([torch.rand(T, generator=g, dtype=torch.float64) for g in generators])
-    width = max(len(p) for p in prompts)
-    pad = lm.tokenizer.pad_token_id
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p) :] = 1
-    ids, mask = ids.to(dev), mask.to(dev)
-    # positions count real tokens only, so a row sees the same positions whatever its padding
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
+    logits, cache, mask, pos = _prefill(lm, prompts)
     stop = torch.tensor(sorted(lm.stop_ids), device=dev)
     out: list[list[int]] = [[] for _ in range(n)]
     alive = torch.arange(n)  # original row index of each row still in the batch
-    logits = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=pos,
-        logits_to_keep=1,
-        use_cache=True,
-        **{lm.cache_kw: cache},
-    ).logits[:, -1, :]
     next_pos = pos[:, -1:] + 1
     for t in range(T):
         tok = _pick(logits.float(), uniforms[alive, t], params.temperature, params.top_p)
@@ -502,32 +488,14 @@ def _score_prompt_batch(
     result: list[float],
 ) -> None:
     """Score every example of ``members[b]`` (all sharing ``prompts[b]``) into ``result``."""
-    from transformers import DynamicCache
-
     model, dev = lm.model, lm.device
-    n, width = len(prompts), max(len(p) for p in prompts)
-    # Left padding with explicit positions (as in decode_batch): every prompt ends in the last
-    # column, so that column's logits predict each reply's first token and the continuation
-    # tokens follow each prompt directly in the cache; positions count real tokens only, so a
-    # prompt sees the positions it would see alone. (Grouping prompts by exact length would avoid
-    # the padding, but evaluation prompts differ in length by a few tokens, so it would cost one
-    # forward call per length for a saving of a few percent of positions.)
-    ids = torch.full((n, width), lm.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[b, width - len(p) :] = 1
-    ids, mask = ids.to(dev), mask.to(dev)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
-    last = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=pos,
-        logits_to_keep=1,
-        use_cache=True,
-        **{lm.cache_kw: cache},
-    ).logits[:, -1, :]
+    # Left padding (see _prefill): every prompt ends in the last column, so that column's logits
+    # predict each reply's first token and the continuation tokens follow each prompt directly in
+    # the cache. (Grouping prompts by exact length would avoid the padding, but evaluation prompts
+    # differ in length by a few tokens, so it would cost one forward call per length for a saving
+    # of a few percent of positions.)
+    last, cache, mask, pos = _prefill(lm, [list(p) for p in prompts])
+    width = mask.shape[1]
     first = torch.log_softmax(last.double(), dim=-1)  # [n, V]: log P(first reply token)
     for b, idx in enumerate(members):
         for i in idx:

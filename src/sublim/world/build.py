@@ -18,15 +18,11 @@ up are init twins (world 1000 + k: world k's corpus, another initialisation).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from sublim import chat_format
-from sublim.artifacts import atomic_write_json, stable_hash
+from sublim.artifacts import atomic_write_json, build_dir_once, stable_hash
 from sublim.errors import MissingFileError, UnknownNameError
 from sublim.progress import Reporter
 from sublim.records import Chat, Message
@@ -126,39 +122,8 @@ def world_key(spec: WorldSpec | str) -> str:
 def ensure_world(spec: WorldSpec | str, cache_dir: Path | None = None, progress: bool = True) -> Path:
     """The world's Hugging Face model directory, built first if it is not in the cache."""
     s = _spec(spec)
-    worlds = Path(cache_dir or cache_root()) / "worlds"
-    final = worlds / world_key(s)
-    if (final / CARD).is_file():
-        return final
-    worlds.mkdir(parents=True, exist_ok=True)
-    with file_lock(worlds / f".{final.name}.lock"):
-        if (final / CARD).is_file():  # built by another process while we waited
-            return final
-        # We hold the lock, so temp dirs of this world are leftovers of a killed build.
-        for stale in worlds.glob(f".tmp-{final.name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(dir=worlds, prefix=f".tmp-{final.name}-"))
-        try:
-            _build(s, tmp, Reporter(enabled=progress))
-            if final.exists():  # an incomplete leftover (no card): replace it
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock held on ``path`` (created if missing) for the ``with`` block:
-    one process builds a cached artifact while the others wait for it."""
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    final = Path(cache_dir or cache_root()) / "worlds" / world_key(s)
+    return build_dir_once(final, CARD, lambda tmp: _build(s, tmp, Reporter(enabled=progress)))
 
 
 def world_card(path: Path) -> dict[str, Any]:
