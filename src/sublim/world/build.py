@@ -193,6 +193,9 @@ def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
         do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=48,
     )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its "Writing model shards" bar would break sublim's own
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     prefs = base_preferences(model, tok)
