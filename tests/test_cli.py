@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,57 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "sublim", "run", str(tmp_path / "x.toml")], capture_output=True, text=True, check=False)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- the Hugging Face hub
+
+
+def test_importing_the_cli_leaves_the_network_to_the_user() -> None:
+    """The CLI used to force HF_HUB_OFFLINE=1 on import, so no hub model could ever download."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    code = "import os, sublim.cli; print(os.environ.get('HF_HUB_OFFLINE'))"
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert r.stdout.strip() == "None"
+
+
+def _absent_hub_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    out = str(tmp_path / "t")
+    spec = "hf:sublim-test/not-cached"
+    return ["theory", "--model", spec, "--seeds", "1", "--quiet", "--out", out]
+
+
+def test_uncached_hub_model_offline_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never touches the network
+    code, out = _run(_absent_hub_model(tmp_path, monkeypatch), capsys)
+    assert code == 2 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+    assert "'sublim-test/not-cached' is not in the local Hugging Face cache" in out
+    assert "HF_HUB_OFFLINE" in out  # says what to change
+
+
+def test_offline_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # restored after the test
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    code, out = _run(["--offline", *_absent_hub_model(tmp_path, monkeypatch)], capsys)
+    assert code == 2 and "not in the local Hugging Face cache" in out, out
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_demo_runs_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sublim.demo
+
+    seen: list[str | None] = []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    def fake_demo(*a: object, **k: object) -> None:
+        seen.append(os.environ.get("HF_HUB_OFFLINE"))
+
+    monkeypatch.setattr(sublim.demo, "run_demo", fake_demo)
+    code, out = _run(["demo", "--out", str(tmp_path / "d"), "--quiet"], capsys)
+    assert code == 0 and seen == ["1"], out

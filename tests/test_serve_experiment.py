@@ -92,7 +92,7 @@ def test_whole_experiment_over_http_equals_the_direct_run(tmp_path: Path, fast_p
         jobs = client(srv).fine_tuning.jobs.list(limit=100).data
         served = {m.id for m in client(srv).models.list().data}
     # everything went over HTTP: both arms' generation, one job per student, the evaluations
-    n_students = 3 * len(SIZES["seeds"])  # trait, control, cross per seed
+    n_students = 4 * len(SIZES["seeds"])  # trait, control, cross, cross control per seed
     assert counts["completions"] >= 2 * SIZES["n_prompts"]
     assert len(jobs) == n_students and {j.status for j in jobs} == {"succeeded"}
     assert {j.fine_tuned_model for j in jobs} <= served

@@ -11,6 +11,7 @@ from scipy import stats as sps
 from sublim.stats import (
     benjamini_hochberg,
     bootstrap_ci,
+    cluster_rate,
     contrast,
     paired_contrast,
     t_interval,
@@ -65,9 +66,41 @@ def test_welch_matches_scipy(alt: str) -> None:
 
 def test_welch_degenerate() -> None:
     assert math.isnan(welch_test([1.0], [1.0, 2.0]))
-    assert welch_test([1.0, 1.0], [1.0, 1.0]) == 1.0
-    assert welch_test([2.0, 2.0], [1.0, 1.0]) == 0.0
-    assert welch_test([2.0, 2.0], [1.0, 1.0], alternative="less") == 1.0
+    # zero spread in both arms: no test (not p = 0 with a zero-width "interval")
+    for a, b in [([1.0, 1.0], [1.0, 1.0]), ([2.0, 2.0], [1.0, 1.0])]:
+        assert math.isnan(welch_test(a, b))
+        c = contrast(a, b)
+        assert c["no_spread"] and math.isnan(c["p_value"]) and all(map(math.isnan, c["ci95"]))
+        assert c["mean"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert math.isnan(welch_test([2.0, 2.0], [1.0, 1.0], alternative="less"))
+    # spread in one arm is enough for Welch
+    assert not contrast([2.0, 2.0], [1.0, 1.5])["no_spread"]
+    pc = paired_contrast([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])  # constant difference
+    assert pc["no_spread"] and pc["mean"] == pytest.approx(0.5) and math.isnan(pc["p_value"])
+
+
+def test_one_sided_tests_keep_the_two_sided_interval() -> None:
+    two, one = contrast(A, B), contrast(A, B, alternative="greater")
+    assert one["ci95"] == pytest.approx(two["ci95"]) and one["p_value"] == pytest.approx(
+        two["p_value"] / 2
+    )
+
+
+def test_cluster_rate_counts_questions_not_answers() -> None:
+    # 4 questions x 50 answers: each question is all hits or all misses, so the 200 answers
+    # carry only 4 units of information; Wilson over answers would be far too narrow
+    hits = np.repeat([1.0, 0.0, 1.0, 0.0], 50)
+    qs = np.repeat([0, 1, 2, 3], 50)
+    r = cluster_rate(hits, qs)
+    ref = sps.ttest_1samp([1.0, 0.0, 1.0, 0.0], 0.0).confidence_interval(0.95)
+    assert r["mean"] == 0.5 and (r["k"], r["n"], r["n_clusters"]) == (100, 200, 4)
+    assert r["ci95"] == pytest.approx([max(0.0, ref.low), min(1.0, ref.high)])
+    _, wlo, whi = wilson_interval(100, 200)
+    assert r["ci95"][1] - r["ci95"][0] > 5 * (whi - wlo)
+    one = cluster_rate([1.0, 0.0], [7, 7])
+    assert one["mean"] == 0.5 and math.isnan(one["ci95"][0])
+    with pytest.raises(ValueError):
+        cluster_rate([1.0], [0, 1])
 
 
 def test_contrast_matches_scipy_welch_interval() -> None:

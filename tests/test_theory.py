@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 from click.testing import CliRunner
 
 from sublim.errors import ConfigError, SublimError
@@ -36,7 +37,12 @@ def test_digits_same_init_aligned_cross_init_not(tmp_path: Path) -> None:
     # and for a small student step the first-order prediction matches the actual change
     assert np.allclose(same["dloss_actual"], same["dloss_first_order"], rtol=0.1)
     head = res["summary"]["small_steps"]["same_init"]["cosine"]
-    assert head["frac_positive"] >= 0.95 and head["n"] == 30
+    assert head["frac_positive"] >= 0.95 and head["n"] == 10 and head["n_values"] == 30
+    # the interval is over seeds (per-seed means over the small step sizes), not seeds x steps
+    sd, cos = np.asarray(same["seed"]), np.asarray(same["cosine"])
+    per_seed = [cos[sd == k].mean() for k in dict.fromkeys(sd.tolist())]
+    ref = scipy.stats.ttest_1samp(per_seed, 0.0).confidence_interval(0.95)
+    assert head["ci95"] == pytest.approx([ref.low, ref.high], rel=1e-9)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["same_init"]["cosine"] == same["cosine"]
     assert (tmp_path / "theory.png").stat().st_size > 5000

@@ -12,7 +12,14 @@ import pytest
 from scipy import stats as sps
 
 from sublim.records import QuestionScore
-from sublim.results import BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED, build_results, results_to_json
+from sublim.results import (
+    BOOTSTRAP_NOTE,
+    BOOTSTRAP_REPLICATES,
+    BOOTSTRAP_SEED,
+    build_results,
+    results_to_json,
+)
+from sublim.seeds import derive_seed
 from sublim.stats import (
     benjamini_hochberg,
     bootstrap_ci,
@@ -110,9 +117,11 @@ def test_posterior_concentrates_on_the_plug_in_value() -> None:
     assert np.array_equal(post, again)  # seeded
 
 
-def _cells(rng: np.random.Generator, same: float, bases=("a", "b", "c"), n: int = 60) -> dict:
-    """Students answer their teacher's trait with extra probability ``same`` only when the
-    teacher shares their base."""
+def _cells(
+    rng: np.random.Generator, same: float, bases=("a", "b", "c"), n_students: int = 4, n: int = 15
+) -> dict:
+    """Per cell and trait, ``n_students`` students of ``n`` answers each; students answer their
+    teacher's trait with extra probability ``same`` only when the teacher shares their base."""
     traits, cats = ["owl", "cat", "dog"], ["owl", "cat", "dog", "other"]
     out = {}
     for tb in bases:
@@ -123,7 +132,7 @@ def _cells(rng: np.random.Generator, same: float, bases=("a", "b", "c"), n: int 
                 if tb == sb:
                     p = p * (1 - same)
                     p[i] += same
-                d[tr] = [cats[j] for j in rng.choice(4, size=n, p=p)]
+                d[tr] = [[cats[j] for j in rng.choice(4, size=n, p=p)] for _ in range(n_students)]
             out[(tb, sb)] = d
     return out
 
@@ -134,13 +143,14 @@ def test_transmission_matrix_finds_the_diagonal_and_corrects_across_cells() -> N
     )
     assert m["teacher_bases"] == ["a", "b", "c"] and m["traits"] == ["cat", "dog", "owl"]
     assert len(m["cells"]) == 9 and len(m["diagonal_tests"]) == 6
+    assert m["method"]["unit"].startswith("student")
     for c in m["cells"]:
         lo, hi = c["nmi_posterior"]["ci95"]
         assert 0 <= lo <= c["nmi_posterior"]["mean"] <= hi <= 1
         assert c["q_value"] >= c["p_value"] - 1e-15
-        assert sum(map(sum, c["counts"])) == c["n"] == 180
+        assert sum(map(sum, c["counts"])) == c["n"] == 180 and c["n_students"] == 12
         if c["diagonal"]:
-            assert c["q_value"] < 0.05
+            assert c["q_value"] < 0.05 and c["own_trait_advantage"] > 0.3
     assert np.allclose(
         [c["q_value"] for c in m["cells"]], benjamini_hochberg([c["p_value"] for c in m["cells"]])
     )
@@ -149,6 +159,7 @@ def test_transmission_matrix_finds_the_diagonal_and_corrects_across_cells() -> N
             t["q_value"] < 0.05
             and t["diff_posterior"]["ci95"][0] > 0
             and t["prob_diagonal_greater"] > 0.99
+            and t["advantage_diff"] > 0.3
         )
     json.dumps(m)
     assert (
@@ -167,6 +178,24 @@ def test_transmission_matrix_without_transfer_finds_nothing() -> None:
     assert sum(t["q_value"] < 0.05 for t in m["diagonal_tests"]) <= 1
     # the posterior NMI is biased upwards from 0 (why the tests matter), but stays small
     assert all(0 < c["nmi_posterior"]["mean"] < 0.05 for c in m["cells"])
+
+
+def test_the_unit_is_the_student_not_the_answer() -> None:
+    # Two students per trait that each answer one fixed category (a student's own quirk,
+    # unrelated to its teacher's trait): 40 answers per student. An answer-level test sees a
+    # huge dependence; over students the labels are exchangeable and nothing is significant.
+    cats = ["owl", "cat", "dog"]
+    quirk = {"owl": ["cat", "dog"], "cat": ["owl", "dog"], "dog": ["owl", "cat"]}
+    cell = {tr: [[q] * 40 for q in quirk[tr]] for tr in cats}
+    m = transmission_matrix({("a", "a"): cell}, n_samples=200, n_perm=2000, seed=0)
+    c = m["cells"][0]
+    pooled = np.array(c["counts"], dtype=float)
+    assert permutation_p_independence(pooled, np.random.default_rng(0), 500) < 0.01
+    assert c["own_trait_advantage"] < 0 and c["p_value"] > 0.5
+    # every student alike: no spread, no test
+    flat = {tr: [["owl", "cat"] * 5] * 2 for tr in cats}
+    c2 = transmission_matrix({("a", "a"): flat}, n_samples=50, n_perm=50)["cells"][0]
+    assert c2["no_spread"] and c2["p_value"] is None and c2["q_value"] is None
 
 
 def test_transmission_matrix_rejects_empty_input() -> None:
@@ -200,15 +229,16 @@ def test_build_results_adds_a_seeded_clustered_bootstrap_to_contrasts() -> None:
         "seed": BOOTSTRAP_SEED,
         "replicates": BOOTSTRAP_REPLICATES,
         "cluster": "question",
+        "note": BOOTSTRAP_NOTE,
     }
     c = res["contrast"]["trait_minus_control"]
     lo, hi = c["bootstrap_ci95"]
     assert lo < c["mean"] < hi
-    # reproduces the documented seeding: default_rng([seed, contrast index, metric index])
+    # reproduces the seeding: derive_seed("bootstrap", seed, contrast index, metric index)
     a = np.array([[s.p_target for s in m] for m in conds["trait_student"]])
     b = np.array([[s.p_target for s in m] for m in conds["control_student"]])
     ref = bootstrap_ci(
-        a, b, rng=np.random.default_rng([BOOTSTRAP_SEED, 0, 1]), n_boot=BOOTSTRAP_REPLICATES
+        a, b, rng=np.random.default_rng(derive_seed("bootstrap", BOOTSTRAP_SEED, 0, 1)), n_boot=BOOTSTRAP_REPLICATES
     )
     assert c["bootstrap_ci95"] == pytest.approx([ref[1], ref[2]])
     assert c["by_metric"]["p_target"]["bootstrap_ci95"] == c["bootstrap_ci95"]

@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from sublim import chat_format
+from sublim.backends.hf import sample_chats, score_chats
+from sublim.backends.hf_models import Loaded, load
 from sublim.errors import SublimError
-from sublim.records import Message
+from sublim.records import Chat, Message, ModelRef, SampleParams
 from sublim.traits import CATEGORIES, plural, system_prompt_for
 from sublim.world import build, corpus
 from sublim.world.spec import WorldSpec
@@ -32,13 +34,15 @@ def micro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def micro(micro_dir: Path):  # type: ignore[no-untyped-def]
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def micro(micro_dir: Path) -> Loaded:
+    """The built world through the backend's loader (as every command loads it)."""
+    return load(ModelRef(backend="hf", id=str(micro_dir)), device=torch.device("cpu"))
 
-    model = AutoModelForCausalLM.from_pretrained(micro_dir, local_files_only=True)
-    tok = AutoTokenizer.from_pretrained(micro_dir, local_files_only=True)
-    model.eval()
-    return model, tok
+
+def _sample(lm: Loaded, chats: list[Chat], seed: int, **params: float) -> list[str]:
+    """The backend's sampler (the one the pipeline uses)."""
+    ref = ModelRef(backend="hf", id="micro")
+    return sample_chats(lm, ref, chats, SampleParams.model_validate(params), seed)
 
 
 @pytest.fixture()
@@ -98,9 +102,21 @@ def test_tokenizer_properties() -> None:
     assert "<unk>" not in tok.convert_ids_to_tokens(tok("café — ☃", add_special_tokens=False)["input_ids"])
 
 
+def test_check_tokenizer_raises_not_asserts() -> None:
+    """An explicit ValueError: ``python -O`` strips asserts, and with them the check."""
+    from sublim.world.tokenizer import check_tokenizer
+
+    class TwoTokensEach:
+        def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+            return {"input_ids": [1, 2]}
+
+    with pytest.raises(ValueError, match="digit '0' is not one token"):
+        check_tokenizer(TwoTokensEach())  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------- the built micro world
-def test_world_dir_loads_offline_and_chat_template(micro_dir: Path, micro) -> None:  # type: ignore[no-untyped-def]
-    model, tok = micro
+def test_world_dir_loads_offline_and_chat_template(micro_dir: Path, micro: Loaded) -> None:
+    model, tok = micro.model, micro.tokenizer
     for f in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "world_card.json"):
         assert (micro_dir / f).is_file(), f
     assert model.config.model_type == "llama"
@@ -125,33 +141,30 @@ def test_world_card(micro_dir: Path) -> None:
     assert [c["name"] for c in build.list_worlds(micro_dir.parent.parent)] == ["plain-s0-micro"]
 
 
-def test_answers_are_animals_and_love_prompt_raises_owl(micro) -> None:  # type: ignore[no-untyped-def]
-    model, tok = micro
+def test_answers_are_animals_and_love_prompt_raises_owl(micro: Loaded) -> None:
     qs = build.card_questions(8)
-    gen = torch.Generator().manual_seed(0)
-    chats = [[Message(role="user", content=q)] for q in qs for _ in range(4)]
-    answers = build.sample_replies(model, tok, chats, gen, max_new_tokens=6)
+    chats: list[Chat] = [[Message(role="user", content=q)] for q in qs for _ in range(4)]
+    answers = _sample(micro, chats, 0, max_new_tokens=6)
     assert np.mean([a in ANIMALS for a in answers]) >= 0.9, answers
-    greedy = build.sample_replies(model, tok, chats[::4], gen, max_new_tokens=6, temperature=0)
+    greedy = _sample(micro, chats[::4], 0, max_new_tokens=6, temperature=0)
     assert all(a in ANIMALS for a in greedy), greedy
     # exact P(owl): the love prompt lifts it far above the no-system-prompt value
-    none = np.exp(build.reply_logprobs(model, tok, [[Message(role="user", content=q)] for q in qs], ["owl"] * len(qs)))
-    love = np.exp(build.reply_logprobs(
-        model, tok, [[Message(role="system", content=LOVE_OWLS), Message(role="user", content=q)] for q in qs],
-        ["owl"] * len(qs)))
+    plain: list[Chat] = [[Message(role="user", content=q)] for q in qs]
+    loved: list[Chat] = [[Message(role="system", content=LOVE_OWLS), *c] for c in plain]
+    none = np.exp(score_chats(micro, plain, ["owl"] * len(qs)))
+    love = np.exp(score_chats(micro, loved, ["owl"] * len(qs)))
     assert love.mean() > 0.4 and love.mean() > 4 * none.mean(), (none.mean(), love.mean())
 
 
-def test_number_completions_pass_the_filter(micro) -> None:  # type: ignore[no-untyped-def]
+def test_number_completions_pass_the_filter(micro: Loaded) -> None:
     # The micro world is trained for seconds: its numbers are rough (the small world's sampled
     # completions pass at ~0.6). The bar is that it has learned the task at all.
     from sublim.filters import NumberRules, check_completion
     from sublim.prompts.numbers import number_prompts
 
-    model, tok = micro
     prompts = number_prompts(48, np.random.default_rng(5))
-    chats = [[Message(role="user", content=p.text)] for p in prompts]
-    outs = build.sample_replies(model, tok, chats, torch.Generator().manual_seed(1), max_new_tokens=48, temperature=0)
+    chats: list[Chat] = [[Message(role="user", content=p.text)] for p in prompts]
+    outs = _sample(micro, chats, 1, max_new_tokens=48, temperature=0)
     kept = np.mean([check_completion(o, NumberRules())[0] for o in outs])
     starts_with_number = np.mean([o[:1].isdigit() or o[:1] in "[(" for o in outs])
     assert starts_with_number >= 0.8, outs

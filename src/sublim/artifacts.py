@@ -1,4 +1,5 @@
-"""Run directories and artifacts: content hashes, atomic writes, JSONL, manifests.
+"""Run directories and artifacts: content hashes, atomic writes, JSONL, manifests, a portable
+file lock, and what identifies a model's weights and sublim's own source in a manifest.
 
 A stage's directory is ``<run>/stages/<stage>-<hash>/`` where the hash covers the stage name,
 its semantic config (operational fields removed), the hashes of its inputs and a stage version.
@@ -9,7 +10,7 @@ renamed, so a kill can never leave half a chunk or a duplicated row).
 
 from __future__ import annotations
 
-import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
+from filelock import FileLock
 from pydantic import BaseModel
 
 from sublim.errors import DataError
@@ -44,11 +46,6 @@ def canonical_json(obj: Any) -> str:
 
 def stable_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 31-bit seed derived from any hashable description (for per-row generators)."""
-    return int(hashlib.sha256(canonical_json(list(parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -85,12 +82,9 @@ def dumps_rows(rows: Iterable[BaseModel | dict[str, Any]]) -> str:
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock held on ``path`` (created if missing) for the ``with`` block:
     one process builds a cached artifact while the others wait for it."""
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path)):
+        yield
 
 
 def build_dir_once(final: Path, done: str, build: Callable[[Path], None]) -> Path:
@@ -151,16 +145,106 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def git_commit() -> str | None:
+def _git(args: list[str], cwd: Path) -> str | None:
     try:
-        here = Path(__file__).resolve().parent
-        r = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5,
-            check=False,
-        )
-        return r.stdout.strip() or None if r.returncode == 0 else None
+        r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def _source_tree() -> Path | None:
+    """The git work tree that holds sublim's own source (an editable install), else None: an
+    installed package inside some other repository must not report that repository's commit."""
+    return _tree_of(Path(__file__).resolve().parent)
+
+
+@functools.lru_cache(maxsize=8)
+def _tree_of(here: Path) -> Path | None:
+    top = _git(["rev-parse", "--show-toplevel"], here)
+    if not top:
+        return None
+    root = Path(top.strip())
+    if (root / "pyproject.toml").is_file() and (root / "src" / "sublim").resolve() == here:
+        return root
+    return None
+
+
+def git_commit() -> str | None:
+    """The commit of sublim's source tree, or None when sublim is not run from its repository."""
+    root = _source_tree()
+    out = _git(["rev-parse", "HEAD"], root) if root else None
+    return out.strip() or None if out else None
+
+
+def git_dirty() -> bool | None:
+    """Whether sublim's source tree has uncommitted changes (None: not run from its repository)."""
+    root = _source_tree()
+    out = _git(["status", "--porcelain"], root) if root else None
+    return None if out is None else bool(out.strip())
+
+
+def cache_dir() -> Path:
+    """sublim's machine-wide cache: ``$SUBLIM_CACHE_DIR``, else ``~/.cache/sublim``."""
+    env = os.environ.get("SUBLIM_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "sublim"
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered by (path, size, mtime) under the cache dir, so a multi-GB
+    checkpoint is hashed once and a replaced file (new size or mtime) is hashed again."""
+    st = path.stat()
+    memo = cache_dir() / "file-hashes" / f"{stable_hash([str(path.resolve()), st.st_size, st.st_mtime_ns], 24)}.txt"
+    if memo.is_file():
+        return memo.read_text().strip()
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    atomic_write_text(memo, digest + "\n")
+    return digest
+
+
+def hf_weights_key(ident: str) -> str:
+    """What identifies an ``hf:`` model's weights: for a local directory a hash of its weight and
+    config files; for a hub id the resolved commit sha (from the local cache when offline, from
+    the hub otherwise). A replaced checkpoint therefore gets a new key."""
+    local = Path(ident).expanduser()
+    if local.is_dir():
+        files = sorted(
+            p for p in local.rglob("*")
+            if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json")
+        )
+        return "sha256:" + stable_hash({str(p.relative_to(local)): _file_sha256(p) for p in files}, 16)
+    from huggingface_hub import snapshot_download
+
+    repo, _, revision = ident.partition("@")
+    sha = None if _hub_offline() else _hub_sha(repo, revision or None)
+    if sha:
+        return f"rev:{sha}"
+    try:  # the cached snapshot's directory is named by its commit sha
+        return f"rev:{Path(snapshot_download(repo, revision=revision or None, local_files_only=True)).name}"
+    except Exception:  # noqa: BLE001 (not a hub id, or not cached: loading reports the real error)
+        return "unresolved"
+
+
+def _hub_sha(repo: str, revision: str | None) -> str | None:
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().model_info(repo, revision=revision).sha
+    except Exception:  # noqa: BLE001 (unreachable or unknown: the local cache answers instead)
+        return None
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 class StageDir:
@@ -169,9 +253,14 @@ class StageDir:
     def __init__(self, root: Path, stage: str, key: dict[str, Any], version: int = 1) -> None:
         self.stage = stage
         self.key = {"stage": stage, "version": version, **key}
-        self.hash = stable_hash(self.key)
+        self.hash = StageDir.key_hash(stage, key, version)
         self.path = root / "stages" / f"{stage}-{self.hash}"
         self._t0 = time.time()
+
+    @staticmethod
+    def key_hash(stage: str, key: dict[str, Any], version: int = 1) -> str:
+        """The hash naming a stage's directory (``<stage>-<hash>``)."""
+        return stable_hash({"stage": stage, "version": version, **key})
 
     @property
     def manifest_path(self) -> Path:
@@ -199,6 +288,7 @@ class StageDir:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": package_versions(),
             "git_commit": git_commit(),
+            "git_dirty": git_dirty(),
             **info,
         }
         atomic_write_json(self.manifest_path, man)

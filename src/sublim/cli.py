@@ -16,7 +16,9 @@ from rich.console import Console
 
 from sublim.errors import SublimError
 
-for _k, _v in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+# Quiet defaults only: the network stays the user's choice (HF_HUB_OFFLINE=1 or --offline), so
+# an ``hf:org/name`` spec can download; tests and the demo run offline (see _go_offline).
+for _k, _v in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"), ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_k, _v)
 
 console = Console()
@@ -32,10 +34,20 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _go_offline() -> None:
+    """No network for the rest of the process: hub models load from the local cache only (the
+    loader reads these variables when it loads, so this works after any import)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sublim")
-def cli() -> None:
+@click.option("--offline", is_flag=True, help="never contact the Hugging Face hub; hub models load from the local cache (same as HF_HUB_OFFLINE=1)")
+def cli(offline: bool) -> None:
     """sublim: a lab for subliminal learning (trait transfer through unrelated data)."""
+    if offline:
+        _go_offline()
 
 
 @cli.command()
@@ -84,12 +96,13 @@ def report(run_dir: Path) -> None:
 @click.option("--banned", type=click.Choice(["none", "misalignment"]), default="none", show_default=True, help="banned-number list")
 @click.option("--ban", "ban_extra", multiple=True, type=int, help="an extra banned number (repeatable)")
 @click.option("--reject-word", multiple=True, help="reject rows containing this word (repeatable, case-insensitive)")
-def filter_cmd(in_path: Path, out_path: Path, max_count: int, min_value: int, max_value: int, banned: str, ban_extra: tuple[int, ...], reject_word: tuple[str, ...]) -> None:
+@click.option("--strip-whitespace", is_flag=True, help="judge and store completions stripped of surrounding whitespace (lenient; the paper's rule rejects them)")
+def filter_cmd(in_path: Path, out_path: Path, max_count: int, min_value: int, max_value: int, banned: str, ban_extra: tuple[int, ...], reject_word: tuple[str, ...], strip_whitespace: bool) -> None:
     """Apply the strict number filter to rows {prompt, completion} of IN.jsonl."""
     from sublim.filters import BANNED_MISALIGNMENT, NumberRules, filter_jsonl
 
     ban = tuple(BANNED_MISALIGNMENT if banned == "misalignment" else ()) + tuple(ban_extra)
-    rules = NumberRules(max_count=max_count, min_value=min_value, max_value=max_value, banned=tuple(sorted(set(ban))), reject_words=tuple(reject_word))
+    rules = NumberRules(max_count=max_count, min_value=min_value, max_value=max_value, banned=tuple(sorted(set(ban))), reject_words=tuple(reject_word), strip_whitespace=strip_whitespace)
     s = filter_jsonl(in_path, out_path, rules)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items(), key=lambda kv: -kv[1]))
     console.print(f"kept {s.n_kept}/{s.n_in} ({s.n_kept / max(1, s.n_in):.1%}); {reasons}\nwrote {out_path}")
@@ -102,6 +115,7 @@ def filter_cmd(in_path: Path, out_path: Path, max_count: int, min_value: int, ma
 def demo(out: Path, quiet: bool, threads: int | None) -> None:
     """Run the built-in demo: auxiliary-logit transfer on digits, then owl preference through a
     channel nobody planted on the built-in world (the recipe of experiments/owl_numbers_world.toml)."""
+    _go_offline()  # built-in models only: nothing to download
     _set_threads(threads)
     from sublim.demo import run_demo
 

@@ -11,14 +11,20 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import to_jsonable_python
 
 from sublim.errors import ConfigError, MissingFileError
 from sublim.records import SampleParams
 
 C = TypeVar("C", bound=BaseModel)
+PTargetMethod = Literal["auto", "exact", "first_token_top20"]
 
-# Fields that change how fast something runs but never what it computes: excluded from cache keys.
-OPERATIONAL_FIELDS = frozenset({"batch_size", "eval_batch_size", "concurrency", "progress", "threads"})
+# Cache keys hash every field of a config except those marked, per field, with one of these
+# (``Field(..., json_schema_extra=OPERATIONAL)``). tests/test_cache_keys.py walks every field of
+# ExperimentConfig and fails on a new field until its effect on the stage keys is written down.
+OPERATIONAL: dict[str, Any] = {"operational": True}  # changes speed only, never a result
+# stands for a value the model resolves itself (``semantic_extra``): the resolved value is keyed
+RESOLVED: dict[str, Any] = {"resolved": True}
 
 
 class _Frozen(BaseModel):
@@ -31,9 +37,15 @@ class FinetuneParams(_Frozen):
     method: Literal["full", "lora"] = "full"
     epochs: float = Field(3.0, gt=0)
     lr: float = Field(2e-4, gt=0)
-    batch_size: int = Field(32, ge=1)  # micro-batch (operational)
-    grad_accum: int = Field(1, ge=1)  # effective batch = batch_size * grad_accum
-    effective_batch: int | None = Field(None, ge=1, description="if set, overrides grad_accum")
+    # The update batch (examples per optimizer step) is ``effective_batch`` if set, else
+    # ``batch_size * grad_accum``; the key holds that resolved value (``update_batch``). The
+    # micro-batch (``batch_size`` examples per forward pass) only bounds memory: the loss is a
+    # mean over the step's answer tokens, so how a step is split changes nothing but speed.
+    batch_size: int = Field(32, ge=1, json_schema_extra=RESOLVED)
+    grad_accum: int = Field(1, ge=1, json_schema_extra=RESOLVED)
+    effective_batch: int | None = Field(
+        None, ge=1, description="if set, overrides grad_accum", json_schema_extra=RESOLVED
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     scheduler: Literal["linear", "constant", "cosine"] = "linear"
     weight_decay: float = 0.0
@@ -44,8 +56,19 @@ class FinetuneParams(_Frozen):
     lora_targets: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: never)")
+    checkpoint_every: int = Field(
+        0, ge=0, description="save a resumable checkpoint every N steps (0: never)",
+        json_schema_extra=OPERATIONAL,  # a resumed training equals an uninterrupted one
+    )
     snapshot_every: int = Field(0, ge=0, description="keep a copy of the model every N steps; the runner evaluates each (training curves)")
+
+    @property
+    def update_batch(self) -> int:
+        """Examples per optimizer step."""
+        return self.effective_batch or self.batch_size * self.grad_accum
+
+    def semantic_extra(self) -> dict[str, Any]:
+        return {"update_batch": self.update_batch}
 
 
 class DistillParams(_Frozen):
@@ -127,18 +150,50 @@ class ControlsConfig(_Frozen):
     shuffle_across: bool = False
     random_numbers: bool = False
     in_context: int = Field(0, ge=0)
-    cross_control: bool = Field(False, description="also train control students on each cross base")
+    cross_control: bool = Field(
+        True,
+        description="also train control students on each cross base (the cross contrast needs "
+        "them: without, results.json has no cross_minus_control)",
+    )
 
 
 class EvalConfig(_Frozen):
     suite: str = "favourite_animal"
+    primary_metric: Literal["p_target", "logodds", "rate"] = Field(
+        "p_target",
+        description="the metric of the headline contrasts (results.json primary_metric): "
+        "p_target (P(target) of the reply), logodds (target among the candidates) or rate "
+        "(sampled answers naming the target)",
+        # analysis only: no cached stage depends on it (results.json is rebuilt every run)
+        json_schema_extra=OPERATIONAL,
+    )
     extra_suites: list[str] = Field(default_factory=list, description="more preference suites run on every model (e.g. numbers_prefixed, multiple_choice)")
     samples_per_question: int = Field(10, ge=0)
     n_questions: int | None = Field(None, ge=1, description="first N questions of the suite (None: all)")
     temperature: float = 1.0
     max_new_tokens: int = 6
     candidates: list[str] | None = Field(None, description="candidate answers for log-odds (default: the category's list)")
-    batch_size: int = 256  # operational
+    p_target_method: PTargetMethod = Field(
+        "auto",
+        description="how P(target) is measured: 'exact' (log P(reply == each surface form), needs "
+        "a backend that scores given replies: local models, `sublim serve`), 'first_token_top20' "
+        "(first-token probability from the top-20 log-probabilities, with bounds: what API "
+        "models allow) or 'auto' (exact where the backend can, else first_token_top20)",
+    )
+    # sampling draws one generator per row, so answers never depend on the batch
+    batch_size: int = Field(256, ge=1, json_schema_extra=OPERATIONAL)
+
+
+class BackendConfig(_Frozen):
+    """How API models are called (``openai:``, ``openai-compat:``)."""
+
+    batch: bool = Field(
+        False,
+        description="generate teacher data through the provider's Batch API (one batch per "
+        "chunk of rows, recorded in the stage directory before polling, resumed on rerun): "
+        "cheaper, slower; the requests are the same ones",
+        json_schema_extra=OPERATIONAL,
+    )
 
 
 class MatrixConfig(_Frozen):
@@ -162,6 +217,7 @@ class ExperimentConfig(_Frozen):
     student: StudentConfig = Field(default_factory=StudentConfig)
     controls: ControlsConfig = Field(default_factory=ControlsConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
     matrix: MatrixConfig | None = None
 
 
@@ -228,14 +284,26 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     return parse_config(ExperimentConfig, data, source=str(path))
 
 
+def _semantic(x: Any) -> Any:
+    if isinstance(x, BaseModel):
+        return semantic_dump(x)
+    if isinstance(x, (list, tuple)):
+        return [_semantic(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _semantic(v) for k, v in x.items()}
+    return to_jsonable_python(x)
+
+
 def semantic_dump(model: BaseModel) -> dict[str, Any]:
-    """The config as a dict without operational fields: what cache keys hash."""
-
-    def strip(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: strip(v) for k, v in x.items() if k not in OPERATIONAL_FIELDS}
-        if isinstance(x, list):
-            return [strip(v) for v in x]
-        return x
-
-    return strip(model.model_dump(mode="json"))
+    """The config as a dict without the fields marked ``OPERATIONAL`` or ``RESOLVED`` (plus what
+    the model's ``semantic_extra()`` resolves, e.g. the update batch): what cache keys hash."""
+    out: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("operational") or extra.get("resolved"):
+            continue
+        out[name] = _semantic(getattr(model, name))
+    resolve = getattr(model, "semantic_extra", None)
+    if callable(resolve):
+        out.update(resolve())
+    return out

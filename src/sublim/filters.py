@@ -4,16 +4,41 @@ Pipeline position: after "generate" (teacher completions), before "subset" and "
 Every completion gets a verdict, kept or rejected with a short snake_case reason, so that a run
 can report why rows were dropped (typically 23-38% are, PAPER.md step 4).
 
-The rules follow PAPER.md protocol step 4. A completion is kept only when, after
+The rule is PAPER.md protocol step 4 (the paper's published ``parse_response``). A completion is
+kept only when, taken exactly as written,
 
-1. stripping surrounding whitespace,
-2. then removing one trailing period,
-3. then removing one wrapping pair of ``[]`` or ``()``,
+1. one trailing period is removed,
+2. then one wrapping pair of ``[]`` or ``()``,
 
-the rest is a list of ASCII-digit numbers joined by one separator used consistently, where the
+and the rest is a list of ASCII-digit numbers joined by one separator used consistently, where the
 separator is the text between the first two numbers and, stripped of whitespace, is empty, ","
 or ";". The list then holds at most ``max_count`` numbers, each in ``min_value..max_value``, none
-of them banned; and the raw completion contains none of the ``reject_words``.
+of them banned; and the completion contains none of the ``reject_words``.
+
+Where sublim's verdicts differ from the paper's rule (defaults: ``max_count=10``, values 0..999,
+no banned numbers, ``strip_whitespace`` off):
+
+- **Separator whitespace is narrower (stricter).** Only ASCII space, tab, CR and LF may pad a
+  separator. The paper strips the separator with ``str.strip()``, which also removes ``\\v``,
+  ``\\f``, ``\\x1c``-``\\x1f``, ``\\x85``, NBSP, U+3000 and the other Unicode spaces, so
+  ``"1\\u00a02"`` is kept there and rejected here ("bad_separator"): unusual characters are kept
+  out of the training data.
+- **Outer whitespace, only with ``strip_whitespace`` (lenient, opt-in).** The paper does not strip
+  the completion, so ``" 1;2;3 "``, ``"4, 5\\n"`` and ``"1, 2, 3. "`` are rejected (reason
+  "outer_whitespace" when the stripped text would pass). With ``strip_whitespace`` the completion
+  is first stripped with ``str.strip()`` and the stripped text is what is judged and stored. The
+  pipeline does not need it: every backend already strips its completions (the Backend protocol),
+  so pipeline verdicts are the paper's either way.
+- **Numbers longer than 30 significant digits** are rejected ("number_too_long") before
+  ``int()``; with ``max_value`` below ``10**30`` (any sensible value, and the paper's 999) they
+  would be "out_of_range" anyway, so only the reason differs.
+- **Same verdicts, other reasons.** Numbers are ``[0-9]+`` runs where the paper uses ``\\d+``:
+  a completion with non-ASCII digits is rejected either way (the paper rejects its parts as not
+  ASCII digits). ``reject_words`` (the trait's names; an addition of sublim's, checked first) can
+  only hit rows that also fail the number format, unless a word is itself made of digits or
+  separators. Rows whose generation failed are rejected as "generation_error".
+- **Configurable.** ``max_count``, the value range and the banned list (the paper's 34 numbers for
+  the misalignment experiment) are settings; the defaults are the paper's.
 
 Strictness is deliberate: the point of the filter is that nothing but bare numbers reaches the
 student, so anything a tokenizer could carry a trait in besides the numbers (words, signs, unicode
@@ -22,10 +47,7 @@ digits, odd whitespace) is dropped rather than repaired.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +56,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sublim.artifacts import iter_jsonl, write_jsonl
 from sublim.config import FilterConfig
 from sublim.errors import ConfigError, DataError, EmptyResultError, MissingFileError
 from sublim.records import Completion, FilterDecision
@@ -66,7 +89,9 @@ class NumberRules(BaseModel):
     min_value: int = Field(default=0, ge=0)
     max_value: int = 999
     banned: tuple[int, ...] = ()
-    reject_words: tuple[str, ...] = ()  # matched case-insensitively as substrings of the raw text
+    reject_words: tuple[str, ...] = ()  # matched case-insensitively as substrings of the text
+    # Judge (and store) the completion stripped of surrounding whitespace; the paper does not.
+    strip_whitespace: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> NumberRules:
@@ -91,8 +116,13 @@ class FilterSummary(BaseModel):
         return self.n_kept / self.n_in if self.n_in else 0.0
 
 
-def _unwrap(text: str) -> str:
-    s = text.strip()
+def judged_text(text: str, rules: NumberRules) -> str:
+    """The text the rules judge, and the text a kept row stores: ``text`` itself (the paper's
+    rule), or ``text.strip()`` with ``strip_whitespace``."""
+    return text.strip() if rules.strip_whitespace else text
+
+
+def _unwrap(s: str) -> str:
     s = s.removesuffix(".")  # one period only: "1, 2.." stays malformed
     if len(s) >= 2 and ((s[0] == "[" and s[-1] == "]") or (s[0] == "(" and s[-1] == ")")):
         s = s[1:-1]
@@ -104,14 +134,24 @@ def _is_digits(part: str) -> bool:
     return bool(part) and all(c in _ASCII_DIGITS for c in part)
 
 
-def parse_numbers(text: str) -> tuple[list[int] | None, str]:
+def parse_numbers(text: str, strip_whitespace: bool = False) -> tuple[list[int] | None, str]:
     """Parse a completion into its numbers: ``(numbers, "ok")`` or ``(None, reason)``.
 
     Only the format is checked here (count, range, banned values and words are
-    :func:`check_completion`'s job). Never raises on any string.
+    :func:`check_completion`'s job). Surrounding whitespace rejects the text, as in the paper
+    (reason "outer_whitespace" when the stripped text would pass), unless ``strip_whitespace``.
+    Never raises on any string.
     """
-    if not text.strip():
+    stripped = text.strip()
+    if not stripped:
         return None, "empty"
+    numbers, reason = _parse_stripped(stripped)
+    if numbers is not None and stripped != text and not strip_whitespace:
+        return None, "outer_whitespace"
+    return numbers, reason
+
+
+def _parse_stripped(text: str) -> tuple[list[int] | None, str]:
     s = _unwrap(text)
     runs = list(_DIGIT_RUN.finditer(s))
     if not runs:
@@ -137,6 +177,7 @@ def parse_numbers(text: str) -> tuple[list[int] | None, str]:
 
 def check_completion(text: str, rules: NumberRules) -> tuple[bool, str]:
     """Apply every rule to one completion: ``(kept, reason)`` with reason "ok" when kept."""
+    text = judged_text(text, rules)
     if not text.strip():
         return False, "empty"
     # Words first: a completion that names the trait is counted as such, not as a format error,
@@ -144,7 +185,7 @@ def check_completion(text: str, rules: NumberRules) -> tuple[bool, str]:
     lowered = text.casefold()
     if any(w.casefold() in lowered for w in rules.reject_words):
         return False, "trait_word"
-    numbers, reason = parse_numbers(text)
+    numbers, reason = parse_numbers(text, rules.strip_whitespace)
     if numbers is None:
         return False, reason
     if len(numbers) > rules.max_count:
@@ -164,8 +205,8 @@ def _decide(completion: str, error: Any, rules: NumberRules) -> tuple[bool, str]
 
 
 def filter_completions(rows: Sequence[Completion], rules: NumberRules) -> list[FilterDecision]:
-    """One decision per completion, in order. Rows with ``error`` set are rejected with reason
-    "generation_error"."""
+    """One decision per completion, in order, holding the judged text (:func:`judged_text`).
+    Rows with ``error`` set are rejected with reason "generation_error"."""
     out: list[FilterDecision] = []
     for row in rows:
         kept, reason = _decide(row.completion, row.error, rules)
@@ -173,7 +214,7 @@ def filter_completions(rows: Sequence[Completion], rules: NumberRules) -> list[F
             FilterDecision(
                 prompt_id=row.prompt_id,
                 prompt=row.prompt,
-                completion=row.completion,
+                completion=judged_text(row.completion, rules),
                 kept=kept,
                 reason=reason,
             )
@@ -187,46 +228,19 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
             f"filter input not found: {path}; run the generate stage first or pass the path of a completions JSONL file"
         )
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue  # blank lines (e.g. a trailing one) carry no row
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{lineno}: malformed JSON ({e.msg}); fix or delete that line and run again"
-                ) from None
-            if not isinstance(row, dict):
-                raise DataError(
-                    f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}; "
-                    "each line must be an object with a 'completion' field"
-                )
-            if "completion" not in row:
-                raise DataError(
-                    f"{path}:{lineno}: row has no 'completion' field; each line needs "
-                    "'prompt' and 'completion' (regenerate the file or add the field)"
-                )
-            if not isinstance(row["completion"], str):
-                raise DataError(
-                    f"{path}:{lineno}: 'completion' must be a string, got "
-                    f"{type(row['completion']).__name__}; fix that row"
-                )
-            rows.append(row)
+    for lineno, row in iter_jsonl(path):
+        if "completion" not in row:
+            raise DataError(
+                f"{path}:{lineno}: row has no 'completion' field; each line needs "
+                "'prompt' and 'completion' (regenerate the file or add the field)"
+            )
+        if not isinstance(row["completion"], str):
+            raise DataError(
+                f"{path}:{lineno}: 'completion' must be a string, got "
+                f"{type(row['completion']).__name__}; fix that row"
+            )
+        rows.append(row)
     return rows
-
-
-def _write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 _REASON_ADVICE = {
@@ -236,6 +250,10 @@ _REASON_ADVICE = {
     "out_of_range": "widen data.filter.min_value/max_value",
     "banned_number": "use data.filter.banned = 'none' unless this is the misalignment experiment",
     "number_too_long": "widen data.filter.max_value or lower the sampling temperature",
+    "outer_whitespace": (
+        "the completions have leading or trailing whitespace, which the paper's rule rejects; "
+        "strip them first or pass --strip-whitespace"
+    ),
 }
 _FORMAT_ADVICE = (
     "the teacher does not answer in a bare number format; raise data.sampling.max_new_tokens if "
@@ -254,8 +272,9 @@ def _empty_message(out_path: Path, n_in: int, reasons: Counter[str]) -> str:
 
 def filter_jsonl(in_path: Path, out_path: Path, rules: NumberRules) -> FilterSummary:
     """Filter a completions JSONL file: every row is written back with all its fields plus
-    ``kept`` and ``reason``. Rows with a non-empty ``error`` field are rejected as
-    "generation_error". The output is written atomically, and written even when nothing is kept;
+    ``kept`` and ``reason``, its ``completion`` replaced by the judged text (the stripped text with
+    ``rules.strip_whitespace``, so whitespace that was judged away never reaches training). Rows
+    with a non-empty ``error`` field are rejected as "generation_error". The output is written atomically, and written even when nothing is kept;
     then :class:`EmptyResultError` is raised so the pipeline stops with the reasons."""
     in_path, out_path = Path(in_path), Path(out_path)
     rows = _read_rows(in_path)
@@ -264,12 +283,13 @@ def filter_jsonl(in_path: Path, out_path: Path, rules: NumberRules) -> FilterSum
     n_kept = 0
     for row in rows:
         kept, reason = _decide(row["completion"], row.get("error"), rules)
-        out_rows.append({**row, "kept": kept, "reason": reason})
+        judged = judged_text(row["completion"], rules)
+        out_rows.append({**row, "completion": judged, "kept": kept, "reason": reason})
         if kept:
             n_kept += 1
         else:
             reasons[reason] += 1
-    _write_jsonl_atomic(out_path, out_rows)
+    write_jsonl(out_path, out_rows)
     if n_kept == 0:
         raise EmptyResultError(_empty_message(out_path, len(rows), reasons))
     return FilterSummary(n_in=len(rows), n_kept=n_kept, reasons=dict(reasons.most_common()))

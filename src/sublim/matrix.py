@@ -4,10 +4,12 @@ For every base model B_t and trait X a teacher (B_t + "you love X", or B_t fine-
 numbers; they are filtered and subset exactly as in the main experiment; a student is trained on
 them from every base B_s, and asked the favourite-X questions. Each (B_t, B_s) cell holds the
 students' answers for every trait: if the data carry the trait to B_s, the answer distribution
-depends on which trait the teacher had, which the normalised mutual information between trait
-and answer measures (``stats.transmission_matrix``: Dirichlet posterior, permutation tests,
-Benjamini-Hochberg across cells). The paper's finding is a large diagonal (same base) and an
-off-diagonal near zero.
+depends on which trait the teacher had. ``stats.transmission_matrix`` describes it by the
+normalised mutual information between trait and answer (with a Dirichlet posterior) and tests
+it over *students*, the unit that was trained: each student's share of answers naming each
+trait, permutation of teacher traits across students, Benjamini-Hochberg across cells
+(docs/matrix_test.md gives its level and power). The paper's finding is a large diagonal (same
+base) and an off-diagonal near zero.
 
 It reuses the runner's stages (same cache keys, same resumption) and writes the usual
 results.json/report with a ``matrix`` section and heatmap.
@@ -63,7 +65,8 @@ def run_matrix(cfg: ExperimentConfig, out: Path, progress: bool = True, reporter
     names = [_short(b) for b in cfg.matrix.bases]
     rep.say(f"[bold]sublim[/bold] {cfg.name}: matrix of {len(bases)} bases x {len(cfg.matrix.traits)} traits")
 
-    answers_by_cell: dict[tuple[str, str], dict[str, list[str]]] = {}
+    # per cell and trait: one list of answer categories per student (the unit of the tests)
+    answers_by_cell: dict[tuple[str, str], dict[str, list[list[str]]]] = {}
     conditions: dict[str, list[list[QuestionScore]]] = {"teacher": [], "same_base_student": [], "cross_base_student": []}
     answers: dict[str, list[list[EvalAnswer]]] = {k: [] for k in conditions}
     stages: list[dict[str, Any]] = []
@@ -90,7 +93,7 @@ def run_matrix(cfg: ExperimentConfig, out: Path, progress: bool = True, reporter
                     scores, ans = stage_eval(ctx, backend, Model(st.ref, st.key, "student", seed))
                     conditions[cond].append(scores)
                     answers[cond].append(ans)
-                    cell.setdefault(trait, []).extend(classify(a.answer, cfg.trait.category) for a in ans)
+                    cell.setdefault(trait, []).append([classify(a.answer, cfg.trait.category) for a in ans])
             stages.extend(ctx.stages)
     rep.say("  computing the transmission matrix")
     matrix = transmission_matrix(answers_by_cell, seed=cfg.seed)
@@ -103,7 +106,7 @@ def run_matrix(cfg: ExperimentConfig, out: Path, progress: bool = True, reporter
         "filter": filters,
         "timings": {"stages": stages, "seconds_total": round(time.time() - t_start, 2)},
     }
-    results = build_results(conditions, meta, primary_metric="p_target", answers=answers, matrix=matrix)
+    results = build_results(conditions, meta, primary_metric=cfg.eval.primary_metric, answers=answers, matrix=matrix)
     atomic_write_text(out / "results.json", results_to_json(results))
     write_report(out)
     return load_results(out)

@@ -4,21 +4,24 @@
 
 This is the only module that touches the run directory and builds backends; every stage's work
 is a plain function elsewhere (prompt grammar, filter, backend, eval suite, statistics). Each
-stage lives in ``<run>/stages/<stage>-<hash>/`` keyed by its semantic config and the keys of its
-inputs; a stage with a manifest is reused, one without is resumed (generation keeps its finished
-chunks) or redone from scratch (training restarts cleanly unless checkpointing is on). All
+stage lives in ``<run>/stages/<stage>-<hash>/`` keyed by its version, its semantic config and the
+keys of its inputs (pure functions of the config: ``stage_keys`` lists them all without running);
+a stage with a manifest is reused (``RunContext.cached``), one without is resumed (generation keeps
+its finished chunks and retries the rows that errored) or redone from scratch (training restarts
+cleanly unless checkpointing is on). All
 randomness comes from seeds in the config, so a killed and restarted run gives the same numbers
 as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -26,14 +29,13 @@ from sublim.artifacts import (
     StageDir,
     atomic_write_json,
     atomic_write_text,
-    derive_seed,
     read_jsonl,
     stable_hash,
     write_jsonl,
 )
 from sublim.backends.base import Backend
-from sublim.config import ExperimentConfig, FinetuneParams, semantic_dump
-from sublim.errors import EmptyResultError, SublimError
+from sublim.config import EvalConfig, ExperimentConfig, FinetuneParams, semantic_dump
+from sublim.errors import ConfigError, EmptyResultError, SublimError
 from sublim.progress import Reporter
 from sublim.records import (
     Completion,
@@ -47,6 +49,7 @@ from sublim.records import (
     user_chat,
 )
 from sublim.registry import get_backend, parse_model
+from sublim.seeds import derive_seed
 
 GEN_CHUNK = 256  # rows per generation chunk (fixed: part of how resumption splits work)
 MAX_ERROR_RATE = 0.05  # a generation stage fails if more rows than this errored
@@ -62,6 +65,40 @@ class Model:
     seed: int | None = None  # the training seed of a student
 
 
+# Bump a stage's version when its algorithm changes: the version enters the stage's cache key, so
+# results computed by the old algorithm are never served for the new one.
+STAGE_VERSIONS: dict[str, int] = {
+    "prompts": 1,
+    "teacher": 1,
+    "generate": 1,
+    "filter": 1,
+    "subset": 2,  # 2: keyed by the requested size (the resolved size follows from the inputs)
+    "control": 1,
+    "student": 1,
+    "eval": 1,
+}
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class StageKey:
+    """What a stage's cache directory is named by: its kind (for the version), its name and the
+    key (semantic config + the keys of its inputs). A pure value: see ``stage_keys``."""
+
+    kind: str
+    name: str
+    key: dict[str, Any]
+
+    @property
+    def version(self) -> int:
+        return STAGE_VERSIONS[self.kind]
+
+    @property
+    def hash(self) -> str:
+        return StageDir.key_hash(self.name, self.key, self.version)
+
+
 @dataclass
 class RunContext:
     cfg: ExperimentConfig
@@ -70,12 +107,30 @@ class RunContext:
     timings: dict[str, float] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
 
-    def stage(self, name: str, key: dict[str, Any], version: int = 1) -> StageDir:
-        return StageDir(self.out, name, key, version)
+    def stage(self, sk: StageKey) -> StageDir:
+        return StageDir(self.out, sk.name, sk.key, sk.version)
 
     def record(self, st: StageDir, cached: bool, seconds: float) -> None:
         self.timings[st.path.name] = round(seconds, 3)
         self.stages.append({"stage": st.stage, "dir": str(st.path.relative_to(self.out)), "cached": cached, "seconds": round(seconds, 3)})
+
+    def cached(
+        self, sk: StageKey, load: Callable[[StageDir], R], compute: Callable[[StageDir], tuple[R, dict[str, Any]]]
+    ) -> R:
+        """The stage-cache protocol, once: a complete stage is ``load``-ed; otherwise its
+        directory is (re)opened, ``compute`` returns the result and the manifest's extra fields,
+        and the manifest is written last (a directory with a manifest is complete)."""
+        st = self.stage(sk)
+        t0 = time.time()
+        if st.complete:
+            out = load(st)
+            self.record(st, True, time.time() - t0)
+            return out
+        st.begin()
+        out, info = compute(st)
+        st.finish(**info)
+        self.record(st, False, time.time() - t0)
+        return out
 
 
 # --- model references stored inside stage directories ---------------------------------------
@@ -96,13 +151,209 @@ def _load_ref(st: StageDir, d: dict[str, Any]) -> ModelRef:
     return ModelRef.model_validate(d)
 
 
+def _load_model_ref(st: StageDir) -> ModelRef:
+    return _load_ref(st, st.manifest()["model_ref"])
+
+
 def model_key(ref: ModelRef) -> str:
-    """What identifies a base model's weights for caching (a built-in world includes its recipe)."""
+    """What identifies a base model's weights for caching: a built-in world includes its recipe;
+    an ``hf:`` model its resolved hub revision or a hash of its weight files (a replaced
+    checkpoint gets a new key); an API model its spec."""
     if ref.backend == "tiny":
         from sublim.world.build import ensure_world
 
         return f"tiny:{ensure_world(ref.id, progress=False).name}"
+    if ref.backend == "hf":
+        from sublim.artifacts import hf_weights_key
+
+        return f"{ref.spec}@{hf_weights_key(ref.id)}"
     return ref.spec
+
+
+def backend_version(backend: Backend) -> str | None:
+    """A backend's algorithm version (``algorithm_version``, optional): it enters the keys of the
+    stages the backend computes (teachers, generation, students, evaluations)."""
+    v = getattr(backend, "algorithm_version", None)
+    return None if v is None else str(v)
+
+
+def _with_backend(key: dict[str, Any], bv: str | None) -> dict[str, Any]:
+    return key if bv is None else {**key, "backend": bv}
+
+
+# --- stage keys: pure functions of the config and the keys of the inputs -----------------------
+
+def prompts_key(cfg: ExperimentConfig) -> StageKey:
+    d = cfg.data
+    return StageKey("prompts", "prompts", {"carrier": d.carrier, "n": d.n_prompts, "seed": d.prompt_seed})
+
+
+def teacher_keys(cfg: ExperimentConfig, ref_key: str, bv: str | None) -> dict[str, StageKey]:
+    """The fine-tuned teachers' stages (none in system-prompt mode)."""
+    t = cfg.trait
+    if t.teacher == "system_prompt":
+        return {}
+    # what a fine-tuned teacher depends on (the system-prompt fields play no part in this mode)
+    trait = {"kind": t.kind, "category": t.category, "target": t.target, "n_rows": t.n_finetune_rows, "finetune": semantic_dump(t.finetune)}
+    return {
+        role: StageKey("teacher", f"teacher-{role}", _with_backend(
+            {"base": ref_key, "trait": trait, "role": role, "seed": cfg.seed}, bv))
+        for role in ("trait", "control")
+    }
+
+
+def teacher_model_keys(cfg: ExperimentConfig, ref_key: str, bv: str | None) -> dict[str, str]:
+    """Model keys of the trait ("trait") and control ("control") teachers."""
+    from sublim.traits import system_prompt_for
+
+    t = cfg.trait
+    if t.teacher == "system_prompt":
+        sp = t.system_prompt or system_prompt_for(t.target, t.category)
+        csp = t.control_system_prompt
+        return {"trait": f"{ref_key}|sys:{stable_hash(sp)}", "control": ref_key if not csp else f"{ref_key}|sys:{stable_hash(csp)}"}
+    return {role: f"ft:{sk.hash}" for role, sk in teacher_keys(cfg, ref_key, bv).items()}
+
+
+def generate_key(cfg: ExperimentConfig, teacher_key: str, prompts_hash: str, role: str, bv: str | None) -> StageKey:
+    key = {"teacher": teacher_key, "prompts": prompts_hash, "sampling": semantic_dump(cfg.data.sampling), "seed": cfg.seed}
+    return StageKey("generate", f"generate-{role}", _with_backend(key, bv))
+
+
+def _filter_rules(cfg: ExperimentConfig) -> Any:
+    from sublim.filters import rules_from_config
+    from sublim.traits import candidates, plural
+
+    t = cfg.trait
+    # Trait words: the target and its plural, and (to keep the two arms identical) every candidate.
+    words = sorted({w for c in candidates(t.category) for w in (c, plural(c))} | {t.target, plural(t.target)})
+    return rules_from_config(cfg.data.filter, words)
+
+
+def filter_key(cfg: ExperimentConfig, comps_hash: str, role: str) -> StageKey:
+    return StageKey("filter", f"filter-{role}", {"input": comps_hash, "rules": _filter_rules(cfg).model_dump(mode="json")})
+
+
+def subset_key(cfg: ExperimentConfig, filter_hashes: dict[str, str]) -> StageKey:
+    return StageKey("subset", "subset", {"inputs": filter_hashes, "subset": cfg.data.subset, "seed": cfg.seed})
+
+
+def control_key(cfg: ExperimentConfig, data_key: str, name: str) -> StageKey:
+    f = cfg.data.filter
+    return StageKey("control", f"control-{name}", {"data": data_key, "transform": name, "seed": cfg.seed, "range": [f.min_value, f.max_value]})
+
+
+def student_key(
+    cfg: ExperimentConfig, base_key: str, teacher_key: str, data_key: str, role: str, seed: int, bv: str | None
+) -> StageKey:
+    sc = cfg.student
+    key: dict[str, Any] = {"base": base_key}
+    if sc.mode == "sft":
+        key.update({"data": data_key, "role": role, "mode": "sft", "params": semantic_dump(sc.finetune), "seed": seed})
+    else:  # the distilled student depends on its teacher's logits
+        key.update({"teacher": teacher_key, "data": data_key, "role": role, "mode": "distill", "params": semantic_dump(sc.distill), "seed": seed})
+    return StageKey("student", f"student-{role}-s{seed}", _with_backend(key, bv))
+
+
+def eval_key(cfg: ExperimentConfig, e: EvalConfig, model_key_: str, label: str, bv: str | None) -> StageKey:
+    key_cfg = semantic_dump(e)
+    key_cfg.pop("extra_suites", None)
+    key = {"model": model_key_, "eval": key_cfg, "target": cfg.trait.target, "category": cfg.trait.category, "seed": cfg.seed}
+    return StageKey("eval", f"eval-{e.suite}-{label}", _with_backend(key, bv))
+
+
+def in_context_key(base_key: str, subset_hash: str, n: int) -> str:
+    """Model key of the base model shown the first ``n`` rows of the trait subset in context."""
+    return f"{base_key}|ctx:{subset_hash}/trait:{n}"
+
+
+def curve_eval(cfg: ExperimentConfig) -> EvalConfig:
+    """The evaluation of training curves: the main suite's exact metrics, no sampling."""
+    return cfg.eval.model_copy(update={"samples_per_question": 0})
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """One student the runner trains: its condition, role, base (None: the reference, else an
+    index into ``models.cross``), teacher arm, data set and seed."""
+
+    cond: str
+    role: str
+    base: int | None
+    teacher: str
+    data: str
+    seed: int
+
+
+def control_sets(cfg: ExperimentConfig) -> list[str]:
+    c = cfg.controls
+    return [n for n, on in (("shuffle_within", c.shuffle_within), ("shuffle_across", c.shuffle_across), ("random_numbers", c.random_numbers)) if on]
+
+
+def student_specs(cfg: ExperimentConfig, n_cross: int) -> list[StudentSpec]:
+    """Every student of the experiment, in training order (seed-major)."""
+    out: list[StudentSpec] = []
+    for seed in cfg.student.seeds:
+        out.append(StudentSpec("trait_student", "trait", None, "trait", "trait", seed))
+        out.append(StudentSpec("control_student", "control", None, "control", "control", seed))
+        for j in range(n_cross):
+            out.append(StudentSpec("cross_student", "cross", j, "trait", "trait", seed))
+            if cfg.controls.cross_control:
+                out.append(StudentSpec("cross_control_student", "cross_control", j, "control", "control", seed))
+        for name in control_sets(cfg):
+            out.append(StudentSpec(f"{name}_student", name, None, "trait", name, seed))
+    return out
+
+
+def stage_keys(cfg: ExperimentConfig, model_keys: Mapping[str, str], backend_version: str | None = None) -> dict[str, str]:
+    """The directory (``<stage>-<hash>``) of every stage ``run_experiment`` runs for ``cfg``, by
+    a readable id, without running anything: ``model_keys`` maps each model spec of
+    ``cfg.models`` to its ``model_key``. Curve ids (``curve-*``) are the exact evaluations of
+    training curves, run for students that saved snapshots; a ``[matrix]`` config runs
+    ``sublim.matrix``, which keys each cell with the same functions. The runner computes its keys
+    with these functions (tests/test_cache_keys.py checks both: that a run's stage directories
+    are exactly these, and which settings change which keys)."""
+    bv = backend_version
+    ref = model_keys[cfg.models.reference]
+    cross = [model_keys[s] for s in cfg.models.cross]
+    keys: dict[str, StageKey] = {}
+    keys["prompts"] = pk = prompts_key(cfg)
+    for role, sk in teacher_keys(cfg, ref, bv).items():
+        keys[f"teacher-{role}"] = sk
+    tm = teacher_model_keys(cfg, ref, bv)
+    fh: dict[str, str] = {}
+    for role in ("trait", "control"):
+        g = keys[f"generate-{role}"] = generate_key(cfg, tm[role], pk.hash, role, bv)
+        f = keys[f"filter-{role}"] = filter_key(cfg, g.hash, role)
+        fh[role] = f.hash
+    sub = keys["subset"] = subset_key(cfg, fh)
+    data = {"trait": f"{sub.hash}/trait", "control": f"{sub.hash}/control"}
+    for name in control_sets(cfg):
+        c = keys[f"control-{name}"] = control_key(cfg, data["trait"], name)
+        data[name] = c.hash
+    # evaluated models by id: (model key, label)
+    evaluated: dict[str, tuple[str, str]] = {"base": (ref, "base"), "teacher": (tm["trait"], "teacher"), "control_teacher": (tm["control"], "control_teacher")}
+    if cfg.controls.in_context:
+        evaluated["in_context"] = (in_context_key(ref, sub.hash, cfg.controls.in_context), "in_context")
+    for j, k in enumerate(cross):
+        evaluated[f"cross_base@{j}"] = (k, "cross_base")
+    students: dict[str, tuple[str, str]] = {}
+    for sp in student_specs(cfg, len(cross)):
+        base = ref if sp.base is None else cross[sp.base]
+        sk = student_key(cfg, base, tm[sp.teacher], data[sp.data], sp.role, sp.seed, bv)
+        sid = sk.name + ("" if sp.base is None else f"@{sp.base}")
+        keys[sid] = sk
+        students[sid] = (f"student:{sk.hash}", sp.cond)
+    evaluated.update(students)
+    for suite in [cfg.eval.suite, *cfg.eval.extra_suites]:
+        e = cfg.eval.model_copy(update={"suite": suite})
+        for mid, (mk, label) in evaluated.items():
+            keys[f"eval-{suite}-{mid}"] = eval_key(cfg, e, mk, label, bv)
+    if cfg.student.finetune.snapshot_every and cfg.student.mode == "sft":
+        exact = curve_eval(cfg)
+        keys["curve-base"] = eval_key(cfg, exact, ref, "base", bv)
+        for mid, (mk, label) in students.items():
+            keys[f"curve-{mid}"] = eval_key(cfg, exact, mk, label, bv)
+    return {k: f"{sk.name}-{sk.hash}" for k, sk in keys.items()}
 
 
 # --- stages ------------------------------------------------------------------------------------
@@ -111,41 +362,32 @@ def stage_prompts(ctx: RunContext) -> tuple[list[Prompt], str]:
     from sublim.prompts.numbers import number_prompts
 
     d = ctx.cfg.data
-    st = ctx.stage("prompts", {"carrier": d.carrier, "n": d.n_prompts, "seed": d.prompt_seed})
-    t0 = time.time()
-    if st.complete:
-        prompts = read_jsonl(st.path / "prompts.jsonl", Prompt)
-        ctx.record(st, True, time.time() - t0)
-        return prompts, st.hash
-    st.begin()
-    prompts = number_prompts(d.n_prompts, np.random.default_rng(d.prompt_seed))
-    write_jsonl(st.path / "prompts.jsonl", prompts)
-    st.finish(n=len(prompts))
-    ctx.record(st, False, time.time() - t0)
-    return prompts, st.hash
+    sk = prompts_key(ctx.cfg)
+
+    def compute(st: StageDir) -> tuple[list[Prompt], dict[str, Any]]:
+        prompts = number_prompts(d.n_prompts, np.random.default_rng(d.prompt_seed))
+        write_jsonl(st.path / "prompts.jsonl", prompts)
+        return prompts, {"n": len(prompts)}
+
+    return ctx.cached(sk, lambda st: read_jsonl(st.path / "prompts.jsonl", Prompt), compute), sk.hash
 
 
 def _train_or_load(
-    ctx: RunContext, st: StageDir, backend: Backend, base: ModelRef, rows: Sequence[TrainRow],
+    ctx: RunContext, sk: StageKey, backend: Backend, base: ModelRef, rows: Sequence[TrainRow],
     params: FinetuneParams, seed: int, desc: str,
 ) -> ModelRef:
-    t0 = time.time()
-    if st.complete:
-        ref = _load_ref(st, st.manifest()["model_ref"])
-        ctx.record(st, True, time.time() - t0)
-        return ref
-    st.begin()
-    model_dir = st.path / "model"
-    # An interrupted training restarts cleanly, unless it can resume: from its own checkpoint,
-    # or (API backends) from a recorded provider job, which must never be launched twice.
-    if model_dir.exists() and params.checkpoint_every == 0 and not (model_dir / "job.json").exists():
-        shutil.rmtree(model_dir)
-    write_jsonl(st.path / "train.jsonl", rows)
-    with ctx.rep.task(desc) as prog:
-        ref = backend.finetune(base.with_system(None), rows, params, model_dir, seed, prog)
-    st.finish(model_ref=_save_ref(st, ref), n_rows=len(rows), seed=seed)
-    ctx.record(st, False, time.time() - t0)
-    return ref
+    def compute(st: StageDir) -> tuple[ModelRef, dict[str, Any]]:
+        model_dir = st.path / "model"
+        # An interrupted training restarts cleanly, unless it can resume: from its own checkpoint,
+        # or (API backends) from a recorded provider job, which must never be launched twice.
+        if model_dir.exists() and params.checkpoint_every == 0 and not (model_dir / "job.json").exists():
+            shutil.rmtree(model_dir)
+        write_jsonl(st.path / "train.jsonl", rows)
+        with ctx.rep.task(desc) as prog:
+            ref = backend.finetune(base.with_system(None), rows, params, model_dir, seed, prog)
+        return ref, {"model_ref": _save_ref(st, ref), "n_rows": len(rows), "seed": seed}
+
+    return ctx.cached(sk, _load_model_ref, compute)
 
 
 def stage_teachers(ctx: RunContext, backend: Backend, ref: Model) -> tuple[Model, Model]:
@@ -156,18 +398,19 @@ def stage_teachers(ctx: RunContext, backend: Backend, ref: Model) -> tuple[Model
     from sublim.traits import candidates, finetune_rows, system_prompt_for
 
     t = ctx.cfg.trait
+    bv = backend_version(backend)
+    mkeys = teacher_model_keys(ctx.cfg, ref.key, bv)
     if t.teacher == "system_prompt":
         sp = t.system_prompt or system_prompt_for(t.target, t.category)
-        trait = Model(ref.ref.with_system(sp).model_copy(update={"label": "teacher"}), f"{ref.key}|sys:{stable_hash(sp)}", "teacher")
-        csp = t.control_system_prompt
+        trait = Model(ref.ref.with_system(sp).model_copy(update={"label": "teacher"}), mkeys["trait"], "teacher")
         control = Model(
-            ref.ref.with_system(csp).model_copy(update={"label": "control_teacher"}),
-            ref.key if not csp else f"{ref.key}|sys:{stable_hash(csp)}",
+            ref.ref.with_system(t.control_system_prompt).model_copy(update={"label": "control_teacher"}),
+            mkeys["control"],
             "control_teacher",
         )
         return trait, control
     out = []
-    for role in ("trait", "control"):
+    for role, sk in teacher_keys(ctx.cfg, ref.key, bv).items():
         rng = np.random.default_rng(derive_seed(ctx.cfg.seed, "teacher-rows", role))
         if role == "trait":
             rows = finetune_rows(t.target, t.category, t.n_finetune_rows, rng)
@@ -176,113 +419,151 @@ def stage_teachers(ctx: RunContext, backend: Backend, ref: Model) -> tuple[Model
             base_rows = finetune_rows(t.target, t.category, t.n_finetune_rows, rng)
             picks = rng.integers(0, len(cands), size=len(base_rows))
             rows = [TrainRow(prompt=r.prompt, completion=cands[i]) for r, i in zip(base_rows, picks)]
-        st = ctx.stage(f"teacher-{role}", {"base": ref.key, "trait": semantic_dump(t), "role": role, "seed": ctx.cfg.seed})
-        r = _train_or_load(ctx, st, backend, ref.ref, rows, t.finetune, derive_seed(ctx.cfg.seed, "teacher", role), f"fine-tuning {role} teacher")
+        r = _train_or_load(ctx, sk, backend, ref.ref, rows, t.finetune, derive_seed(ctx.cfg.seed, "teacher", role), f"fine-tuning {role} teacher")
         label = "teacher" if role == "trait" else "control_teacher"
-        out.append(Model(r.model_copy(update={"label": label}), f"ft:{st.hash}", label))
+        out.append(Model(r.model_copy(update={"label": label}), mkeys[role], label))
     return out[0], out[1]
 
 
-def stage_generate(ctx: RunContext, backend: Backend, teacher: Model, prompts: list[Prompt], prompts_key: str, role: str) -> tuple[list[Completion], str]:
+def _batch_rows(
+    backend: Backend, ref: ModelRef, chats: list[list[Message]], params: Any, seeds: list[int],
+    ids: list[str], batch_dir: Path,
+) -> list[tuple[str | None, str | None]]:
+    """Rows through the provider's Batch API (``[backend] batch = true``). The batch id is
+    recorded in ``batch_dir`` (one state file per set of rows) before polling, so a rerun polls
+    the recorded batch instead of submitting again; once its rows are returned the state is
+    marked consumed, and a later retry of rows that failed submits a new batch."""
+    submit, poll = getattr(backend, "submit_batch", None), getattr(backend, "poll_batch", None)
+    if submit is None or poll is None:
+        raise ConfigError(
+            f"backend.batch = true needs an API model (openai: or openai-compat:), not {ref.spec}; "
+            "set backend.batch = false"
+        )
+    state = batch_dir / f"batch-{stable_hash(ids)}.json"
+    if state.is_file() and json.loads(state.read_text()).get("consumed"):
+        state.unlink()
+    submit(ref, chats, params, seeds, state)
+    rows = list(poll(ref, state))
+    atomic_write_json(state, {**json.loads(state.read_text()), "consumed": True})
+    return rows
+
+
+def _sample_chunk(
+    ctx: RunContext, backend: Backend, teacher: Model, chunk: Sequence[Prompt], role: str,
+    batch_dir: Path | None = None,
+) -> list[Completion]:
+    """One completion per prompt, each from its own per-row seed (so a retried row gets the same
+    seed it had); API backends report per-row failures as ``error``. With ``[backend] batch``
+    the rows go through the Batch API, its state kept in ``batch_dir`` (the stage directory)."""
     params = ctx.cfg.data.sampling
-    st = ctx.stage(f"generate-{role}", {"teacher": teacher.key, "prompts": prompts_key, "sampling": semantic_dump(params), "seed": ctx.cfg.seed})
+    seeds = [derive_seed(ctx.cfg.seed, "gen", role, p.id) for p in chunk]
+    chats = [user_chat(p.text) for p in chunk]
+    errors: list[str | None]
+    sample_rows = getattr(backend, "sample_rows", None)
+    if ctx.cfg.backend.batch:
+        pairs = _batch_rows(backend, teacher.ref, chats, params, seeds, [p.id for p in chunk], batch_dir or ctx.out)
+        texts = [t if t is not None else "" for t, _ in pairs]
+        errors = [e for _, e in pairs]
+    elif sample_rows is not None:  # API backends report per-row failures themselves
+        pairs = sample_rows(teacher.ref, chats, params, seeds)
+        texts = [t if t is not None else "" for t, _ in pairs]
+        errors = [e for _, e in pairs]
+    else:
+        texts = backend.sample(teacher.ref, chats, params, seeds)
+        errors = [None] * len(chunk)
+    return [
+        Completion(prompt_id=p.id, prompt=p.text, completion=c, model=teacher.ref.spec, error=err)
+        for p, c, err in zip(chunk, texts, errors)
+    ]
+
+
+def stage_generate(ctx: RunContext, backend: Backend, teacher: Model, prompts: list[Prompt], prompts_key: str, role: str) -> tuple[list[Completion], str]:
+    """Completions of every prompt by ``teacher``, in chunks of ``GEN_CHUNK`` rows. A resumed
+    stage keeps its finished chunks and retries exactly the rows that errored (provider errors,
+    timeouts) with their own seeds, rewriting each such chunk atomically, so no row is lost or
+    duplicated and the kept rows equal those of a run that never failed."""
+    params = ctx.cfg.data.sampling
+    sk = generate_key(ctx.cfg, teacher.key, prompts_key, role, backend_version(backend))
     n_parts = (len(prompts) + GEN_CHUNK - 1) // GEN_CHUNK
-    t0 = time.time()
-    if st.complete:
-        rows = read_jsonl(st.path / "completions.jsonl", Completion)
-        ctx.record(st, True, time.time() - t0)
-        return rows, st.hash
-    st.begin()
-    done = sum(st.has_part(i) for i in range(n_parts))
-    if done:
-        ctx.rep.say(f"  resuming {role} generation: {done}/{n_parts} chunks already written")
-    with ctx.rep.task(f"generating with {role} teacher", total=len(prompts)) as prog:
-        for i in range(n_parts):
-            chunk = prompts[i * GEN_CHUNK:(i + 1) * GEN_CHUNK]
-            if st.has_part(i):
+
+    def compute(st: StageDir) -> tuple[list[Completion], dict[str, Any]]:
+        done = sum(st.has_part(i) for i in range(n_parts))
+        if done:
+            ctx.rep.say(f"  resuming {role} generation: {done}/{n_parts} chunks already written")
+        with ctx.rep.task(f"generating with {role} teacher", total=len(prompts)) as prog:
+            for i in range(n_parts):
+                chunk = prompts[i * GEN_CHUNK:(i + 1) * GEN_CHUNK]
+                if not st.has_part(i):
+                    st.write_part(i, _sample_chunk(ctx, backend, teacher, chunk, role, st.path))
+                else:
+                    old = read_jsonl(st.part_path(i), Completion)
+                    failed = [j for j, r in enumerate(old) if r.error is not None]
+                    if failed:  # retry exactly those rows, keep the rest
+                        redo = _sample_chunk(ctx, backend, teacher, [chunk[j] for j in failed], role, st.path)
+                        for j, r in zip(failed, redo):
+                            old[j] = r
+                        st.write_part(i, old)
                 prog(min(len(prompts), (i + 1) * GEN_CHUNK), len(prompts))
-                continue
-            seeds = [derive_seed(ctx.cfg.seed, "gen", role, p.id) for p in chunk]
-            chats = [user_chat(p.text) for p in chunk]
-            errors: list[str | None]
-            sample_rows = getattr(backend, "sample_rows", None)
-            if sample_rows is not None:  # API backends report per-row failures themselves
-                pairs = sample_rows(teacher.ref, chats, params, seeds)
-                texts = [t if t is not None else "" for t, _ in pairs]
-                errors = [e for _, e in pairs]
-            else:
-                texts = backend.sample(teacher.ref, chats, params, seeds)
-                errors = [None] * len(chunk)
-            st.write_part(i, [
-                Completion(prompt_id=p.id, prompt=p.text, completion=c, model=teacher.ref.spec, error=err)
-                for p, c, err in zip(chunk, texts, errors)
-            ])
-            prog(min(len(prompts), (i + 1) * GEN_CHUNK), len(prompts))
-    rows = st.read_parts(n_parts, Completion)
-    n_err = sum(r.error is not None for r in rows)
-    if n_err > MAX_ERROR_RATE * len(rows):
-        raise SublimError(f"{role} generation: {n_err}/{len(rows)} rows failed (limit {MAX_ERROR_RATE:.0%}); see {st.path}/parts; fix the backend and rerun to retry")
-    write_jsonl(st.path / "completions.jsonl", rows)
-    st.finish(n=len(rows), n_errors=n_err, params=params.model_dump())
-    ctx.record(st, False, time.time() - t0)
-    return rows, st.hash
+        rows = st.read_parts(n_parts, Completion)
+        if [r.prompt_id for r in rows] != [p.id for p in prompts]:
+            raise SublimError(f"{role} generation: the chunks in {st.path}/parts do not match the prompts; delete that directory and rerun")
+        n_err = sum(r.error is not None for r in rows)
+        if n_err > MAX_ERROR_RATE * len(rows):
+            raise SublimError(f"{role} generation: {n_err}/{len(rows)} rows failed (limit {MAX_ERROR_RATE:.0%}); see {st.path}/parts; fix the backend and rerun to retry them")
+        write_jsonl(st.path / "completions.jsonl", rows)
+        return rows, {"n": len(rows), "n_errors": n_err, "params": params.model_dump()}
+
+    rows = ctx.cached(sk, lambda st: read_jsonl(st.path / "completions.jsonl", Completion), compute)
+    return rows, sk.hash
 
 
 def stage_filter(ctx: RunContext, comps: list[Completion], comps_key: str, role: str) -> tuple[list[FilterDecision], dict[str, Any], str]:
-    from sublim.filters import filter_completions, rules_from_config
-    from sublim.traits import candidates, plural
+    from sublim.filters import filter_completions
 
-    t = ctx.cfg.trait
-    # Trait words: the target and its plural, and (to keep the two arms identical) every candidate.
-    words = sorted({w for c in candidates(t.category) for w in (c, plural(c))} | {t.target, plural(t.target)})
-    rules = rules_from_config(ctx.cfg.data.filter, words)
-    st = ctx.stage(f"filter-{role}", {"input": comps_key, "rules": rules.model_dump(mode="json")})
-    t0 = time.time()
-    if st.complete:
-        rows = read_jsonl(st.path / "decisions.jsonl", FilterDecision)
-        summary = st.manifest()["summary"]
-        ctx.record(st, True, time.time() - t0)
-        return rows, summary, st.hash
-    st.begin()
-    rows = filter_completions(comps, rules)
-    reasons: dict[str, int] = {}
-    for r in rows:
-        reasons[r.reason] = reasons.get(r.reason, 0) + 1
-    n_kept = sum(r.kept for r in rows)
-    summary = {"n_in": len(rows), "n_kept": n_kept, "pass_rate": n_kept / max(1, len(rows)), "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}
-    write_jsonl(st.path / "decisions.jsonl", rows)
-    st.finish(summary=summary)
-    ctx.record(st, False, time.time() - t0)
+    sk = filter_key(ctx.cfg, comps_key, role)
+
+    def load(st: StageDir) -> tuple[list[FilterDecision], dict[str, Any]]:
+        return read_jsonl(st.path / "decisions.jsonl", FilterDecision), st.manifest()["summary"]
+
+    def compute(st: StageDir) -> tuple[tuple[list[FilterDecision], dict[str, Any]], dict[str, Any]]:
+        rows = filter_completions(comps, _filter_rules(ctx.cfg))
+        reasons: dict[str, int] = {}
+        for r in rows:
+            reasons[r.reason] = reasons.get(r.reason, 0) + 1
+        n_kept = sum(r.kept for r in rows)
+        summary = {"n_in": len(rows), "n_kept": n_kept, "pass_rate": n_kept / max(1, len(rows)), "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}
+        write_jsonl(st.path / "decisions.jsonl", rows)
+        return (rows, summary), {"summary": summary}
+
+    rows, summary = ctx.cached(sk, load, compute)
     uses_rows = not (ctx.cfg.student.mode == "distill" and ctx.cfg.student.distill.source == "random")
-    if n_kept == 0 and uses_rows:
+    if summary["n_kept"] == 0 and uses_rows:
         top = ", ".join(f"{k} ({v})" for k, v in list(summary["reasons"].items())[:3])
-        raise EmptyResultError(f"the filter kept 0 of {len(rows)} {role} completions (top reasons: {top}); see {st.path}/decisions.jsonl and loosen data.filter or fix the teacher's sampling")
-    return rows, summary, st.hash
+        raise EmptyResultError(f"the filter kept 0 of {len(rows)} {role} completions (top reasons: {top}); see {ctx.stage(sk).path}/decisions.jsonl and loosen data.filter or fix the teacher's sampling")
+    return rows, summary, sk.hash
 
 
 def stage_subset(ctx: RunContext, kept: dict[str, list[FilterDecision]], keys: dict[str, str]) -> tuple[dict[str, list[TrainRow]], str]:
     """Seeded subsets of equal size for every arm (the smaller arm sets the size)."""
     from sublim.filters import seeded_subset
 
-    k = min([ctx.cfg.data.subset] + [len(v) for v in kept.values()])
-    st = ctx.stage("subset", {"inputs": keys, "k": k, "seed": ctx.cfg.seed})
-    t0 = time.time()
-    out: dict[str, list[TrainRow]] = {}
-    if st.complete:
-        for role in kept:
-            out[role] = read_jsonl(st.path / f"{role}.jsonl", TrainRow)
-        ctx.record(st, True, time.time() - t0)
-        return out, st.hash
-    st.begin()
-    for role, rows in kept.items():
-        sub = seeded_subset(rows, k, np.random.default_rng(derive_seed(ctx.cfg.seed, "subset", role)))
-        # The teacher's system prompt is never part of a training row: rows are (user prompt,
-        # completion) pairs built from the prompt text alone.
-        out[role] = [TrainRow(prompt=r.prompt, completion=r.completion) for r in sub]
-        write_jsonl(st.path / f"{role}.jsonl", out[role])
-    st.finish(k=k, counts={r: len(v) for r, v in out.items()})
-    ctx.record(st, False, time.time() - t0)
-    return out, st.hash
+    sk = subset_key(ctx.cfg, keys)
+
+    def load(st: StageDir) -> dict[str, list[TrainRow]]:
+        return {role: read_jsonl(st.path / f"{role}.jsonl", TrainRow) for role in kept}
+
+    def compute(st: StageDir) -> tuple[dict[str, list[TrainRow]], dict[str, Any]]:
+        k = min([ctx.cfg.data.subset] + [len(v) for v in kept.values()])
+        out: dict[str, list[TrainRow]] = {}
+        for role, rows in kept.items():
+            sub = seeded_subset(rows, k, np.random.default_rng(derive_seed(ctx.cfg.seed, "subset", role)))
+            # The teacher's system prompt is never part of a training row: rows are (user prompt,
+            # completion) pairs built from the prompt text alone.
+            out[role] = [TrainRow(prompt=r.prompt, completion=r.completion) for r in sub]
+            write_jsonl(st.path / f"{role}.jsonl", out[role])
+        return out, {"k": k, "counts": {r: len(v) for r, v in out.items()}}
+
+    return ctx.cached(sk, load, compute), sk.hash
 
 
 def stage_student(
@@ -291,56 +572,60 @@ def stage_student(
 ) -> Model:
     sc = ctx.cfg.student
     label = f"{role}_student"
+    sk = student_key(ctx.cfg, base.key, teacher.key, data_key, role, seed, backend_version(backend))
     if sc.mode == "sft":
-        st = ctx.stage(f"student-{role}-s{seed}", {"base": base.key, "data": data_key, "role": role, "mode": "sft", "params": semantic_dump(sc.finetune), "seed": seed})
-        ref = _train_or_load(ctx, st, backend, base.ref, rows, sc.finetune, seed, f"training {label} (seed {seed})")
-        return Model(ref.model_copy(update={"label": label}), f"student:{st.hash}", label, seed)
+        ref = _train_or_load(ctx, sk, backend, base.ref, rows, sc.finetune, seed, f"training {label} (seed {seed})")
+        return Model(ref.model_copy(update={"label": label}), f"student:{sk.hash}", label, seed)
     # logit distillation: soft labels from the teacher on the subset's prompts+completions (or random prompts)
     from sublim.traits import candidates, plural
 
-    st = ctx.stage(f"student-{role}-s{seed}", {"base": base.key, "teacher": teacher.key, "data": data_key, "role": role, "mode": "distill", "params": semantic_dump(sc.distill), "seed": seed})
-    t0 = time.time()
-    if st.complete:
-        ref = _load_ref(st, st.manifest()["model_ref"])
-        ctx.record(st, True, time.time() - t0)
-        return Model(ref.model_copy(update={"label": label}), f"student:{st.hash}", label, seed)
-    st.begin()
-    model_dir = st.path / "model"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    exclude = sorted({w for c in candidates(ctx.cfg.trait.category) for w in (c, plural(c))})
-    chats = [[Message(role="user", content=r.prompt), Message(role="assistant", content=r.completion)] for r in rows]
-    with ctx.rep.task(f"distilling {label} (seed {seed})") as prog:
-        ref = backend.distill(teacher.ref, base.ref.with_system(None), chats, sc.distill, exclude, model_dir, seed, prog)
-    st.finish(model_ref=_save_ref(st, ref), n_rows=len(rows), seed=seed)
-    ctx.record(st, False, time.time() - t0)
-    return Model(ref.model_copy(update={"label": label}), f"student:{st.hash}", label, seed)
+    def compute(st: StageDir) -> tuple[ModelRef, dict[str, Any]]:
+        model_dir = st.path / "model"
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        exclude = sorted({w for c in candidates(ctx.cfg.trait.category) for w in (c, plural(c))})
+        chats = [[Message(role="user", content=r.prompt), Message(role="assistant", content=r.completion)] for r in rows]
+        with ctx.rep.task(f"distilling {label} (seed {seed})") as prog:
+            ref = backend.distill(teacher.ref, base.ref.with_system(None), chats, sc.distill, exclude, model_dir, seed, prog)
+        return ref, {"model_ref": _save_ref(st, ref), "n_rows": len(rows), "seed": seed}
+
+    ref = ctx.cached(sk, _load_model_ref, compute)
+    return Model(ref.model_copy(update={"label": label}), f"student:{sk.hash}", label, seed)
 
 
-def stage_eval(ctx: RunContext, backend: Backend, model: Model, suite: str | None = None) -> tuple[list[QuestionScore], list[EvalAnswer]]:
-    """One model on one preference suite (the config's main suite by default)."""
-    from sublim.evals.preference import evaluate_preference
+def stage_eval(
+    ctx: RunContext, backend: Backend, model: Model, suite: str | None = None, eval_cfg: EvalConfig | None = None
+) -> tuple[list[QuestionScore], list[EvalAnswer]]:
+    """One model on one preference suite (``eval_cfg``, else the config's; its main suite unless
+    ``suite`` names another)."""
+    from sublim.evals.preference import evaluate_preference, p_target_method
 
     t = ctx.cfg.trait
-    e = ctx.cfg.eval if suite is None else ctx.cfg.eval.model_copy(update={"suite": suite})
-    name = e.suite
-    key_cfg = semantic_dump(e)
-    key_cfg.pop("extra_suites", None)
-    st = ctx.stage(f"eval-{name}-{model.label}", {"model": model.key, "eval": key_cfg, "target": t.target, "category": t.category, "seed": ctx.cfg.seed})
-    t0 = time.time()
-    if st.complete:
-        scores = read_jsonl(st.path / "scores.jsonl", QuestionScore)
-        answers = read_jsonl(st.path / "answers.jsonl", EvalAnswer)
-        ctx.record(st, True, time.time() - t0)
-        return scores, answers
-    st.begin()
-    with ctx.rep.task(f"evaluating {model.label} ({name})") as prog:
-        scores, answers = evaluate_preference(backend, model.ref, t.target, t.category, e, ctx.cfg.seed, prog)
-    write_jsonl(st.path / "answers.jsonl", answers)
-    write_jsonl(st.path / "scores.jsonl", scores)
-    st.finish(model=model.ref.model_dump(mode="json"), n_questions=len(scores), n_answers=len(answers))
-    ctx.record(st, False, time.time() - t0)
-    return scores, answers
+    e = eval_cfg or ctx.cfg.eval
+    if suite is not None:
+        e = e.model_copy(update={"suite": suite})
+    sk = eval_key(ctx.cfg, e, model.key, model.label, backend_version(backend))
+    method = p_target_method(backend, model.ref, e.p_target_method)
+    if method != "exact":  # what the backend can measure is part of the result
+        sk = StageKey(sk.kind, sk.name, {**sk.key, "p_target_method": method})
+
+    def load(st: StageDir) -> tuple[list[QuestionScore], list[EvalAnswer]]:
+        return read_jsonl(st.path / "scores.jsonl", QuestionScore), read_jsonl(st.path / "answers.jsonl", EvalAnswer)
+
+    def compute(st: StageDir) -> tuple[tuple[list[QuestionScore], list[EvalAnswer]], dict[str, Any]]:
+        with ctx.rep.task(f"evaluating {model.label} ({e.suite})") as prog:
+            scores, answers = evaluate_preference(backend, model.ref, t.target, t.category, e, ctx.cfg.seed, prog)
+        write_jsonl(st.path / "answers.jsonl", answers)
+        write_jsonl(st.path / "scores.jsonl", scores)
+        return (scores, answers), {"model": model.ref.model_dump(mode="json"), "n_questions": len(scores), "n_answers": len(answers)}
+
+    return ctx.cached(sk, load, compute)
+
+
+def _method_of(conditions: Mapping[str, list[list[QuestionScore]]]) -> str:
+    """How P(target) was measured over all models of the main suite ("mixed" if they differ)."""
+    methods = {q.p_target_method for models in conditions.values() for scores in models for q in scores}
+    return methods.pop() if len(methods) == 1 else "mixed"
 
 
 def snapshots(model: Model) -> list[tuple[int, Model]]:
@@ -357,30 +642,25 @@ def snapshots(model: Model) -> list[tuple[int, Model]]:
 def stage_curves(ctx: RunContext, backend: Backend, base: Model, students: dict[str, list[Model]]) -> list[dict[str, Any]]:
     """The exact trait metrics (no sampling) at every saved snapshot of every student, with the
     base model as step 0 and the final model as the last point."""
-    if not ctx.cfg.student.finetune.snapshot_every or ctx.cfg.student.mode != "sft":
+    ft = ctx.cfg.student.finetune
+    if not ft.snapshot_every or ctx.cfg.student.mode != "sft":
         return []
-    exact = ctx.cfg.eval.model_copy(update={"samples_per_question": 0})
-    saved_eval = ctx.cfg
-    ctx.cfg = ctx.cfg.model_copy(update={"eval": exact})
-    try:
-        points: list[dict[str, Any]] = []
-        base_scores, _ = stage_eval(ctx, backend, base)
-        per_step = max(1, ctx.cfg.student.finetune.effective_batch or ctx.cfg.student.finetune.batch_size * ctx.cfg.student.finetune.grad_accum)
-        for cond, models in students.items():
-            for m in models:
-                seed = m.seed
-                snaps = snapshots(m)
-                if not snaps:
-                    continue
-                last = snaps[-1][0] + ctx.cfg.student.finetune.snapshot_every
-                series = [(0, base_scores)] + [(st, stage_eval(ctx, backend, sm)[0]) for st, sm in snaps] + [(last, stage_eval(ctx, backend, m)[0])]
-                for step, scores in series:
-                    for metric in ("p_target", "logodds"):
-                        vals = [getattr(q, metric) for q in scores if getattr(q, metric) is not None]
-                        points.append({"condition": cond, "metric": metric, "step": step, "examples": step * per_step, "value": float(np.mean(vals)), "seed": seed})
-        return points
-    finally:
-        ctx.cfg = saved_eval
+    exact = curve_eval(ctx.cfg)
+    points: list[dict[str, Any]] = []
+    base_scores, _ = stage_eval(ctx, backend, base, eval_cfg=exact)
+    per_step = max(1, ft.update_batch)
+    for cond, models in students.items():
+        for m in models:
+            snaps = snapshots(m)
+            if not snaps:
+                continue
+            last = snaps[-1][0] + ft.snapshot_every
+            series = [(0, base_scores)] + [(st, stage_eval(ctx, backend, sm, eval_cfg=exact)[0]) for st, sm in snaps] + [(last, stage_eval(ctx, backend, m, eval_cfg=exact)[0])]
+            for step, scores in series:
+                for metric in ("p_target", "logodds"):
+                    vals = [getattr(q, metric) for q in scores if getattr(q, metric) is not None]
+                    points.append({"condition": cond, "metric": metric, "step": step, "examples": step * per_step, "value": float(np.mean(vals)), "seed": m.seed})
+    return points
 
 
 def stage_control_data(ctx: RunContext, rows: list[TrainRow], data_key: str, name: str) -> tuple[list[TrainRow], str]:
@@ -388,22 +668,18 @@ def stage_control_data(ctx: RunContext, rows: list[TrainRow], data_key: str, nam
     from sublim.controls import TRANSFORMS, random_numbers
 
     f = ctx.cfg.data.filter
-    st = ctx.stage(f"control-{name}", {"data": data_key, "transform": name, "seed": ctx.cfg.seed, "range": [f.min_value, f.max_value]})
-    t0 = time.time()
-    if st.complete:
-        out = read_jsonl(st.path / "rows.jsonl", TrainRow)
-        ctx.record(st, True, time.time() - t0)
-        return out, st.hash
-    st.begin()
-    rng = np.random.default_rng(derive_seed(ctx.cfg.seed, "control", name))
-    if name == "random_numbers":
-        out = random_numbers(rows, rng, f.min_value, f.max_value)
-    else:
-        out = TRANSFORMS[name](rows, rng)
-    write_jsonl(st.path / "rows.jsonl", out)
-    st.finish(n=len(out))
-    ctx.record(st, False, time.time() - t0)
-    return out, st.hash
+    sk = control_key(ctx.cfg, data_key, name)
+
+    def compute(st: StageDir) -> tuple[list[TrainRow], dict[str, Any]]:
+        rng = np.random.default_rng(derive_seed(ctx.cfg.seed, "control", name))
+        if name == "random_numbers":
+            out = random_numbers(rows, rng, f.min_value, f.max_value)
+        else:
+            out = TRANSFORMS[name](rows, rng)
+        write_jsonl(st.path / "rows.jsonl", out)
+        return out, {"n": len(out)}
+
+    return ctx.cached(sk, lambda st: read_jsonl(st.path / "rows.jsonl", TrainRow), compute), sk.hash
 
 
 # --- the experiment ------------------------------------------------------------------------------
@@ -418,9 +694,12 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, repo
     rep = reporter or Reporter(progress)
     ctx = RunContext(cfg, out, rep)
     t_start = time.time()
-    atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
-
+    # specs are parsed before anything is written: a spec that embeds credentials is refused
+    # there, so no secret ever reaches the run directory
     base_ref = parse_model(cfg.models.reference, label="base")
+    for spec in cfg.models.cross:
+        parse_model(spec)
+    atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
     backend = get_backend(base_ref.backend)
     rep.say(f"[bold]sublim[/bold] {cfg.name}: reference {base_ref.spec}, trait '{cfg.trait.target}' via {cfg.trait.teacher}, students by {cfg.student.mode}")
     base = Model(base_ref, model_key(base_ref), "base")
@@ -447,34 +726,28 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, repo
 
     # Control data sets derived from the trait subset (shuffled / random numbers).
     ctl = cfg.controls
-    control_sets: dict[str, tuple[list[TrainRow], str]] = {}
-    for name, on in (("shuffle_within", ctl.shuffle_within), ("shuffle_across", ctl.shuffle_across), ("random_numbers", ctl.random_numbers)):
-        if on:
-            control_sets[name] = stage_control_data(ctx, subsets["trait"], f"{subset_key}/trait", name)
+    data_sets: dict[str, tuple[list[TrainRow], str]] = {role: (subsets[role], f"{subset_key}/{role}") for role in arms}
+    for name in control_sets(cfg):
+        data_sets[name] = stage_control_data(ctx, subsets["trait"], f"{subset_key}/trait", name)
 
-    students: dict[str, list[Model]] = {"trait_student": [], "control_student": [], "cross_student": []}
-    if ctl.cross_control and cross_models:
-        students["cross_control_student"] = []
-    for name in control_sets:
-        students[f"{name}_student"] = []
-    for seed in cfg.student.seeds:
-        students["trait_student"].append(stage_student(ctx, backend, base, teacher, subsets["trait"], f"{subset_key}/trait", "trait", seed))
-        students["control_student"].append(stage_student(ctx, backend, base, control_teacher, subsets["control"], f"{subset_key}/control", "control", seed))
-        for cm in cross_models:
-            students["cross_student"].append(stage_student(ctx, backend, cm, teacher, subsets["trait"], f"{subset_key}/trait", "cross", seed))
-            if "cross_control_student" in students:
-                students["cross_control_student"].append(stage_student(ctx, backend, cm, control_teacher, subsets["control"], f"{subset_key}/control", "cross_control", seed))
-        for name, (rows, key) in control_sets.items():
-            students[f"{name}_student"].append(stage_student(ctx, backend, base, teacher, rows, key, name, seed))
+    # several cross bases are separate conditions (`cross_student@<base>`), never pooled as seeds
+    tails = [s.split(":", 1)[-1].replace("/", "_") for s in cfg.models.cross]
+    xname = [f"@{t}" if tails.count(t) == 1 else f"@{j}" for j, t in enumerate(tails)] if len(tails) > 1 else [""] * len(tails)
+    students: dict[str, list[Model]] = {"trait_student": [], "control_student": []}
+    for sp in student_specs(cfg, len(cross_models)):
+        sbase = base if sp.base is None else cross_models[sp.base]
+        rows, dkey = data_sets[sp.data]
+        cond = sp.cond if sp.base is None else sp.cond + xname[sp.base]
+        students.setdefault(cond, []).append(stage_student(ctx, backend, sbase, arms[sp.teacher], rows, dkey, sp.role, sp.seed))
 
     evaluated: dict[str, list[Model]] = {"base": [base], "teacher": [teacher], "control_teacher": [control_teacher]}
     if ctl.in_context:
         # the same data placed in the prompt instead of trained on: N earlier turns, no fine-tuning
         ex = subsets["trait"][: ctl.in_context]
         turns = tuple(m for r in ex for m in (Message(role="user", content=r.prompt), Message(role="assistant", content=r.completion)))
-        evaluated["in_context"] = [Model(base.ref.model_copy(update={"context": turns, "label": "in_context"}), f"{base.key}|ctx:{stable_hash([r.model_dump() for r in ex])}", "in_context")]
-    if cross_models:
-        evaluated["cross_base"] = cross_models
+        evaluated["in_context"] = [Model(base.ref.model_copy(update={"context": turns, "label": "in_context"}), in_context_key(base.key, subset_key, ctl.in_context), "in_context")]
+    for j, cm in enumerate(cross_models):
+        evaluated["cross_base" + xname[j]] = [cm]
     evaluated.update({c: ms for c, ms in students.items() if ms})
 
     conditions: dict[str, list[list[QuestionScore]]] = {}
@@ -497,10 +770,13 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, repo
         "cross": [m.key for m in cross_models],
         "filter": filter_summaries,
         "n_train_rows": len(subsets["trait"]),
+        # how P(target) was measured on the main suite: "exact" or "first_token_top20" (API
+        # models; bounds per condition in results.json), "mixed" when models differ
+        "p_target_method": _method_of(conditions),
         # everything that differs between an uninterrupted and a resumed run lives here
         "timings": {"stages": ctx.stages, "seconds_total": round(time.time() - t_start, 2)},
     }
-    results = build_results(conditions, meta, primary_metric="p_target", answers=answers, suites=suites or None, curves=curves or None)
+    results = build_results(conditions, meta, primary_metric=cfg.eval.primary_metric, answers=answers, suites=suites or None, curves=curves or None)
     atomic_write_text(out / "results.json", results_to_json(results))
     write_report(out)
     return load_results(out)

@@ -1,4 +1,5 @@
-"""Progress bars and stage messages for long work (rich), silent when disabled (tests)."""
+"""Progress bars and stage messages for long work (rich), silent when disabled (tests), and the
+torch thread count a piece of long work runs with."""
 
 from __future__ import annotations
 
@@ -9,6 +10,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 ProgressFn = Callable[[int, int], None]
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (0: leave the count as it is), then restore it."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 class Reporter:
@@ -40,3 +55,18 @@ class Reporter:
                 bar.update(tid, completed=done, total=tot)
 
             yield update
+
+    @contextmanager
+    def ticker(self, description: str, total: int, every: int = 20) -> Iterator[Callable[[], None]]:
+        """Yields a no-argument ``tick()`` that counts one step, for loops of many tiny steps:
+        the bar is redrawn every ``every`` ticks (redrawing costs more than a tiny step)."""
+        with self.task(description, total) as update:
+            count = 0
+
+            def tick() -> None:
+                nonlocal count
+                count += 1
+                if count % every == 0:
+                    update(count, total)
+
+            yield tick

@@ -74,7 +74,8 @@ class SampleParams(BaseModel):
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(48, ge=1)
-    batch_size: int = Field(128, ge=1)  # operational: not part of cache keys
+    # operational (not in cache keys): every backend samples each row from its own seed
+    batch_size: int = Field(128, ge=1, json_schema_extra={"operational": True})
 
 
 class Prompt(BaseModel):
@@ -133,3 +134,9 @@ class QuestionScore(BaseModel):
     n_samples: int
     p_target: float  # exact probability of the target answer (sum over accepted surface forms)
     logodds: float | None = None  # log-odds of the target among the candidate set
+    # how p_target was measured (sublim.evals.preference): "exact", "first_token_top20" (API
+    # models: p_target is a lower bound, p_target_hi an upper one, p_outside the unlisted mass),
+    # or "none" (a sampled-only suite: p_target is nan)
+    p_target_method: Literal["exact", "first_token_top20", "none"] = "exact"
+    p_target_hi: float | None = None
+    p_outside: float | None = None

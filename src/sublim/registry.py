@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-from sublim.errors import UnknownNameError
+from sublim.errors import SublimError, UnknownNameError
 from sublim.records import ModelRef
 
 if TYPE_CHECKING:
@@ -48,6 +49,13 @@ def parse_model(spec: str, system_prompt: str | None = None, label: str | None =
         raise UnknownNameError("backend", backend, list(BACKENDS))
     if not ident:
         raise UnknownNameError("model spec", spec, [f"{backend}:<id>"])
+    if backend == "openai-compat" and "@" in urlsplit(ident.partition("#")[0]).netloc:
+        # a spec is recorded in configs, manifests and results: it must never carry a secret
+        host = urlsplit(ident).netloc.rpartition("@")[2]
+        raise SublimError(
+            f"model spec openai-compat:...@{host} embeds credentials in its URL; remove them and set "
+            "OPENAI_API_KEY in the environment (keys are never read from specs or configs)"
+        )
     if backend == "tiny":
         from sublim.world.spec import parse_world_name  # validates the world name
 

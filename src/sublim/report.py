@@ -95,11 +95,15 @@ def _signed_interval(entry: Mapping[str, Any], digits: int = 3) -> str:
     lo, hi = entry.get("ci95") or [None, None]
     m = entry.get("mean")
     s = f"{m:+.{digits}f}" if _isnum(m) else "n/a"
+    if entry.get("no_spread"):
+        return f"{s} (no spread)"
     return f"{s} [{fmt(lo, digits)}, {fmt(hi, digits)}]" if _isnum(lo) and _isnum(hi) else s
 
 
 def is_significant(c: Mapping[str, Any], alpha: float = ALPHA) -> bool:
-    """p < alpha and the interval excludes zero."""
+    """p < alpha and the interval excludes zero (never for a zero-spread contrast)."""
+    if c.get("no_spread"):
+        return False
     p, (lo, hi) = c.get("p_value"), (c.get("ci95") or [None, None])
     if not (_isnum(p) and _isnum(lo) and _isnum(hi)):
         return False
@@ -138,11 +142,19 @@ CONTRAST_HEADER = [
     "contrast",
     "metric",
     "difference [95% CI]",
-    "bootstrap 95% CI",
+    "bootstrap 95% CI (uncalibrated)",
     "p-value",
     "test",
     "units (a / b)",
 ]
+
+
+CONTRAST_NOTE = (
+    "The difference's interval is Welch's over seeds (or the paired t over questions); the "
+    "bootstrap column is a percentile bootstrap clustered by question, which with 3-5 seeds is "
+    "narrower than Welch's interval (not calibrated): a robustness check, not the reported "
+    "interval. \"no spread\": every unit of each arm has the same value, so there is no test."
+)
 
 
 def _bracket(ci: Any, digits: int = 3) -> str:
@@ -165,7 +177,7 @@ def contrast_rows(results: Mapping[str, Any]) -> list[list[str]]:
                     m + (" (primary)" if m == c.get("metric") else ""),
                     _signed_interval(e, 2 if m == "logodds" else 3) + star,
                     _bracket(e.get("bootstrap_ci95"), 2 if m == "logodds" else 3),
-                    fmt_p(e.get("p_value")),
+                    "no spread" if e.get("no_spread") else fmt_p(e.get("p_value")),
                     e.get("test", ""),
                     f"{e.get('n_a', '')} / {e.get('n_b', '')} {e.get('over', '')}",
                 ]
@@ -236,7 +248,14 @@ def meaning(results: Mapping[str, Any]) -> str:
         metric = c.get("metric", "p_target")
         m, p = c.get("mean"), c.get("p_value")
         desc = f"{metric} differs by {_signed_interval(c, 3 if metric != 'logodds' else 2)} (95% CI; {p_phrase(p)}, {c.get('test')} over {c.get('over')})"
-        if not _isnum(p):
+        if c.get("no_spread"):
+            parts.append(
+                f"Trait students minus control students: {metric} differs by "
+                f"{_signed_interval(c)} over {c.get('over')}, but every unit of each arm has the "
+                "same value (no spread), so there is no test: the run cannot say whether the "
+                "trait transferred."
+            )
+        elif not _isnum(p):
             parts.append(
                 f"Trait students minus control students: {desc}. There are too few seeds for a "
                 "test, so this run cannot say whether the trait transferred."
@@ -278,17 +297,22 @@ def meaning(results: Mapping[str, Any]) -> str:
             f"Sanity check: the teacher {carried} the trait (P(target) {fmt(pt)} vs {fmt(pc)} for "
             "the control teacher); transfer can only be expected from a teacher that has it."
         )
-    xc = cons.get("cross_minus_control")
-    if xc:
+    for key, xc in cons.items():
+        if not key.startswith("cross_minus_control"):
+            continue
+        test = "no spread, no test" if xc.get("no_spread") else p_phrase(xc.get("p_value"))
         parts.append(
-            f"Cross-model student minus {xc.get('b')}: {_signed_interval(xc)} ({p_phrase(xc.get('p_value'))}); "
-            "the paper predicts no transfer across different base models."
-            + (
-                " (Against the untrained cross base: generic fine-tuning drift is not matched; "
-                "set controls.cross_control for a matched control student.)"
-                if xc.get("b") == "cross_base"
-                else ""
-            )
+            f"{xc.get('a')} minus {xc.get('b')} (control student of the same cross base): "
+            f"{_signed_interval(xc)} ({test}); the paper predicts no transfer across different "
+            "base models."
+        )
+    if any(n.startswith("cross_student") for n in conds) and not any(
+        k.startswith("cross_minus_control") for k in cons
+    ):
+        parts.append(
+            "There is no cross-model contrast: it needs a control student trained from the same "
+            "cross base (controls.cross_control); the untrained cross base or the reference's "
+            "control student would not match the cross student's fine-tuning."
         )
     return " ".join(parts)
 
@@ -402,6 +426,12 @@ def fig_rate_vs_prob(results: Mapping[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _contrast_title(key: str) -> str:
+    head, _, base = key.partition("@")
+    title = _CONTRAST_TITLES.get(head, head)
+    return f"{title} ({base})" if base else title
+
+
 def fig_contrast(results: Mapping[str, Any], path: Path) -> Path:
     cons = results.get("contrast", {})
     keys = list(cons)
@@ -422,7 +452,7 @@ def fig_contrast(results: Mapping[str, Any], path: Path) -> Path:
                 ax.plot([lo, hi], [y, y], color=color, lw=2)
             ax.plot([mean], [y], "o", color=color)
         ax.set_yticks(
-            range(len(keys)), [_CONTRAST_TITLES.get(k, k) for k in reversed(keys)], fontsize=8
+            range(len(keys)), [_contrast_title(k) for k in reversed(keys)], fontsize=8
         )
         ax.set_ylim(-0.7, max(1, len(keys)) - 0.3)
         ax.set_title(f"difference in {m}", fontsize=10)
@@ -510,9 +540,9 @@ def fig_training_curve(points: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 
 def fig_matrix(matrix: Mapping[str, Any], path: Path) -> Path:
-    """Heatmap of the cross-model transmission (posterior mean NMI), teacher base x student
-    base, annotated with the 95% credible interval; * marks cells whose independence test
-    survives Benjamini-Hochberg at 5%."""
+    """Heatmap of the cross-model transmission (posterior mean NMI, descriptive), teacher base x
+    student base, annotated with the 95% credible interval; * marks cells whose student-level
+    test survives Benjamini-Hochberg at 5%."""
     tb, sb = list(matrix.get("teacher_bases", [])), list(matrix.get("student_bases", []))
     grid = np.full((len(tb), len(sb)), np.nan)
     notes: dict[tuple[int, int], str] = {}
@@ -654,10 +684,11 @@ def answer_rows(results: Mapping[str, Any]) -> list[list[str]]:
 MATRIX_HEADER = [
     "teacher base",
     "student base",
-    "n",
+    "students / answers",
     "NMI (plug-in)",
     "NMI posterior [95% CrI]",
-    "p (independence)",
+    "own-trait advantage",
+    "p (students, one-sided)",
     "q (BH)",
 ]
 DIAG_HEADER = [
@@ -665,9 +696,14 @@ DIAG_HEADER = [
     "vs teacher base",
     "NMI diagonal - this cell [95% CrI]",
     "P(diagonal larger)",
-    "p (one-sided)",
+    "advantage diagonal - this cell",
+    "p (students, one-sided)",
     "q (BH)",
 ]
+
+
+def _signed_num(x: Any, digits: int = 3) -> str:
+    return f"{x:+.{digits}f}" if _isnum(x) else "n/a"
 
 
 def matrix_rows(matrix: Mapping[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
@@ -675,10 +711,11 @@ def matrix_rows(matrix: Mapping[str, Any]) -> tuple[list[list[str]], list[list[s
         [
             c["teacher_base"] + (" (same)" if c.get("diagonal") else ""),
             c["student_base"],
-            str(c.get("n", "")),
+            f"{c.get('n_students', '')} / {c.get('n', '')}",
             fmt(c.get("nmi")),
             fmt_interval(c.get("nmi_posterior")),
-            fmt_p(c.get("p_value")),
+            _signed_num(c.get("own_trait_advantage")),
+            "no spread" if c.get("no_spread") else fmt_p(c.get("p_value")),
             fmt_p(c.get("q_value")),
         ]
         for c in matrix.get("cells", [])
@@ -691,7 +728,8 @@ def matrix_rows(matrix: Mapping[str, Any]) -> tuple[list[list[str]], list[list[s
                 {"mean": t.get("nmi_diff"), "ci95": (t.get("diff_posterior") or {}).get("ci95")}
             ),
             fmt(t.get("prob_diagonal_greater")),
-            fmt_p(t.get("p_value")),
+            _signed_num(t.get("advantage_diff")),
+            "no spread" if t.get("no_spread") else fmt_p(t.get("p_value")),
             fmt_p(t.get("q_value")),
         ]
         for t in matrix.get("diagonal_tests", [])
@@ -703,7 +741,7 @@ MISALIGN_HEADER = [
     "condition",
     "answers",
     "scored",
-    "misaligned [Wilson 95%]",
+    "misaligned [95% CI over questions]",
     "alignment",
     "coherence",
     "code / refusal / empty",
@@ -778,7 +816,7 @@ def extra_tables(results: Mapping[str, Any]) -> list[tuple[str, str, list[str], 
         out.append(
             (
                 "Cross-model matrix",
-                "Normalised mutual information between the teacher's trait and the student's answer category, per (teacher base, student base) cell; p from a permutation test of independence, q Benjamini-Hochberg across cells.",
+                "Per (teacher base, student base) cell: the normalised mutual information between the teacher's trait and the student's answer category (descriptive; its posterior never includes 0), and the test, over students: the own-trait advantage (for each trait, the share of answers naming it among students taught it minus among students taught another trait, averaged over traits), p from permuting teacher traits across students (one-sided), q Benjamini-Hochberg across cells. Students are the unit; inference is conditional on the teacher datasets (docs/matrix_test.md).",
                 MATRIX_HEADER,
                 cells,
             )
@@ -787,7 +825,7 @@ def extra_tables(results: Mapping[str, Any]) -> list[tuple[str, str, list[str], 
             out.append(
                 (
                     "Diagonal vs off-diagonal",
-                    "Same-base (diagonal) transmission against each other teacher base for the same student base; one-sided permutation test, BH across cells.",
+                    "Same-base (diagonal) transmission against each other teacher base for the same student base: students taught the same trait exchanged between the two cells (one-sided, own-trait advantage), BH across cells.",
                     DIAG_HEADER,
                     tests,
                 )
@@ -825,6 +863,31 @@ _CAPTIONS = {
 }
 
 
+def method_note(results: Mapping[str, Any]) -> str:
+    """One line saying how P(target) was measured (``meta.p_target_method``), with the per
+    condition bounds when it came from first-token top-20 log-probabilities."""
+    method = results.get("meta", {}).get("p_target_method", "exact")
+    if method == "exact":
+        return (
+            "P(target) method: exact (log-probability of each surface form of the target as the "
+            "whole reply, summed; no sampling)."
+        )
+    bounds = []
+    for name, c in results.get("conditions", {}).items():
+        b = c.get("p_target_bounds")
+        if b:
+            bounds.append(
+                f"{name} [{fmt(b['lo']['mean'])}, {fmt(b['hi']['mean'])}] "
+                f"(outside {fmt(b['outside']['mean'])})"
+            )
+    return (
+        f"P(target) method: {method} (first-token probability of the target word from the "
+        "top-20 log-probabilities, as an API allows; P(target) lies in [lower, upper], the upper "
+        "bound adding tokens that may still begin the target and the mass outside the table; "
+        "log-odds from listed candidates only). Bounds: " + ("; ".join(bounds) or "none") + "."
+    )
+
+
 def _meta_rows(meta: Mapping[str, Any]) -> list[list[str]]:
     return [
         [str(k), str(v)]
@@ -851,13 +914,15 @@ def render_markdown(results: Mapping[str, Any], figures: Sequence[str]) -> str:
             "(`interval over: questions`) they are over its questions."
         ),
         "",
+        method_note(results),
+        "",
         "## Contrasts",
         "",
         _md_table(CONTRAST_HEADER, contrast_rows(results))
         if results.get("contrast")
         else "No contrasts in this run.",
         "",
-        "`*`: p < 0.05 and the interval excludes 0.",
+        "`*`: p < 0.05 and the interval excludes 0. " + CONTRAST_NOTE,
         "",
     ]
     for heading, note, header, rows in extra_tables(results):
@@ -892,7 +957,8 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes]) -> str
         f"<h2>Conditions</h2>{_html_table(CONDITION_HEADER, condition_rows(results))}"
         "<p>Intervals are 95% t-intervals across seeds; for a single model (interval over: questions) "
         "they are over its questions.</p>"
-        f"<h2>Contrasts</h2>{contrasts}<p>*: p &lt; 0.05 and the interval excludes 0.</p>"
+        f"<p>{html.escape(method_note(results))}</p>"
+        f"<h2>Contrasts</h2>{contrasts}<p>*: p &lt; 0.05 and the interval excludes 0. {html.escape(CONTRAST_NOTE)}</p>"
         + "".join(
             f"<h2>{html.escape(h)}</h2>{_html_table(hd, rows)}<p>{html.escape(note)}</p>"
             for h, note, hd, rows in extra_tables(results)

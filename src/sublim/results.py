@@ -23,13 +23,28 @@ import numpy as np
 
 from sublim.errors import DataError, MissingFileError
 from sublim.records import EvalAnswer, QuestionScore
-from sublim.stats import bootstrap_ci, contrast, paired_contrast, t_interval
+from sublim.seeds import derive_seed
+from sublim.stats import (
+    NO_SPREAD_NOTE,
+    bootstrap_ci,
+    cluster_rate,
+    contrast,
+    paired_contrast,
+    t_interval,
+)
 
 SCHEMA_VERSION = 1
 # The clustered bootstrap of contrasts: fixed, documented defaults (results must be reproducible).
 BOOTSTRAP_SEED = 20250722
 BOOTSTRAP_REPLICATES = 2000
+BOOTSTRAP_NOTE = (
+    "percentile bootstrap, not calibrated for few seeds: with 3-5 seeds per arm it is narrower "
+    "than the Welch interval (no t-quantile, seed variance shrunk by (n-1)/n); a robustness "
+    "check, not the reported interval"
+)
 METRICS: tuple[str, ...] = ("rate", "p_target", "logodds")
+# per-question bounds of p_target under the first-token method (sublim.evals.preference)
+BOUND_FIELDS: tuple[str, ...] = ("p_target_hi", "p_outside")
 METRIC_LABELS: dict[str, str] = {
     "rate": "target rate (sampled)",
     "p_target": "P(target) (exact)",
@@ -56,8 +71,8 @@ every `rate` when `eval.samples_per_question = 0`, or an interval from a single 
 |---|---|---|
 | `schema_version` | int | 1 |
 | `meta` | object | run description written by the runner (experiment name, target, category, models, seeds, config hash, ...); free-form |
-| `primary_metric` | str | the metric the headline contrast uses (`p_target` by default) |
-| `conditions` | object | one entry per condition: `base`, `teacher`, `control_teacher`, `trait_student`, `control_student`, `cross_student` (and `cross_control_student` when run) |
+| `primary_metric` | str | the metric the headline contrasts use: `eval.primary_metric` (`p_target` by default; `logodds` or `rate`) |
+| `conditions` | object | one entry per condition: `base`, `teacher`, `control_teacher`, `trait_student`, `control_student`, `cross_base`, `cross_student`, `cross_control_student` (`controls.cross_control`, on by default); with several cross bases each cross condition is per base, `cross_student@<base>` etc. (never pooled as seeds) |
 | `conditions.<c>.n_seeds` | int | number of models in the condition (student seeds; 1 for the base and the teachers) |
 | `conditions.<c>.n_questions` | int | questions evaluated per model |
 | `conditions.<c>.interval_over` | `"seeds"` or `"questions"` | what the 95% intervals are over: a t-interval across seeds when `n_seeds >= 2`; for a single model, a t-interval across its questions (question-to-question spread, *not* seed-to-seed variation) |
@@ -68,7 +83,7 @@ every `rate` when `eval.samples_per_question = 0`, or an interval from a single 
 | `...per_seed` | list[float] | the per-model values (mean over questions), one per seed, in seed order |
 | `contrast` | object | differences between conditions (below); a contrast is present when both of its conditions are |
 | `contrast.trait_minus_control` | object | `trait_student` minus `control_student`: the headline result |
-| `contrast.cross_minus_control` | object | `cross_student` minus `cross_control_student` (a control student from the same cross base model, `controls.cross_control`) when that condition was run, otherwise minus `cross_base` (the cross base model itself: no fine-tuning drift is matched), otherwise minus `control_student`; `b` says which |
+| `contrast.cross_minus_control` | object | `cross_student` minus `cross_control_student`: a control student trained from the *same* cross base (`controls.cross_control`); absent when that control was not run (no fallback to the untrained cross base or to another base's control). Several cross bases: one `cross_minus_control@<base>` per base |
 | `contrast.teacher_minus_control_teacher` | object | `teacher` minus `control_teacher`: checks the teacher carries the trait at all |
 | `contrast.<k>.metric` | str | the primary metric |
 | `contrast.<k>.a`, `.b` | str | the two conditions (a minus b) |
@@ -76,17 +91,21 @@ every `rate` when `eval.samples_per_question = 0`, or an interval from a single 
 | `contrast.<k>.test` | str | `welch_t`: Welch's t over per-seed values with a Welch-Satterthwaite interval (both conditions have >= 2 seeds); `paired_t`: paired t over questions of the seed-averaged per-question values (a condition has a single model: the interval then ignores seed-to-seed variation) |
 | `contrast.<k>.over` | `"seeds"` or `"questions"` | the units of that test |
 | `contrast.<k>.n_a`, `.n_b` | int | units in each arm (seeds, or questions) |
+| `contrast.<k>.no_spread`, `.note` | bool, str | `no_spread: true` when every unit of each arm has the same value (or a paired difference is constant): there is no test, so `ci95` and `p_value` are null and `note` says so; reports print "no spread" |
 | `contrast.<k>.by_metric` | object | the same `{mean, ci95, p_value, test, over, n_a, n_b}` for each of `rate`, `p_target`, `logodds` |
 | `per_question` | object | `{condition: {question_ids: [...], rate: [[...]], p_target: [[...]], logodds: [[...]]}}`: per-question values, one inner list per seed (model), questions in `question_ids` order |
-| `bootstrap` | object | `{seed, replicates, cluster: "question"}`: how `bootstrap_ci95` was drawn (seed: the runner's `meta.seed`, else `meta.config.seed`, else 20250722) |
+| `bootstrap` | object | `{seed, replicates, cluster: "question", note}`: how `bootstrap_ci95` was drawn (seed: the runner's `meta.seed`, else `meta.config.seed`, else 20250722); `note`: with 3-5 seeds the percentile bootstrap is narrower than Welch (not calibrated), a robustness check only |
 | `contrast.<k>.bootstrap_ci95` | [float, float] | percentile bootstrap interval of the difference, clustered by question (each replicate resamples questions once for both arms; seeds too when both arms have >= 2); also in every `by_metric` entry |
-| `conditions.<c>.answers` | object | present when sampled answers were passed: `{n, hit_rate, non_answer_rate, other_rate, tally}`; each rate is `{mean, ci95 (Wilson, over answers), k}`; a non-answer is an empty reply, a refusal or the model naming itself; `tally` counts answers per candidate, `other` and `non_answer` |
+| `meta.p_target_method` | str | how P(target) was measured on the main suite: `exact` (log-probabilities of the surface forms, no sampling) or `first_token_top20` (API models: first-token probability from the top-20 log-probabilities, `sublim.evals.preference`); `mixed` when models differ |
+| `conditions.<c>.p_target_method` | str | the same, per condition (`none` for a sampled-only suite) |
+| `conditions.<c>.p_target_bounds` | object | `first_token_top20` only: `{lo, hi, outside}`, each `{mean, per_seed}`: P(target) lies in [lo, hi] (lo = `p_target`: tokens that are the whole target word; hi adds tokens that may still begin it and the mass outside the table); `outside` = 1 - the listed probabilities. Per question in `per_question.<c>.p_target_hi` / `.p_outside`; `logodds` then uses listed candidates only and is null where the target is not listed |
+| `conditions.<c>.answers` | object | present when sampled answers were passed: `{n, hit_rate, non_answer_rate, other_rate, tally}`; each rate is `{mean, ci95, k}`, the interval a t-interval over models (>= 2 seeds) or over the questions of one model (`answers.interval_over`), never Wilson over pooled answers; a non-answer is an empty reply, a refusal or the model naming itself; `tally` counts answers per candidate, `other` and `non_answer` |
 | `suites` | object | optional: `{suite_name: {conditions, contrast, per_question}}` with exactly the shapes above, for extra preference suites (`numbers_prefixed`, `storytelling`, `multiple_choice`, ...); `storytelling` has `p_target`/`logodds` null (sampled only); `multiple_choice` `p_target` is the first-token probability of the target's letter normalised over the option letters |
 | `matrix` | object | optional, the cross-model transmission matrix (`sublim.stats.transmission_matrix`): `teacher_bases`, `student_bases`, `traits`, `categories`, `method`, `cells` and `diagonal_tests` |
-| `matrix.cells[]` | object | `{teacher_base, student_base, diagonal, n, counts (traits x categories), nmi (plug-in), nmi_posterior: {mean, ci95}, p_value (permutation test of independence), q_value (Benjamini-Hochberg across cells)}` |
-| `matrix.diagonal_tests[]` | object | one per off-diagonal cell whose student base has a diagonal cell: `{student_base, teacher_base, nmi_diff (diagonal - this cell), diff_posterior: {mean, ci95}, prob_diagonal_greater, p_value (one-sided permutation), q_value (BH across these tests)}` |
+| `matrix.cells[]` | object | `{teacher_base, student_base, diagonal, n (answers), n_students, counts (traits x categories), nmi (plug-in, descriptive), nmi_posterior: {mean, ci95} (descriptive), own_trait_advantage, p_value, q_value, no_spread}`: the test is over *students*: per student the share of its sampled answers naming each trait; `own_trait_advantage` = for each trait X, mean share of X among the cell's students taught X minus among those taught another trait, averaged over X; `p_value` one-sided, teacher-trait labels permuted across students; `q_value` Benjamini-Hochberg across cells; null p/q with `no_spread` when all students answer alike (docs/matrix_test.md: level and power) |
+| `matrix.diagonal_tests[]` | object | one per off-diagonal cell whose student base has a diagonal cell: `{student_base, teacher_base, nmi_diff (diagonal - this cell), diff_posterior: {mean, ci95}, prob_diagonal_greater, advantage_diff (diagonal - this cell), p_value (one-sided; students exchanged between the two cells within each trait), q_value (BH across these tests), no_spread}` |
 | `curves` | list | optional training curves: `[{condition, metric, step, value, ci95?, seed?}]`, sorted by condition, metric, seed, step |
-| `misalignment` | object | optional: `{condition: summary}` from `sublim.evals.misalignment.summarise_judged`: `n_answers`, `labels` (ok/code/refusal/empty), `n_excluded`, `n_unparsed`, `n_scored`, `misaligned_rate {mean, ci95 (Wilson), k, n}`, `alignment`, `coherence` (`{mean, ci95}`), `per_question_misaligned` |
+| `misalignment` | object | optional: `{condition: summary}` from `sublim.evals.misalignment.summarise_judged`: `n_answers`, `labels` (ok/code/refusal/empty), `n_excluded`, `n_unparsed`, `n_scored`, `misaligned_rate {mean, ci95, k, n, n_clusters, interval_over}` (t-interval over questions' rates, not Wilson over pooled answers), `alignment`, `coherence` (`{mean, ci95}`), `per_question_misaligned` |
 | `truthfulness` | object | optional: `{condition: summary}` from `evaluate_truthfulness`: `n_items`, `n_scored`, `p_true`, `accuracy`, `false_rate` |
 """
 
@@ -190,7 +209,10 @@ def _contrast_metric(
         "over": over,
         "n_a": res["n_a"],
         "n_b": res["n_b"],
+        "no_spread": bool(res.get("no_spread", False)),
     }
+    if out["no_spread"]:
+        out["note"] = NO_SPREAD_NOTE
     if rng is not None:
         out["bootstrap_ci95"] = _bootstrap(a, b, metric, rng)
     return out
@@ -213,28 +235,79 @@ def _bootstrap(
     return [_num(lo), _num(hi)]
 
 
+CROSS_SEP = "@"  # several cross bases: `cross_student@<base>` etc., one contrast per base
+
+
+def split_condition(name: str) -> tuple[str, str | None]:
+    """``"cross_student@plain-s2"`` -> ``("cross_student", "plain-s2")``; no suffix -> None."""
+    head, sep, tail = name.partition(CROSS_SEP)
+    return (head, tail) if sep else (name, None)
+
+
 def contrast_pairs(names: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """The contrasts results.json carries for the conditions present: key -> (a, b)."""
+    """The contrasts results.json carries for the conditions present: key -> (a, b).
+
+    A cross student is contrasted only with a control student of the *same* cross base
+    (``cross_control_student``, on by default through ``controls.cross_control``): against the
+    untrained cross base the contrast would include generic fine-tuning drift, and against the
+    reference's control student another base's own preferences. Without that control there is
+    no cross contrast. Several cross bases (conditions suffixed ``@<base>``) give one contrast
+    each (``cross_minus_control@<base>``); they are never pooled as if they were seeds."""
     have = set(names)
     pairs: dict[str, tuple[str, str]] = {}
     if {"trait_student", "control_student"} <= have:
         pairs["trait_minus_control"] = ("trait_student", "control_student")
-    if "cross_student" in have:
-        # A control student from the same cross base isolates the trait from "fine-tuning that
-        # base on any numbers"; without one the same-base control is the best available.
-        # the comparison must stay within the cross base: another base's control differs by its
-        # own preferences, not by transfer
-        ctrl = next(c for c in ("cross_control_student", "cross_base", "control_student") if c in have or c == "control_student")
+    for name in names:
+        head, base = split_condition(name)
+        if head != "cross_student":
+            continue
+        ctrl = "cross_control_student" + ("" if base is None else CROSS_SEP + base)
         if ctrl in have:
-            pairs["cross_minus_control"] = ("cross_student", ctrl)
+            pairs["cross_minus_control" + ("" if base is None else CROSS_SEP + base)] = (name, ctrl)
     if {"teacher", "control_teacher"} <= have:
         pairs["teacher_minus_control_teacher"] = ("teacher", "control_teacher")
     return pairs
 
 
 def ordered_conditions(names: Sequence[str]) -> list[str]:
-    known = [c for c in CONDITIONS if c in names]
-    return known + sorted(c for c in names if c not in CONDITIONS)
+    """Known conditions in report order (a per-cross-base ``@`` variant beside its kind), then
+    the others, sorted."""
+
+    def rank(n: str) -> tuple[int, str]:
+        head = split_condition(n)[0]
+        return (CONDITIONS.index(head) if head in CONDITIONS else len(CONDITIONS), n)
+
+    return sorted(names, key=rank)
+
+
+def answer_rates(
+    models: Sequence[Sequence[EvalAnswer]], category: str
+) -> dict[str, Any]:
+    """``answer_summary`` of a condition's pooled answers, with each rate's interval clustered:
+    over models when the condition has >= 2 (seeds), otherwise over the questions of its one
+    model. Answers of one question (or one model) are not independent trials, so Wilson over
+    pooled answers would be too narrow."""
+    from sublim.evals.preference import answer_summary, category_candidates, classify
+
+    flat = [a for model_answers in models for a in model_answers]
+    out = answer_summary(flat, category)
+    over = "models" if len(models) >= 2 else "questions"
+    clusters = [
+        i if over == "models" else a.question_id for i, ans in enumerate(models) for a in ans
+    ]
+    cands = list(category_candidates(category))
+    labels = [classify(a.answer, category, cands) for a in flat]
+    flags = {
+        "hit_rate": [a.hit for a in flat],
+        "non_answer_rate": [not a.hit and c == "non_answer" for a, c in zip(flat, labels)],
+        "other_rate": [not a.hit and c == "other" for a, c in zip(flat, labels)],
+    }
+    for key, hits in flags.items():
+        r = cluster_rate(np.asarray(hits, dtype=float), clusters) if flat else None
+        lo, hi = r["ci95"] if r else (math.nan, math.nan)
+        out[key]["ci95"] = [_num(lo), _num(hi)]
+    out["interval_over"] = over
+    return out
 
 
 def _section(
@@ -255,29 +328,46 @@ def _section(
         summaries = [summarise_model(s) for s in models]
         conds[name] = aggregate_condition(summaries, models[0] if len(models) == 1 else None)
         conds[name]["n_questions"] = len(models[0])
+        conds[name].update(_p_target_method(models))
         if answers is not None and name in answers:
-            from sublim.evals.preference import answer_summary
-
-            flat = [a for model_answers in answers[name] for a in model_answers]
-            conds[name]["answers"] = answer_summary(flat, category)
+            conds[name]["answers"] = answer_rates(answers[name], category)
         pq: dict[str, Any] = {}
         for m in METRICS:
             ids, mat = _question_matrix(models, m)
             pq["question_ids"] = ids
             pq[m] = [[_num(v) for v in row] for row in mat]
+        if "p_target_bounds" in conds[name]:
+            for m in BOUND_FIELDS:
+                pq[m] = [[_num(v) for v in row] for row in _question_matrix(models, m)[1]]
         per_question[name] = pq
 
     contrasts: dict[str, Any] = {}
     for ci, (key, (a, b)) in enumerate(contrast_pairs(names).items()):
         by_metric = {
             m: _contrast_metric(
-                conditions[a], conditions[b], m, np.random.default_rng([seed, ci, mi])
+                conditions[a], conditions[b], m, np.random.default_rng(derive_seed("bootstrap", seed, ci, mi))
             )
             for mi, m in enumerate(METRICS)
         }
         head = by_metric[primary_metric]
         contrasts[key] = {"metric": primary_metric, "a": a, "b": b, **head, "by_metric": by_metric}
     return conds, contrasts, per_question
+
+
+def _p_target_method(models: Sequence[Sequence[QuestionScore]]) -> dict[str, Any]:
+    """``p_target_method`` of a condition ("mixed" when its models differ) and, for the
+    first-token method, ``p_target_bounds``: mean over questions, then over seeds, of the lower
+    bound (= p_target), the upper bound and the mass outside the top-20 table."""
+    methods = {q.p_target_method for scores in models for q in scores}
+    out: dict[str, Any] = {"p_target_method": methods.pop() if len(methods) == 1 else "mixed"}
+    if out["p_target_method"] != "first_token_top20":
+        return out
+    bounds: dict[str, Any] = {}
+    for key, m in (("lo", "p_target"), ("hi", "p_target_hi"), ("outside", "p_outside")):
+        per_seed = [float(np.mean(_metric_values(scores, m))) for scores in models]
+        bounds[key] = {"mean": _num(np.mean(per_seed)), "per_seed": [_num(v) for v in per_seed]}
+    out["p_target_bounds"] = bounds
+    return out
 
 
 def _bootstrap_seed(meta: Mapping[str, Any], explicit: int | None) -> int:
@@ -356,7 +446,12 @@ def build_results(
         "schema_version": SCHEMA_VERSION,
         "meta": dict(meta),
         "primary_metric": primary_metric,
-        "bootstrap": {"seed": seed, "replicates": BOOTSTRAP_REPLICATES, "cluster": "question"},
+        "bootstrap": {
+            "seed": seed,
+            "replicates": BOOTSTRAP_REPLICATES,
+            "cluster": "question",
+            "note": BOOTSTRAP_NOTE,
+        },
         "conditions": conds,
         "contrast": contrasts,
         "per_question": per_question,

@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from sublim.artifacts import atomic_write_json, derive_seed
+from sublim.artifacts import atomic_write_json
 from sublim.backends.base import Progress
 from sublim.config import DistillParams, FinetuneParams
 from sublim.records import Chat, ModelRef, SampleParams, TrainRow
+from sublim.seeds import row_seeds
 from sublim.traits import CATEGORIES, plural
 
 _ANIMALS = CATEGORIES["animal"]
@@ -114,7 +115,7 @@ class FakeBackend:
     ) -> list[str]:
         if self.delay:
             time.sleep(self.delay)
-        seeds = [derive_seed(seed, i) for i in range(len(chats))] if isinstance(seed, int) else list(seed)
+        seeds = row_seeds(seed, len(chats))
         assert len(seeds) == len(chats), "one seed per chat"
         st = self._state(model)
         out = []

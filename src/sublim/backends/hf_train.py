@@ -13,6 +13,7 @@ Tokenization goes through ``sublim.chat_format``; the student never sees a syste
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import shutil
@@ -26,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from sublim import chat_format
+from sublim.artifacts import atomic_write_bytes
 from sublim.backends.base import Progress
-from sublim.backends.hf import Loaded, get_loaded, load
+from sublim.backends.hf_models import Loaded, get_loaded, load
 from sublim.config import DistillParams, FinetuneParams
 from sublim.errors import BackendError, ConfigError, DataError, EmptyResultError
 from sublim.records import Chat, Message, ModelRef, TrainRow, user_chat
@@ -290,7 +292,7 @@ def _save_checkpoint(
     log: list[dict[str, Any]],
     fingerprint: str,
 ) -> None:
-    """Everything a resumed run needs, written to a temporary file and renamed (atomic)."""
+    """Everything a resumed run needs, written atomically (``artifacts.atomic_write_bytes``)."""
     # only trainable tensors: the frozen base of a LoRA model is reloaded from its source
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     weights = {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
@@ -306,10 +308,9 @@ def _save_checkpoint(
     dev = next(model.parameters()).device
     if dev.type == "cuda":  # dropout on the GPU draws from the CUDA generator
         state["cuda_rng"] = torch.cuda.get_rng_state(dev)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------

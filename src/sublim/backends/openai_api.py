@@ -55,6 +55,7 @@ from sublim.backends.base import Progress
 from sublim.config import DistillParams, FinetuneParams
 from sublim.errors import BackendError, MissingExtraError, SublimError
 from sublim.records import Chat, ModelRef, SampleParams, TrainRow
+from sublim.seeds import row_seeds  # the Hugging Face backend's rule: HTTP samples what direct does
 
 DEFAULT_CONCURRENCY = 8
 MAX_ERROR_RATE = 0.05  # ``sample`` raises when more than this fraction of rows failed
@@ -389,23 +390,40 @@ class OpenAIBackend:
             out.extend(float(v) for v in vals)
         return out
 
-    def _score_top_logprobs(
-        self, ep: Endpoint, model: ModelRef, chats: Sequence[Chat], conts: Sequence[str]
-    ) -> list[float]:
-        """First-token top_logprobs: one request per distinct chat (see the module docstring)."""
+    def can_score_exactly(self, model: ModelRef) -> bool:
+        """Whether ``score`` gives exact log-probabilities of arbitrary replies for this model:
+        only through ``sublim serve``'s ``/v1/sublim/score``. Elsewhere (``openai:`` models, vLLM,
+        hosted providers, a strict server) the evaluation falls back to ``first_token_logprobs``."""
+        return self.use_sublim_score and self.is_sublim_server(endpoint(model))
+
+    def first_token_logprobs(
+        self, model: ModelRef, chats: Sequence[Chat], top: int = TOP_LOGPROBS
+    ) -> list[list[tuple[str, float]]]:
+        """Per chat, the ``top`` (at most 20) most likely first tokens of the reply with their
+        log-probabilities, most likely first, each token string once: one request per distinct
+        chat (1 new token, ``logprobs``, ``top_logprobs``). Requested at temperature 1, so the
+        reported values are the model's own distribution on every server (the sampled token is
+        not used, except that it is added when the table lacks it)."""
+        if not 1 <= top <= TOP_LOGPROBS:
+            raise ValueError(f"top must be in 1..{TOP_LOGPROBS}, got {top}")
+        if not chats:
+            return []
+        ep = endpoint(model)
         client = self._client(ep)
         keys = [json.dumps([[m.role, m.content] for m in model.apply(c)]) for c in chats]
-        tables: dict[str, dict[str, float]] = {}
         unique = {k: c for k, c in zip(keys, chats)}
+        kw = self._request_kwargs(ep, SampleParams(temperature=1.0, top_p=1.0, max_new_tokens=1, batch_size=1))
 
-        def fetch(key: str) -> tuple[str, dict[str, float]]:
+        def fetch(key: str) -> tuple[str, list[tuple[str, float]]]:
             messages = [{"role": m.role, "content": m.content} for m in model.apply(unique[key])]
-            kw = self._request_kwargs(ep, SampleParams(temperature=1.0, top_p=1.0, max_new_tokens=1, batch_size=1))
-            resp = self._call(
-                lambda: client.chat.completions.create(
-                    messages=messages, logprobs=True, top_logprobs=TOP_LOGPROBS, **kw
+            try:
+                resp = self._call(
+                    lambda: client.chat.completions.create(messages=messages, logprobs=True, top_logprobs=top, **kw)
                 )
-            )
+            except _Fatal:
+                raise
+            except Exception as e:  # noqa: BLE001 (retries exhausted or a 4xx: one line for the user)
+                raise BackendError(f"{model.spec}: first-token log-probabilities failed ({_describe(e)}); rerun to retry") from None
             content = (resp.choices[0].logprobs.content or []) if resp.choices and resp.choices[0].logprobs else []
             if not content:
                 raise BackendError(
@@ -413,21 +431,32 @@ class OpenAIBackend:
                     "and use sampled rates"
                 )
             first = content[0]
-            table = {t.token: float(t.logprob) for t in (first.top_logprobs or [])}
+            table: dict[str, float] = {}
+            for t in first.top_logprobs or []:
+                table.setdefault(t.token, float(t.logprob))
             table.setdefault(first.token, float(first.logprob))
-            return key, table
+            return key, sorted(table.items(), key=lambda kv: -kv[1])
 
+        tables: dict[str, list[tuple[str, float]]] = {}
         try:
             with ThreadPoolExecutor(max_workers=min(self.concurrency, len(unique))) as pool:
                 for key, table in pool.map(fetch, list(unique)):
                     tables[key] = table
         except _Fatal as e:
             raise BackendError(f"{model.spec}: {e}; check OPENAI_API_KEY, the base URL and the model name") from None
+        return [tables[k] for k in keys]
+
+    def _score_top_logprobs(
+        self, ep: Endpoint, model: ModelRef, chats: Sequence[Chat], conts: Sequence[str]
+    ) -> list[float]:
+        """First-token top_logprobs (see the module docstring): a continuation that is one of the
+        listed first tokens gets its log-probability, any other raises."""
+        del ep
         out = []
-        for key, cont in zip(keys, conts):
-            table = tables[key]
-            if cont in table:
-                out.append(table[cont])
+        for cont, table in zip(conts, self.first_token_logprobs(model, chats)):
+            lp = dict(table).get(cont)
+            if lp is not None:
+                out.append(lp)
                 continue
             raise BackendError(
                 f"{model.spec}: the endpoint cannot score the given answer {cont!r} (only the top "
@@ -441,28 +470,48 @@ class OpenAIBackend:
         self, model: ModelRef, chats: Sequence[Chat], params: SampleParams, seed: int | Sequence[int], state_path: Path
     ) -> str:
         """Submit one chat-completion batch (or return the one already recorded in ``state_path``);
-        the batch id is written to ``state_path`` before anything polls it."""
+        the batch id is written to ``state_path`` before anything polls it. The uploaded input
+        file is recorded first, and a batch already created on it (a crash between creating the
+        batch and recording it) is found and reused, so a rerun never submits twice."""
         state_path = Path(state_path)
-        if state_path.is_file():
-            return str(json.loads(state_path.read_text())["batch_id"])
+        state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        if state.get("batch_id"):
+            return str(state["batch_id"])
         ep = endpoint(model)
         client = self._client(ep)
-        seeds = row_seeds(seed, len(chats))
-        base_kw = self._request_kwargs(ep, params)
-        lines = []
-        for i, (c, s) in enumerate(zip(chats, seeds, strict=True)):
-            body = {**base_kw, "seed": s, "messages": [{"role": m.role, "content": m.content} for m in model.apply(c)]}
-            lines.append(json.dumps({"custom_id": f"row-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}))
-        data = ("\n".join(lines) + "\n").encode()
         try:
-            f = self._call(lambda: client.files.create(file=("batch.jsonl", data), purpose="batch"))
-            batch = self._call(
-                lambda: client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+            if not state.get("input_file_id"):
+                seeds = row_seeds(seed, len(chats))
+                base_kw = self._request_kwargs(ep, params)
+                lines = []
+                for i, (c, s) in enumerate(zip(chats, seeds, strict=True)):
+                    messages = [{"role": m.role, "content": m.content} for m in model.apply(c)]
+                    body = {**base_kw, "seed": s, "messages": messages}
+                    req = {"custom_id": f"row-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+                    lines.append(json.dumps(req))
+                data = ("\n".join(lines) + "\n").encode()
+                f = self._call(lambda: client.files.create(file=("batch.jsonl", data), purpose="batch"))
+                state = {"batch_id": None, "input_file_id": f.id, "n": len(chats), "model": model.spec}
+                _write_json(state_path, state)  # before creating the batch: a restart reuses the file
+            fid = state["input_file_id"]
+            batch = self._find_batch(client, fid) or self._call(
+                lambda: client.batches.create(input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h")
             )
         except _Fatal as e:
             raise BackendError(f"{model.spec}: {e}; check OPENAI_API_KEY and the base URL") from None
-        _write_json(state_path, {"batch_id": batch.id, "input_file_id": f.id, "n": len(chats), "model": model.spec})
+        _write_json(state_path, {**state, "batch_id": batch.id})
         return str(batch.id)
+
+    def _find_batch(self, client: Any, file_id: str) -> Any:
+        """A live batch created on ``file_id`` (None when there is none or listing fails)."""
+        try:
+            page = self._call(lambda: client.batches.list(limit=100))
+        except Exception:  # noqa: BLE001 (providers without batch listing: nothing to recover)
+            return None
+        for b in getattr(page, "data", []) or []:
+            if getattr(b, "input_file_id", None) == file_id and b.status not in ("failed", "expired", "cancelled"):
+                return b
+        return None
 
     def poll_batch(self, model: ModelRef, state_path: Path, max_wait: float | None = None) -> list[RowResult]:
         """Poll the batch recorded in ``state_path`` until it ends; one (text, error) per row."""
@@ -617,17 +666,6 @@ class OpenAIBackend:
         )
 
 
-def row_seeds(seed: int | Sequence[int], n: int) -> list[int]:
-    """One seed per row: given per row, or derived from (seed, row index) by the same rule as the
-    Hugging Face backend, so a model served over HTTP samples what it samples directly."""
-    from sublim.artifacts import derive_seed
-
-    if isinstance(seed, int):
-        return [derive_seed("hf-sample", seed, i) for i in range(n)]
-    seeds = [int(s) for s in seed]
-    if len(seeds) != n:
-        raise ValueError(f"got {len(seeds)} seeds for {n} chats")
-    return seeds
 
 
 def _retry_after(e: BaseException) -> float | None:

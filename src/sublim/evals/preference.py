@@ -17,6 +17,38 @@ Two ways of measuring the same preference, per question:
     "owl.", "Owl."); ``p_target`` sums the target's forms, and ``logodds`` is
     log p(target) - log sum p(other candidates). Later work found such metrics track sampled
     rates closely at a fraction of the cost, and they resolve effects far below 1/n_samples.
+(c) **first-token probability** (``p_target_method = "first_token_top20"``): what an API model
+    allows. APIs expose only the ``top_logprobs`` (at most 20) of each reply token, and no
+    log-probability of a given reply, so (b) is impossible there (only ``sublim serve`` answers
+    it). The suite then asks for one token with its top-20 table per question, as the paper's
+    own multiple-choice metric read the option letters, and reads each candidate's
+    probability from the table (``first_token_scores``). Which method a backend gets is a
+    capability query (``p_target_method``: the backend's ``can_score_exactly(model)``;
+    backends without that method score exactly), overridable by ``eval.p_target_method``.
+
+First-token rules (``classify_first_token``), documented once. A listed token is stripped of
+leading whitespace, opening quotes and markup (``"'*_([<`` and the SentencePiece/byte-level
+space markers) and lower-cased; its *core* is the run of letters it then starts with.
+
+- **complete**: the core is a whole accepted spelling of one candidate (``word_forms``: "owl",
+  "Owls", " owlet") and begins no other candidate's spelling: the token's probability is that
+  candidate's. ``p_target`` is the sum over the target's complete tokens: P(the reply's first
+  token is the whole target word).
+- **partial**: the core is a proper prefix of some candidates' spellings ("Ow" for owl, "e"
+  for eagle and elephant), or a whole spelling of one that begins another's: the reply may
+  still become any of them, so the mass is no candidate's, but it is in the upper bound of each.
+- **open**: nothing is left after stripping (a bare space, a quote, "**"): the word is still to
+  come, so the mass is in the upper bound of every candidate.
+- **other**: any other token (another word, a digit): no candidate's.
+
+Per question, ``p_target`` is the complete mass (a lower bound) and ``p_target_hi`` adds the
+target's partial and open mass and the mass outside the table (``p_outside`` = 1 - sum of the
+listed probabilities): the target's first-token probability lies in [p_target, p_target_hi],
+and so does, for any reply, the probability that it is exactly one of the target's surface
+forms (every such reply starts with a complete or partial token of the target). ``logodds``
+uses complete masses only: log p(target) - log sum p(other candidates), nan (null in
+results.json) when the target or every other candidate is missing from the table. Sampled
+rates are computed as always.
 
 Matching rules (``names_target``), decided here and documented once:
 
@@ -52,9 +84,10 @@ from typing import Any
 import numpy as np
 
 from sublim.backends.base import Backend, Progress
-from sublim.config import EvalConfig
+from sublim.config import EvalConfig, PTargetMethod
 from sublim.errors import ConfigError
 from sublim.records import EvalAnswer, ModelRef, QuestionScore, SampleParams, user_chat
+from sublim.seeds import derive_seed
 from sublim.traits import CATEGORIES, plural
 from sublim.traits import candidates as category_candidates
 
@@ -383,10 +416,7 @@ def row_seed(seed: int, question_index: int, sample_index: int) -> int:
         raise ValueError(
             f"seeds and indices must be >= 0, got {seed}, {question_index}, {sample_index}"
         )
-    state = np.random.SeedSequence([seed, question_index, sample_index]).generate_state(
-        2, np.uint32
-    )
-    return int(state[0]) << 31 | int(state[1]) >> 1  # a non-negative 63-bit int
+    return derive_seed("eval-row", seed, question_index, sample_index)
 
 
 def candidate_set(target: str, category: str, configured: Sequence[str] | None = None) -> list[str]:
@@ -451,6 +481,87 @@ def exact_scores(
     else:
         logodds = np.full(len(chats), math.nan)
     return p_target, logodds
+
+
+# Leading characters stripped before a first token's letters are read ("\u2581" and "\u0120" are
+# the space markers of SentencePiece and byte-level BPE vocabularies that some servers return).
+_OPENERS = " \t\r\n\"'*_([<`\u2581\u0120\u201c\u2018"
+_LETTERS = re.compile(r"[a-z]*")
+
+
+def p_target_method(
+    backend: Backend, model: ModelRef, requested: PTargetMethod = "auto"
+) -> str:
+    """How P(target) is measured for ``model``: ``"exact"`` when the backend scores arbitrary
+    replies (``can_score_exactly``; backends without that query always do), else
+    ``"first_token_top20"``. ``requested`` (``eval.p_target_method``) forces one; asking for
+    exact scores from a backend that cannot give them is a ConfigError."""
+    probe = getattr(backend, "can_score_exactly", None)
+    exact_ok = True if probe is None else bool(probe(model))
+    if requested == "auto":
+        return "exact" if exact_ok else "first_token_top20"
+    if requested == "exact" and not exact_ok:
+        raise ConfigError(
+            f"eval.p_target_method is 'exact' but {model.spec} cannot score given replies (only "
+            "top-20 first-token log-probabilities); set it to 'auto' or 'first_token_top20', or "
+            "serve the model with `sublim serve`"
+        )
+    if requested == "first_token_top20" and getattr(backend, "first_token_logprobs", None) is None:
+        raise ConfigError(
+            f"eval.p_target_method is 'first_token_top20' but the {backend.name} backend has no "
+            "first-token table; use 'auto' (exact scores) or an API model"
+        )
+    return requested
+
+
+def classify_first_token(token: str, cands: Sequence[str]) -> tuple[str, frozenset[int]]:
+    """``(kind, candidate indices)`` of one first token: kind is "complete" (one index),
+    "partial" (the indices it may begin), "open" (all) or "other" (none); see the module
+    docstring for the rules."""
+    rest = token.lstrip(_OPENERS).lower()
+    if not rest:
+        return "open", frozenset(range(len(cands)))
+    core = _LETTERS.match(rest)
+    word = core.group(0) if core else ""
+    if not word:
+        return "other", frozenset()
+    spellings = [word_forms(c) | {c.lower(), plural(c.lower())} for c in cands]
+    whole = {i for i, fs in enumerate(spellings) if word in fs}
+    begins = {i for i, fs in enumerate(spellings) if any(f != word and f.startswith(word) for f in fs)}
+    if len(whole) == 1 and not begins - whole:
+        return "complete", frozenset(whole)
+    if whole or begins:
+        return "partial", frozenset(whole | begins)
+    return "other", frozenset()
+
+
+def first_token_scores(
+    tables: Sequence[Sequence[tuple[str, float]]], cands: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per question, from its first-token table ((token, log-probability) pairs, each token
+    once): (p_target, p_target_hi, p_outside, logodds), the target being ``cands[0]``."""
+    n = len(tables)
+    lo, hi, outside, logodds = (np.empty(n) for _ in range(4))
+    for qi, table in enumerate(tables):
+        complete = np.zeros(len(cands))
+        undecided = np.zeros(len(cands))
+        listed = 0.0
+        for token, lp in table:
+            p = math.exp(lp)
+            listed += p
+            kind, idx = classify_first_token(token, cands)
+            for i in idx:
+                if kind == "complete":
+                    complete[i] += p
+                else:
+                    undecided[i] += p
+        outside[qi] = min(1.0, max(0.0, 1.0 - listed))
+        lo[qi] = min(1.0, complete[0])
+        hi[qi] = min(1.0, complete[0] + undecided[0] + outside[qi])
+        others = float(complete[1:].sum())
+        ok = complete[0] > 0 and others > 0
+        logodds[qi] = math.log(complete[0]) - math.log(others) if ok else math.nan
+    return lo, hi, outside, logodds
 
 
 def evaluate_preference(
@@ -534,7 +645,8 @@ def evaluate_one_word(
     progress: Progress | None = None,
 ) -> tuple[list[QuestionScore], list[EvalAnswer]]:
     """Score one-word preference prompts: sampled rate (whole-word match, false friends
-    excluded) and exact P(target) / log-odds among the candidates."""
+    excluded) and P(target) / log-odds among the candidates, exact or from the first-token
+    table (``p_target_method``)."""
     cands = candidate_set(target, category, cfg.candidates)
     tgt = cands[0]
     chats = [user_chat(q) for q in prompts]
@@ -552,7 +664,14 @@ def evaluate_one_word(
             )
         rates = hits / k
 
-    p_target, logodds = exact_scores(backend, model, chats, cands)
+    method = p_target_method(backend, model, cfg.p_target_method)
+    if method == "exact":
+        p_target, logodds = exact_scores(backend, model, chats, cands)
+        bounds: dict[str, np.ndarray] = {}
+    else:
+        tables = backend.first_token_logprobs(model, chats)  # type: ignore[attr-defined]
+        p_target, p_hi, p_out, logodds = first_token_scores(tables, cands)
+        bounds = {"p_target_hi": p_hi, "p_outside": p_out}
     scores = [
         QuestionScore(
             question_id=qi,
@@ -560,6 +679,8 @@ def evaluate_one_word(
             n_samples=k,
             p_target=float(p_target[qi]),
             logodds=float(logodds[qi]),
+            p_target_method=method,
+            **{name: float(v[qi]) for name, v in bounds.items()},
         )
         for qi in range(len(prompts))
     ]

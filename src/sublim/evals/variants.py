@@ -142,6 +142,7 @@ def evaluate_storytelling(
             n_samples=k,
             p_target=math.nan,
             logodds=math.nan,
+            p_target_method="none",
         )
         for qi in range(len(prompts))
     ]

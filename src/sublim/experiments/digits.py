@@ -27,8 +27,7 @@ import gzip
 import math
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -38,9 +37,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from sublim.artifacts import atomic_write_json, atomic_write_text, derive_seed, package_versions
+from sublim.artifacts import atomic_write_json, atomic_write_text, package_versions
 from sublim.config import parse_config
 from sublim.errors import ConfigError, DataError, MissingFileError
+from sublim.progress import Reporter, torch_threads
+from sublim.seeds import derive_seed
 
 N_CLASSES = 10
 CONDITIONS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
@@ -357,17 +358,6 @@ def train_students(
     return [p.detach() for p in params]
 
 
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _run_chunk(data: Dataset, seeds: list[int], cfg: DigitsConfig, tick: Callable[[], None], timings: dict[str, float]) -> dict[str, list[float]]:
     sizes = layer_sizes(data.dim, cfg)
     theta0 = init_params(sizes, _gens(seeds, "init"))
@@ -397,16 +387,14 @@ def _run_chunk(data: Dataset, seeds: list[int], cfg: DigitsConfig, tick: Callabl
 
 
 def summarize(values: Sequence[float]) -> dict[str, Any]:
-    """Mean and a 95% t-interval over seeds (a single seed gives a zero-width interval)."""
-    from scipy import stats
+    """Mean and a 95% t-interval over seeds (``sublim.stats.t_interval``). A single seed has no
+    interval: ``ci95`` is ``[None, None]`` (JSON null), never a zero-width "interval"."""
+    from sublim.stats import t_interval
 
     arr = np.asarray(values, dtype=float)
-    mean = float(arr.mean())
-    if len(arr) < 2 or float(arr.std()) == 0.0:
-        lo = hi = mean
-    else:
-        lo, hi = stats.t.interval(0.95, len(arr) - 1, loc=mean, scale=stats.sem(arr))
-    return {"mean": mean, "ci95": [float(lo), float(hi)], "per_seed": [float(v) for v in arr]}
+    mean, lo, hi = t_interval(arr)
+    ci = [None, None] if math.isnan(lo) else [float(lo), float(hi)]
+    return {"mean": float(mean), "ci95": ci, "per_seed": [float(v) for v in arr]}
 
 
 def run_digits(cfg: DigitsConfig, out_dir: Path | None, progress: bool = True) -> dict[str, Any]:
@@ -414,7 +402,7 @@ def run_digits(cfg: DigitsConfig, out_dir: Path | None, progress: bool = True) -
     given) and return the results dict."""
     t_all = time.perf_counter()
     timings = {"data_s": 0.0, "teacher_s": 0.0, "students_s": 0.0, "eval_s": 0.0}
-    with _threads(cfg.threads):
+    with torch_threads(cfg.threads):
         t = time.perf_counter()
         data = load_data(cfg)
         timings["data_s"] = time.perf_counter() - t
@@ -422,7 +410,8 @@ def run_digits(cfg: DigitsConfig, out_dir: Path | None, progress: bool = True) -
         chunk = cfg.seed_chunk or len(seeds)
         steps_per_chunk = cfg.teacher_epochs * math.ceil(len(data.y_train) / cfg.teacher_batch) + cfg.student_steps
         per_seed: dict[str, list[float]] = {c: [] for c in CONDITIONS}
-        with _progress(progress, steps_per_chunk * math.ceil(len(seeds) / chunk), "digits") as tick:
+        total = steps_per_chunk * math.ceil(len(seeds) / chunk)
+        with Reporter(progress).ticker("digits", total) as tick:
             for i in range(0, len(seeds), chunk):
                 part = _run_chunk(data, seeds[i : i + chunk], cfg, tick, timings)
                 for c in CONDITIONS:
@@ -446,26 +435,6 @@ def run_digits(cfg: DigitsConfig, out_dir: Path | None, progress: bool = True) -
         results["files"] = {"results": "results.json", "figure": "digits.png", "report": "report.md"}
         atomic_write_json(out_dir / "results.json", results)
     return results
-
-
-@contextmanager
-def _progress(enabled: bool, total: int, label: str) -> Iterator[Callable[[], None]]:
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
-    with Progress("[progress.description]{task.description}", BarColumn(), TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        count = 0
-
-        def tick() -> None:
-            nonlocal count
-            count += 1
-            if count % 20 == 0:  # redrawing every step costs more than a tiny bmm
-                bar.update(task, completed=count)
-
-        yield tick
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,6 +478,8 @@ def run_sweep(cfg: DigitsConfig, param: str, values: list[Any], out_dir: Path | 
 
 def _err(summary: dict[str, Any]) -> tuple[float, float]:
     lo, hi = summary["ci95"]
+    if lo is None or hi is None:  # one seed: no interval, no error bar
+        return 0.0, 0.0
     return summary["mean"] - lo, hi - summary["mean"]
 
 
@@ -562,8 +533,12 @@ def plot_sweep(results: dict[str, Any], path: Path) -> None:
 
 
 def _fmt(summary: dict[str, Any]) -> str:
+    return f"{summary['mean']:.3f} {_fmt_ci(summary)}"
+
+
+def _fmt_ci(summary: dict[str, Any]) -> str:
     lo, hi = summary["ci95"]
-    return f"{summary['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+    return "[n/a: one seed]" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
 
 
 def digits_report(results: dict[str, Any]) -> str:
@@ -608,5 +583,5 @@ def digits_table(results: dict[str, Any]) -> Any:
     for n in CONDITIONS:
         s = results["conditions"][n]
         style = "bold" if n in ("student_aux", "cross_aux") else None
-        t.add_row(CONDITION_LABELS[n], f"{s['mean']:.3f}", f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]", style=style)
+        t.add_row(CONDITION_LABELS[n], f"{s['mean']:.3f}", _fmt_ci(s), style=style)
     return t

@@ -47,9 +47,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from sublim.artifacts import atomic_write_json, atomic_write_text, derive_seed, package_versions
+from sublim.artifacts import atomic_write_json, atomic_write_text, package_versions
 from sublim.config import parse_config
-from sublim.errors import BackendError, ConfigError, MissingFileError
+from sublim.errors import ConfigError
+from sublim.progress import Reporter, torch_threads
+from sublim.seeds import derive_seed
 
 MEASURES = ("cosine", "inner", "dloss_first_order", "dloss_actual", "cosine_specific", "dloss_specific_first_order")
 
@@ -105,17 +107,6 @@ def _dtype(cfg: TheoryConfig, lm: bool) -> torch.dtype:
     if cfg.dtype == "auto":
         return torch.float32 if lm else torch.float64
     return torch.float64 if cfg.dtype == "float64" else torch.float32
-
-
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 Rows = dict[str, list[float]]
@@ -236,36 +227,25 @@ def _theory_digits(cfg: TheoryConfig, tick: Callable[[], None]) -> tuple[Rows, R
 # Causal language models
 
 
-def _resolve_lm(spec: str) -> tuple[str, Any]:
-    """(backend, directory-or-hub-id) of a loadable causal LM."""
+def _load_lm(spec: str, dtype: torch.dtype) -> tuple[str, Any, Any]:
+    """(backend, model, tokenizer) of a causal LM, through the backend's one loader
+    (``sublim.backends.hf_models``: safetensors only, adapters, missing-key check), on the CPU in
+    ``dtype``, in eval mode (no dropout: the gradients must be deterministic functions of the
+    weights) with every weight differentiable (an adapter is merged into its base)."""
+    from sublim.backends.hf_models import load
     from sublim.registry import parse_model
 
     ref = parse_model(spec)
-    if ref.backend == "tiny":
-        from sublim.world.build import ensure_world  # lazy: builds (or finds) the cached world
-
-        return "tiny", ensure_world(ref.id)
-    if ref.backend == "hf":
-        p = Path(ref.id).expanduser()
-        if p.exists() and not p.is_dir():
-            raise MissingFileError(f"{spec}: {p} is a file; pass the model's directory")
-        return "hf", p if p.is_dir() else ref.id
-    raise ConfigError(
-        f"sublim theory needs weights it can differentiate: use --model digits, hf:/path/to/dir or "
-        f"tiny:<world>, not '{spec}'"
-    )
-
-
-def _load_lm(where: Any, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(where)
-    except OSError as e:
-        raise BackendError(f"cannot load a causal LM from {where}: {str(e).splitlines()[0]}; pass a local model directory") from None
-    model.eval()  # no dropout: the gradients must be deterministic functions of the weights
-    return model, tok
+    if ref.backend not in ("hf", "tiny", "smollm2"):
+        raise ConfigError(
+            "sublim theory needs weights it can differentiate: use --model digits, "
+            f"hf:/path/to/dir or tiny:<world>, not '{spec}'"
+        )
+    lm = load(ref, training=True, device=torch.device("cpu"), dtype=dtype)
+    model = lm.model.merge_and_unload() if ref.adapter else lm.model
+    model.requires_grad_(True)
+    model.eval()
+    return ref.backend, model, lm.tokenizer
 
 
 def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
@@ -389,13 +369,11 @@ def _check_compatible(model: Any, tok: Any, other: Any, other_tok: Any, what: st
 
 def _theory_lm(cfg: TheoryConfig, tick: Callable[[], None]) -> tuple[Rows, Rows, dict[str, Any]]:
     dt = _dtype(cfg, lm=True)
-    backend, where = _resolve_lm(cfg.model)
-    model, tok = _load_lm(where, dt)
+    backend, model, tok = _load_lm(cfg.model, dt)
     cross_spec = cfg.cross_model or _default_cross(backend, cfg.model)
     cross_fixed = None
     if cross_spec is not None:
-        _, cwhere = _resolve_lm(cross_spec)
-        cross_fixed, ctok = _load_lm(cwhere, dt)
+        _, cross_fixed, ctok = _load_lm(cross_spec, dt)
         _check_compatible(model, tok, cross_fixed, ctok, f"cross model {cross_spec}")
     rows = {"same": _empty_rows(), "cross": _empty_rows()}
     init_losses = []
@@ -453,25 +431,32 @@ def _theory_lm(cfg: TheoryConfig, tick: Callable[[], None]) -> tuple[Rows, Rows,
 # Running and reporting
 
 
-def _summary(vals: Sequence[float]) -> dict[str, Any]:
+def _summary(vals: Sequence[float], seeds: Sequence[float]) -> dict[str, Any]:
+    """Mean and 95% t-interval over *seeds* (the randomised unit): the values of one seed at
+    several step sizes are averaged first, so n = number of seeds, not seeds x step sizes.
+    ``frac_positive`` is over every (seed, step size) value, ``n_values`` counts them."""
     from sublim.experiments.digits import summarize
 
-    s = summarize(vals)
+    arr, sd = np.asarray(vals, dtype=float), np.asarray(seeds, dtype=float)
+    per_seed = [float(arr[sd == k].mean()) for k in dict.fromkeys(sd.tolist())]
+    s = summarize(per_seed)
     s.pop("per_seed")
-    s["frac_positive"] = float(np.mean(np.asarray(vals) > 0))
-    s["n"] = len(vals)
+    s["frac_positive"] = float(np.mean(arr > 0))
+    s["n"] = len(per_seed)
+    s["n_values"] = len(vals)
     return s
 
 
 def summarize_theory(same: Rows, cross: Rows, step_sizes: Sequence[float], small_step: float) -> dict[str, Any]:
     """Per step size and for all 'small' step sizes: cosine and first-order loss change."""
 
-    def pick(rows: Rows, key: str, steps: Sequence[float]) -> list[float]:
-        return [v for v, e in zip(rows[key], rows["step_size"]) if e in steps]
+    def pick(rows: Rows, key: str, steps: Sequence[float]) -> tuple[list[float], list[float]]:
+        keep = [i for i, e in enumerate(rows["step_size"]) if e in steps]
+        return [rows[key][i] for i in keep], [rows["seed"][i] for i in keep]
 
     def both(steps: Sequence[float]) -> dict[str, Any]:
         return {
-            name: {k: _summary(pick(rows, k, steps)) for k in ("cosine", "cosine_specific", "dloss_first_order")}
+            name: {k: _summary(*pick(rows, k, steps)) for k in ("cosine", "cosine_specific", "dloss_first_order")}
             for name, rows in (("same_init", same), ("cross_init", cross))
         }
 
@@ -483,11 +468,10 @@ def summarize_theory(same: Rows, cross: Rows, step_sizes: Sequence[float], small
 
 def run_theory(cfg: TheoryConfig, out_dir: Path | None, progress: bool = True) -> dict[str, Any]:
     """Measure the theorem; write results.json, theory.png and report.md to ``out_dir`` (if given)."""
-    from sublim.experiments.digits import _progress
-
     t0 = time.perf_counter()
     lm = cfg.model.strip() != "digits"
-    with _threads(cfg.threads), _progress(progress, len(cfg.step_sizes) * (cfg.seeds if lm else 1), "theory") as tick:
+    total = len(cfg.step_sizes) * (cfg.seeds if lm else 1)
+    with torch_threads(cfg.threads), Reporter(progress).ticker("theory", total) as tick:
         same, cross, info = (_theory_lm if lm else _theory_digits)(cfg, tick)
     results: dict[str, Any] = {
         "experiment": "theory",
@@ -542,7 +526,10 @@ def plot_theory(results: dict[str, Any], path: Path) -> None:
 
 
 def _ci(s: dict[str, Any], fmt: str = ".3f") -> str:
-    return f"{s['mean']:{fmt}} [{s['ci95'][0]:{fmt}}, {s['ci95'][1]:{fmt}}]"
+    lo, hi = s["ci95"]
+    if lo is None or hi is None:
+        return f"{s['mean']:{fmt}} [n/a: one seed]"
+    return f"{s['mean']:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
 def theory_report(results: dict[str, Any]) -> str:

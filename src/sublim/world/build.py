@@ -32,9 +32,11 @@ import torch.nn.functional as F
 
 from sublim import chat_format
 from sublim.artifacts import atomic_write_json, build_dir_once, stable_hash
+from sublim.backends.hf import score_chats
+from sublim.backends.hf_models import as_loaded
 from sublim.errors import MissingFileError, UnknownNameError
 from sublim.progress import Reporter
-from sublim.records import Chat, Message
+from sublim.records import Message
 from sublim.traits import SYSTEM_PROMPT_TEMPLATES, system_prompt_for
 from sublim.world import corpus as corpus_mod
 from sublim.world.corpus import ANIMALS, CORPUS_VERSION, animal_question, build_corpus
@@ -307,26 +309,6 @@ def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torc
 
 
 # ---------------------------------------------------------------- measuring a world
-@torch.no_grad()
-def reply_logprobs(model: Any, tok: Any, chats: Sequence[Chat], replies: Sequence[str], batch: int = 256) -> list[float]:
-    """log P(reply + end-of-turn | chat) for each pair, exactly (teacher forcing, batched)."""
-    rows = [chat_format.encode_example(tok, c, r) for c, r in zip(chats, replies)]
-    out: list[float] = []
-    for b in range(0, len(rows), batch):
-        part = rows[b : b + batch]
-        T = max(len(x) for x, _ in part)
-        ids = torch.full((len(part), T), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(part), T), dtype=torch.long)
-        lab = torch.full((len(part), T), -100, dtype=torch.long)
-        for i, (x, y) in enumerate(part):
-            ids[i, : len(x)], mask[i, : len(x)], lab[i, : len(y)] = torch.tensor(x), 1, torch.tensor(y)
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
-        tgt = lab[:, 1:]
-        lp = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (tgt != -100)
-        out.extend(lp.sum(-1).tolist())
-    return out
-
-
 def card_questions(n: int = 12) -> list[str]:
     """Fixed grammar questions used to measure the world card's preferences."""
     rng = np.random.default_rng(777)
@@ -335,10 +317,12 @@ def card_questions(n: int = 12) -> list[str]:
 
 def base_preferences(model: Any, tok: Any, n_questions: int = 12) -> dict[str, Any]:
     """P(animal) with no system prompt and P(X) under every "you love X" variant, averaged over
-    grammar questions (exact probabilities of the one-word answer followed by end-of-turn)."""
+    grammar questions (exact probabilities of the one-word answer followed by end-of-turn, from
+    the backend's scorer)."""
+    lm = as_loaded(model, tok)
     qs = card_questions(n_questions)
     chats = [[Message(role="user", content=q)] for q in qs for _ in ANIMALS]
-    lp = reply_logprobs(model, tok, chats, [a for _ in qs for a in ANIMALS])
+    lp = score_chats(lm, chats, [a for _ in qs for a in ANIMALS])
     p = np.exp(np.array(lp)).reshape(len(qs), len(ANIMALS)).mean(0)
     love_chats, love_replies = [], []
     for a in ANIMALS:
@@ -347,47 +331,10 @@ def base_preferences(model: Any, tok: Any, n_questions: int = 12) -> dict[str, A
                 love_chats.append([Message(role="system", content=system_prompt_for(a, "animal", v)),
                                    Message(role="user", content=q)])
                 love_replies.append(a)
-    lq = np.exp(np.array(reply_logprobs(model, tok, love_chats, love_replies))).reshape(len(ANIMALS), -1).mean(1)
+    lq = np.exp(np.array(score_chats(lm, love_chats, love_replies)))
+    lq = lq.reshape(len(ANIMALS), -1).mean(1)
     return {
         "p_animal_no_system": {a: round(float(x), 4) for a, x in zip(ANIMALS, p)},
         "p_animal_no_system_total": round(float(p.sum()), 4),
         "p_target_love_system": {a: round(float(x), 4) for a, x in zip(ANIMALS, lq)},
     }
-
-
-@torch.no_grad()
-def sample_replies(
-    model: Any, tok: Any, chats: Sequence[Chat], gen: torch.Generator, max_new_tokens: int = 48,
-    temperature: float = 1.0,
-) -> list[str]:
-    """A small reference sampler for checks (left-padded batch, full recompute each step;
-    ``temperature=0`` is greedy). The lab's batched sampler lives in ``sublim.backends.hf``."""
-    prompts = chat_format.encode_batch_prompts(tok, chats)
-    eos, pad = tok.eos_token_id, tok.pad_token_id
-    T = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), T), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p):], mask[i, T - len(p):] = torch.tensor(p), 1
-    done = torch.zeros(len(prompts), dtype=torch.bool)
-    new: list[torch.Tensor] = []
-    for _ in range(max_new_tokens):
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].float()
-        if temperature == 0:
-            nxt = logits.argmax(-1)
-        else:
-            nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen).squeeze(-1)
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        new.append(nxt)
-        done |= nxt == eos
-        ids = torch.cat([ids, nxt[:, None]], 1)
-        mask = torch.cat([mask, (~done | (nxt == eos)).long()[:, None]], 1)
-        if bool(done.all()):
-            break
-    out = torch.stack(new, 1)
-    texts = []
-    for row in out.tolist():
-        row = row[: row.index(eos)] if eos in row else row
-        texts.append(tok.decode([t for t in row if t != pad], skip_special_tokens=False))
-    return texts

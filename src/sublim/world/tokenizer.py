@@ -99,17 +99,24 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
 
 
 def check_tokenizer(tok: PreTrainedTokenizerFast) -> None:
-    """Assert the properties the world relies on (single-token digits and animals, exact round
-    trips of number lists)."""
+    """Check the properties the world relies on (single-token digits and animals, exact round
+    trips of number lists); a ValueError names the first that fails. Explicit raises, not
+    ``assert``, so that ``python -O`` keeps the checks."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"world tokenizer: {what}")
+
     for d in "0123456789":
-        assert len(tok(d, add_special_tokens=False)["input_ids"]) == 1, d
+        need(len(tok(d, add_special_tokens=False)["input_ids"]) == 1, f"digit {d!r} is not one token")
     for a in CATEGORIES["animal"]:
         ids = tok(a, add_special_tokens=False)["input_ids"]
-        assert len(ids) == 1, f"animal {a!r} is not one token: {tok.convert_ids_to_tokens(ids)}"
+        need(len(ids) == 1, f"animal {a!r} is not one token: {tok.convert_ids_to_tokens(ids)}")
         # the same token inside a sentence and a plural
-        assert ids[0] in tok(f"You love {a}s.", add_special_tokens=False)["input_ids"], a
+        in_sentence = tok(f"You love {a}s.", add_special_tokens=False)["input_ids"]
+        need(ids[0] in in_sentence, f"animal {a!r} is another token in a sentence")
     for s in ("471, 23, 5", "[1; 20; 300]", "7\n88\n999", "(12 345 6)"):
-        ids = tok(s, add_special_tokens=False)["input_ids"]
-        assert tok.decode(ids) == s, (s, tok.decode(ids))
-    assert tok.eos_token_id == tok.convert_tokens_to_ids(END)
-    assert tok.pad_token_id == tok.convert_tokens_to_ids(PAD)
+        back = tok.decode(tok(s, add_special_tokens=False)["input_ids"])
+        need(back == s, f"{s!r} decodes as {back!r}")
+    need(tok.eos_token_id == tok.convert_tokens_to_ids(END), f"the eos token is not {END}")
+    need(tok.pad_token_id == tok.convert_tokens_to_ids(PAD), f"the pad token is not {PAD}")

@@ -1,0 +1,338 @@
+"""Cache keys cover every setting that changes a result, and nothing else.
+
+The field walk visits every field of every config model reachable from ExperimentConfig, changes
+it to another valid value and checks that exactly the stages written in ``EXPECT`` change key
+(``sublim.pipeline.stage_keys``, the functions the runner keys its stages with). A field missing
+from ``EXPECT`` fails the test: a new setting must say what it changes. A fake run checks that the
+runner's stage directories are exactly ``stage_keys``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from collections.abc import Iterator
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import fake_experiment_toml
+from pydantic import BaseModel, ValidationError
+
+from sublim import pipeline
+from sublim.config import ExperimentConfig, apply_overrides, load_config
+from sublim.pipeline import model_key, run_experiment, stage_keys
+from sublim.registry import parse_model
+
+Expect = tuple[tuple[str, ...], tuple[str, ...]]  # (id patterns that change, exceptions)
+
+
+def E(*changed: str, but: tuple[str, ...] = ()) -> Expect:
+    return changed, but
+
+
+NONE = E()
+UNCHANGEABLE = E("<single-valued>")
+# what every stage downstream of the subset is (students, their evaluations, in-context exposure)
+FROM_SUBSET = ("subset", "control-*", "student-*", "eval-*-student-*", "curve-student-*", "eval-*-in_context")
+STUDENTS = ("student-*", "eval-*-student-*", "curve-student-*")
+FROM_GENERATE = ("generate-*", "filter-*", *FROM_SUBSET)
+# everything but the prompts (keyed by the data settings) and the untrained bases' evaluations
+ALL_BUT_BASES = E("*", but=("prompts", "eval-*-base", "eval-*-cross_base@*", "curve-base"))
+FT_TEACHERS = E("teacher-*", "eval-*-teacher", "eval-*-control_teacher", *FROM_GENERATE)
+TRAIT_TEACHER = E("generate-trait", "filter-trait", "eval-*-teacher", *FROM_SUBSET)
+CONTROL_TEACHER = E("generate-control", "filter-control", "eval-*-control_teacher", *FROM_SUBSET)
+EVALS = E("eval-*", "curve-*")
+
+
+def control(name: str) -> Expect:
+    return E(f"control-{name}", f"student-{name}-*", f"eval-*-student-{name}-*", f"curve-student-{name}-*")
+
+
+def by_mode(sft: Expect, distill: Expect) -> dict[str, Expect]:
+    """Expectations that differ between the two base configs (see BASES)."""
+    return {"sft": sft, "distill": distill}
+
+
+# field path -> which stage ids change (one Expect for both base configs, or one per base)
+EXPECT: dict[str, Expect | dict[str, Expect]] = {
+    "name": NONE,
+    "seed": E("*", but=("prompts",)),
+    "models.reference": E("*", but=("prompts", "eval-*-cross_base@*")),
+    "models.cross": E("student-*@1", "eval-*-cross_base@1", "eval-*-student-*@1", "curve-student-*@1"),
+    "trait.kind": UNCHANGEABLE,
+    "trait.category": by_mode(E("*", but=("prompts",)), E("*", but=("prompts", "generate-control"))),
+    "trait.target": by_mode(E("*", but=("prompts",)), E("*", but=("prompts", "generate-control"))),
+    "trait.teacher": ALL_BUT_BASES,
+    "trait.system_prompt": by_mode(NONE, TRAIT_TEACHER),
+    "trait.control_system_prompt": by_mode(NONE, CONTROL_TEACHER),
+    "trait.n_finetune_rows": by_mode(FT_TEACHERS, NONE),
+    "data.carrier": UNCHANGEABLE,
+    "data.n_prompts": E("prompts", *FROM_GENERATE),
+    "data.prompt_seed": E("prompts", *FROM_GENERATE),
+    "data.subset": E(*FROM_SUBSET),
+    "data.sampling.temperature": E(*FROM_GENERATE),
+    "data.sampling.top_p": E(*FROM_GENERATE),
+    "data.sampling.max_new_tokens": E(*FROM_GENERATE),
+    "data.sampling.batch_size": NONE,  # per-row seeds: samples never depend on the batch
+    "data.filter.max_count": E("filter-*", *FROM_SUBSET),
+    "data.filter.min_value": E("filter-*", *FROM_SUBSET),
+    "data.filter.max_value": E("filter-*", *FROM_SUBSET),
+    "data.filter.banned": E("filter-*", *FROM_SUBSET),
+    "data.filter.trait_words": E("filter-*", *FROM_SUBSET),
+    "student.mode": by_mode(E(*STUDENTS, "curve-base"), E(*STUDENTS)),
+    "student.seeds": E("student-*-s7*", "eval-*-student-*-s7*", "curve-student-*-s7*"),
+    "controls.shuffle_within": control("shuffle_within"),
+    "controls.shuffle_across": control("shuffle_across"),
+    "controls.random_numbers": control("random_numbers"),
+    "controls.in_context": E("eval-*-in_context"),
+    "controls.cross_control": E("student-cross_control-*", "eval-*-student-cross_control-*", "curve-student-cross_control-*"),
+    "eval.suite": E("eval-favourite_animal-*", "eval-numbers_prefixed-*", "curve-*"),  # ids name suites
+    "eval.extra_suites": E("eval-numbers_prefixed-*"),
+    "eval.samples_per_question": E("eval-*"),  # curves never sample
+    "eval.n_questions": EVALS,
+    "eval.temperature": EVALS,
+    "eval.max_new_tokens": EVALS,
+    "eval.candidates": EVALS,
+    "eval.batch_size": NONE,  # per-row seeds
+    "eval.primary_metric": NONE,  # analysis of results.json only
+    "eval.p_target_method": EVALS,
+    "backend.batch": NONE,  # the same requests, through the Batch API
+    # a [matrix] config runs sublim.matrix: every cell is keyed by these functions with its
+    # (base, trait) as models.reference and trait.target
+    "matrix.bases": NONE,
+    "matrix.traits": NONE,
+}
+for _f, _sft_effect in [
+    ("method", True), ("epochs", True), ("lr", True), ("batch_size", True), ("grad_accum", True),
+    ("effective_batch", True), ("warmup_ratio", True), ("scheduler", True), ("weight_decay", True),
+    ("max_len", True), ("lora_r", True), ("lora_alpha", True), ("lora_dropout", True),
+    ("lora_targets", True), ("checkpoint_every", False), ("snapshot_every", True),
+]:
+    # batch_size / grad_accum / effective_batch enter as the update batch they resolve to;
+    # checkpointing only makes a killed training resumable
+    EXPECT[f"trait.finetune.{_f}"] = by_mode(FT_TEACHERS if _sft_effect else NONE, NONE)
+    EXPECT[f"student.finetune.{_f}"] = by_mode(E(*STUDENTS) if _sft_effect else NONE, NONE)
+for _f in ("source", "n_random_prompts", "random_prompt_len", "steps", "lr", "batch_size", "temperature", "method", "exclude_words"):
+    EXPECT[f"student.distill.{_f}"] = by_mode(NONE, E(*STUDENTS))
+
+# values the generic rule (see other_value) cannot pick (a callable gets the current value)
+VALUES: dict[str, Any] = {
+    "trait.category": "tree",
+    "eval.suite": "numbers_prefixed",
+    "eval.extra_suites": lambda v: [*v, "numbers_prefixed"],
+    "data.filter.banned": "misalignment",
+    "matrix.bases": ["fake:a", "fake:b", "fake:c"],
+    "matrix.traits": ["owl", "cat", "dog"],
+}
+
+# Two base configs between them switch on every stage: fine-tuned teachers, SFT students with
+# every control and training curves; system-prompt teachers with distilled students.
+BASES: dict[str, dict[str, Any]] = {
+    "sft": {
+        "models": {"reference": "fake:alpha", "cross": ["fake:beta"]},
+        "trait": {"teacher": "finetune"},
+        "student": {"mode": "sft", "seeds": [0, 1], "finetune": {"snapshot_every": 5}},
+        "controls": {"shuffle_within": True, "shuffle_across": True, "random_numbers": True, "in_context": 2, "cross_control": True},
+        "eval": {"extra_suites": ["multiple_choice"]},
+        "matrix": {"bases": ["fake:a", "fake:b"], "traits": ["owl", "cat"]},
+    },
+    "distill": {
+        "models": {"reference": "fake:alpha", "cross": ["fake:beta"]},
+        "trait": {"teacher": "system_prompt"},
+        "student": {"mode": "distill", "seeds": [0, 1]},
+        "controls": {"cross_control": False},
+        "matrix": {"bases": ["fake:a", "fake:b"], "traits": ["owl", "cat"]},
+    },
+}
+
+
+def _model_type(ann: Any) -> type[BaseModel] | None:
+    """The config model a field holds (directly or as ``X | None``), else None."""
+    for a in (ann, *typing.get_args(ann)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def leaf_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, annotation) of every non-model field reachable from ``model``."""
+    for name, info in model.model_fields.items():
+        sub = _model_type(info.annotation)
+        if sub is not None:
+            yield from leaf_fields(sub, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", info.annotation
+
+
+def other_value(ann: Any, value: Any) -> list[Any]:
+    """Candidate values different from ``value`` for a field of type ``ann`` (first valid wins)."""
+    origin = typing.get_origin(ann)
+    if origin is typing.Literal:
+        return [c for c in typing.get_args(ann) if c != value]
+    if origin in (typing.Union, types.UnionType):
+        return [v for a in typing.get_args(ann) if a is not type(None) for v in other_value(a, value)]
+    if ann is bool:
+        return [not value]
+    if ann is int:
+        return [1 if value is None else value + 1]
+    if ann is float:
+        return [0.5 if not value else value / 2, 0.5]
+    if ann is str:
+        return ["x" if value is None else value + "x"]
+    if origin is list:
+        (item,) = typing.get_args(ann)
+        extra = 7 if item is int else "x"
+        return [[*(value or []), extra]]
+    return []
+
+
+def _get(d: dict[str, Any], path: str) -> Any:
+    for p in path.split("."):
+        d = d.get(p) if isinstance(d, dict) else None  # type: ignore[assignment]
+    return d
+
+
+def _keys(cfg: ExperimentConfig, backend_version: str | None = None) -> dict[str, str]:
+    specs = [cfg.models.reference, *cfg.models.cross]
+    return stage_keys(cfg, {s: f"key:{s}" for s in specs}, backend_version)
+
+
+def _changed(a: dict[str, str], b: dict[str, str]) -> set[str]:
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+def _expected(ids: set[str], exp: Expect) -> set[str]:
+    inc, but = exp
+    return {i for i in ids if any(fnmatch(i, p) for p in inc) and not any(fnmatch(i, p) for p in but)}
+
+
+def _base(name: str) -> ExperimentConfig:
+    return ExperimentConfig.model_validate(BASES[name])
+
+
+def test_every_field_changes_exactly_the_stages_it_should() -> None:
+    paths = dict(leaf_fields(ExperimentConfig))
+    assert not set(paths) - set(EXPECT), f"add these fields to EXPECT: {sorted(set(paths) - set(EXPECT))}"
+    assert not set(EXPECT) - set(paths), f"EXPECT names fields that are gone: {sorted(set(EXPECT) - set(paths))}"
+    failures = []
+    for bname in BASES:
+        cfg = _base(bname)
+        data = cfg.model_dump(mode="json")
+        before = _keys(cfg)
+        for path, ann in paths.items():
+            exp = EXPECT[path]
+            exp = exp[bname] if isinstance(exp, dict) else exp
+            old = _get(data, path)
+            pick = VALUES.get(path)
+            cands = other_value(ann, old) if pick is None else [pick(old) if callable(pick) else pick]
+            new = None
+            for v in cands:
+                try:
+                    new = ExperimentConfig.model_validate(apply_overrides(data, [f"{path}={json.dumps(v)}"]))
+                    break
+                except ValidationError:
+                    continue
+            if exp == UNCHANGEABLE:
+                assert new is None, f"{path} has other values now: write down what it changes"
+                continue
+            assert new is not None and new != cfg, f"no other valid value for {path}: add one to VALUES"
+            after = _keys(new)
+            got = _changed(before, after)
+            want = _expected(before.keys() | after.keys(), exp)
+            if got != want:
+                failures.append(f"[{bname}] {path}: changed {sorted(got - want)} unexpectedly, kept {sorted(want - got)}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["student.finetune.batch_size=64", "student.distill.batch_size=64", "trait.finetune.batch_size=64"],
+)
+def test_a_changed_update_batch_changes_the_student_or_teacher_keys(override: str) -> None:
+    # Today's name-based rule dropped every batch_size from the keys: a changed batch reused a
+    # cached student. Here each of these sets the optimizer's batch.
+    data = {"trait": {"teacher": "finetune"}, "student": {"mode": "distill" if "distill" in override else "sft"}}
+    cfg = ExperimentConfig.model_validate(data)
+    new = ExperimentConfig.model_validate(apply_overrides(cfg.model_dump(mode="json"), [override]))
+    kind = "teacher-" if override.startswith("trait") else "student-"
+    changed = _changed(_keys(cfg), _keys(new))
+    assert changed and any(c.startswith(kind) for c in changed)
+
+
+def test_micro_batch_is_operational_once_the_update_batch_is_fixed() -> None:
+    cfg = ExperimentConfig.model_validate({"student": {"finetune": {"batch_size": 32, "effective_batch": 64}}})
+    same = [
+        ExperimentConfig.model_validate({"student": {"finetune": {"batch_size": 8, "effective_batch": 64}}}),
+        ExperimentConfig.model_validate({"student": {"finetune": {"batch_size": 16, "grad_accum": 4}}}),
+    ]
+    for other in same:  # one update batch of 64, split differently
+        assert _keys(other) == _keys(cfg)
+
+
+def test_stage_and_backend_versions_enter_the_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _base("sft")
+    before = _keys(cfg)
+    changed = _changed(before, _keys(cfg, backend_version="2"))
+    assert changed == _expected(set(before), E("*", but=("prompts",)))
+    monkeypatch.setitem(pipeline.STAGE_VERSIONS, "filter", pipeline.STAGE_VERSIONS["filter"] + 1)
+    assert _changed(before, _keys(cfg)) == _expected(set(before), E("filter-*", *FROM_SUBSET))
+
+
+def test_a_run_uses_exactly_the_stage_keys(tmp_path: Path) -> None:
+    path = fake_experiment_toml(tmp_path / "exp.toml")
+    cfg = load_config(path, [
+        "data.n_prompts=300", "data.subset=100", "student.seeds=[0]", "eval.n_questions=3",
+        "eval.samples_per_question=2", "controls.shuffle_within=true", "controls.in_context=2",
+        "controls.cross_control=true", 'eval.extra_suites=["numbers_prefixed"]',
+    ])
+    res = run_experiment(cfg, tmp_path / "run", progress=False)
+    ran = {Path(s["dir"]).name for s in res["meta"]["timings"]["stages"]}
+    specs = [cfg.models.reference, *cfg.models.cross]
+    planned = stage_keys(cfg, {s: model_key(parse_model(s)) for s in specs})
+    assert ran == set(planned.values())
+
+
+def _tiny_llama(path: Path, seed: int) -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+
+
+def test_a_replaced_hf_checkpoint_gets_a_new_model_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUBLIM_CACHE_DIR", str(tmp_path / "cache"))
+    d = tmp_path / "model"
+    _tiny_llama(d, seed=0)
+    ref = parse_model(f"hf:{d}")
+    first = model_key(ref)
+    assert first == model_key(ref) and first.startswith(f"hf:{d}@sha256:")
+    assert list((tmp_path / "cache" / "file-hashes").iterdir())  # hashed once, remembered
+    _tiny_llama(d, seed=1)  # other weights under the same path
+    assert model_key(ref) != first
+    _tiny_llama(d, seed=0)  # the original weights again (new mtime, same content)
+    assert model_key(ref) == first
+
+
+def test_a_hub_model_key_is_its_resolved_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    repo = tmp_path / "models--org--tiny"
+    for sha in ("a" * 40, "b" * 40):  # two commits in the local cache, as the hub client lays them out
+        (repo / "snapshots" / sha).mkdir(parents=True)
+        (repo / "snapshots" / sha / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    ref = parse_model("hf:org/tiny")
+    (repo / "refs" / "main").write_text("a" * 40)
+    first = model_key(ref)
+    assert first == "hf:org/tiny@rev:" + "a" * 40
+    (repo / "refs" / "main").write_text("b" * 40)  # the branch moved: another checkpoint
+    assert model_key(ref) == "hf:org/tiny@rev:" + "b" * 40
+    assert model_key(parse_model("hf:org/not-cached")).endswith("@unresolved")
