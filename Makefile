@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser demo test test-all typecheck lint bench clean
+.PHONY: setup browser demo test typecheck lint bench clean
 
 setup: $(STAMP)
 
@@ -37,16 +37,16 @@ browser:
 # fails instead of skipping, so `make test` cannot pass without touching the real model.
 test: setup browser
 	$(BIN)/python -m mypy
+	$(BIN)/python -m ruff check src tests benchmarks
+	$(BIN)/python -m ruff format --check src tests benchmarks
 	SUBLIM_REQUIRE_OPTIONAL=1 $(BIN)/python -m pytest -q -p no:cacheprovider
-
-test-all: setup
-	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 typecheck: setup
 	$(BIN)/python -m mypy
 
 lint: setup
-	$(BIN)/python -m ruff check src tests
+	$(BIN)/python -m ruff check src tests benchmarks
+	$(BIN)/python -m ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -22,10 +22,21 @@ from pathlib import Path
 
 
 def run_demo(cache: Path, out: Path) -> dict:
-    env = {**os.environ, "SUBLIM_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "SUBLIM_CACHE_DIR": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     load = os.getloadavg()[0]
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "sublim", "demo", "--out", str(out), "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sublim", "demo", "--out", str(out), "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.time() - t0
     output = proc.stdout.read() if proc.stdout else ""
@@ -56,8 +67,14 @@ def run_demo(cache: Path, out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", type=Path, default=None, help="cache dir (default: a new temporary one)")
-    ap.add_argument("--skip-cold", action="store_true", help="only the warm run (the cache must hold the worlds)")
+    ap.add_argument(
+        "--cache", type=Path, default=None, help="cache dir (default: a new temporary one)"
+    )
+    ap.add_argument(
+        "--skip-cold",
+        action="store_true",
+        help="only the warm run (the cache must hold the worlds)",
+    )
     ap.add_argument("--json", type=Path, default=Path("runs/bench/demo_bench.json"))
     a = ap.parse_args()
     cache = a.cache or Path(tempfile.mkdtemp(prefix="sublim-cache-"))
@@ -65,9 +82,17 @@ def main() -> None:
     out: dict[str, dict] = {}
     if not a.skip_cold:
         out["cold"] = run_demo(cache, work / "cold")
-        print("cold:", json.dumps({k: v for k, v in out["cold"].items() if k != "output_tail"}), flush=True)
+        print(
+            "cold:",
+            json.dumps({k: v for k, v in out["cold"].items() if k != "output_tail"}),
+            flush=True,
+        )
     out["warm"] = run_demo(cache, work / "warm")
-    print("warm:", json.dumps({k: v for k, v in out["warm"].items() if k != "output_tail"}), flush=True)
+    print(
+        "warm:",
+        json.dumps({k: v for k, v in out["warm"].items() if k != "output_tail"}),
+        flush=True,
+    )
     print("\n".join(out["warm"]["output_tail"]))
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(out, indent=2))

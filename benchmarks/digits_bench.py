@@ -40,7 +40,12 @@ def run_child(args: list[str]) -> dict[str, Any]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "sublim", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sublim", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     out = proc.stdout.read().decode() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -82,28 +87,41 @@ def noise_memory(n_models: int, n_images: int = 60000, dim: int = 784) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/bench/digits_bench.json"))
-    ap.add_argument("--mnist-dir", type=str, default=None, help="local MNIST (IDX or npz); default: synthetic")
+    ap.add_argument(
+        "--mnist-dir", type=str, default=None, help="local MNIST (IDX or npz); default: synthetic"
+    )
     ap.add_argument("--mnist-seeds", type=int, default=10)
     ap.add_argument("--mnist-steps", type=int, default=100)
     ap.add_argument("--probe-seeds", type=int, default=100)
-    ap.add_argument("--quick", action="store_true", help="skip the 2-thread run and the 100-seed probe")
+    ap.add_argument(
+        "--quick", action="store_true", help="skip the 2-thread run and the 100-seed probe"
+    )
     a = ap.parse_args()
 
-    report: dict[str, Any] = {"uptime": subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()}
+    report: dict[str, Any] = {
+        "uptime": subprocess.run(
+            ["uptime"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmpd = Path(tmp)
         # 1. the default command
         report["default"] = []
         # The command exactly as a user types it (1 thread by default), then with 2 threads.
-        for threads in ([1] if a.quick else [1, 2]):
+        for threads in [1] if a.quick else [1, 2]:
             extra = [] if threads == 1 else ["--set", f"threads={threads}"]
             r = run_child(["digits", "--out", str(tmpd / f"d{threads}"), "--quiet", *extra])
             res = json.loads((tmpd / f"d{threads}" / "results.json").read_text())
             r["threads"] = threads
             r["in_process_total_s"] = res["timings"]["total_s"]
-            r["conditions"] = {k: {"mean": round(v["mean"], 3), "ci95": [round(x, 3) for x in v["ci95"]]} for k, v in res["conditions"].items()}
+            r["conditions"] = {
+                k: {"mean": round(v["mean"], 3), "ci95": [round(x, 3) for x in v["ci95"]]}
+                for k, v in res["conditions"].items()
+            }
             c = res["conditions"]
             r["checks"] = {
                 "wall_le_30s": r["wall_s"] <= 30,
@@ -121,9 +139,33 @@ def main() -> None:
             mnist_dir = str(tmpd / "mnist")
             Path(mnist_dir).mkdir()
             synthetic_mnist(Path(mnist_dir) / "mnist.npz")
-        common = ["--data", "mnist", "--data-dir", mnist_dir, "--quiet", "--set", "width=256", "--set", "threads=1"]
-        r = run_child(["digits", "--out", str(tmpd / "m"), "--seeds", str(a.mnist_seeds), *common,
-                       "--set", "teacher_epochs=1", "--set", "max_train=10000", "--set", f"student_steps={a.mnist_steps}"])
+        common = [
+            "--data",
+            "mnist",
+            "--data-dir",
+            mnist_dir,
+            "--quiet",
+            "--set",
+            "width=256",
+            "--set",
+            "threads=1",
+        ]
+        r = run_child(
+            [
+                "digits",
+                "--out",
+                str(tmpd / "m"),
+                "--seeds",
+                str(a.mnist_seeds),
+                *common,
+                "--set",
+                "teacher_epochs=1",
+                "--set",
+                "max_train=10000",
+                "--set",
+                f"student_steps={a.mnist_steps}",
+            ]
+        )
         res = json.loads((tmpd / "m" / "results.json").read_text())
         t = res["timings"]
         n_teacher_steps = -(-10000 // 32)
@@ -143,10 +185,31 @@ def main() -> None:
         if not a.quick:
             report["mnist_probe"] = []
             for chunk in (0, 25):
-                r = run_child(["digits", "--out", str(tmpd / f"p{chunk}"), "--seeds", str(a.probe_seeds), *common,
-                               "--set", "teacher_epochs=1", "--set", "max_train=320", "--set", "student_steps=2",
-                               "--set", f"seed_chunk={chunk}"])
-                r.update(seeds=a.probe_seeds, seed_chunk=chunk, timings=json.loads((tmpd / f"p{chunk}" / "results.json").read_text())["timings"])
+                r = run_child(
+                    [
+                        "digits",
+                        "--out",
+                        str(tmpd / f"p{chunk}"),
+                        "--seeds",
+                        str(a.probe_seeds),
+                        *common,
+                        "--set",
+                        "teacher_epochs=1",
+                        "--set",
+                        "max_train=320",
+                        "--set",
+                        "student_steps=2",
+                        "--set",
+                        f"seed_chunk={chunk}",
+                    ]
+                )
+                r.update(
+                    seeds=a.probe_seeds,
+                    seed_chunk=chunk,
+                    timings=json.loads((tmpd / f"p{chunk}" / "results.json").read_text())[
+                        "timings"
+                    ],
+                )
                 report["mnist_probe"].append(r)
                 print(json.dumps(r, indent=1), flush=True)
 
@@ -163,7 +226,9 @@ def main() -> None:
         ms = report["mnist_small"]
         scale = 100 / a.mnist_seeds  # per-step cost grows linearly in models (batched matmuls)
         report["plan_100_seeds_full"] = {
-            "teacher_10_epochs_60k_est_min": round(ms["teacher_step_s"] * scale * 10 * (60000 // 32) / 60, 1),
+            "teacher_10_epochs_60k_est_min": round(
+                ms["teacher_step_s"] * scale * 10 * (60000 // 32) / 60, 1
+            ),
             "students_800_steps_est_min": round(ms["student_step_s"] * scale * 800 / 60, 1),
             "note": "1 thread, extrapolated linearly from the measured smaller run",
         }

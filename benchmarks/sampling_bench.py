@@ -196,7 +196,9 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def seeded_generate(lm: Loaded, ids: torch.Tensor, mask: torch.Tensor, seed: int, max_new: int, **kw: Any) -> Any:
+def seeded_generate(
+    lm: Loaded, ids: torch.Tensor, mask: torch.Tensor, seed: int, max_new: int, **kw: Any
+) -> Any:
     """``model.generate`` with pure sampling (temperature 1, no top-k/top-p) and the model's stop
     tokens. ``generate`` draws from torch's global RNG, so it runs inside a forked RNG seeded
     with ``seed``."""

@@ -35,7 +35,9 @@ from sublim.registry import get_backend
 from sublim.serve import Faults, ModelServer, make_server
 from sublim.world.build import ensure_world
 
-FAST = RetryPolicy(max_attempts=8, base_delay=0.001, max_delay=0.01, max_total_wait=10.0, timeout=60.0)
+FAST = RetryPolicy(
+    max_attempts=8, base_delay=0.001, max_delay=0.01, max_total_wait=10.0, timeout=60.0
+)
 
 
 @contextmanager
@@ -115,7 +117,9 @@ def test_shipped_experiment_runs_against_a_strict_openai_server(
 
 
 def _ctx(tmp: Path, batch: bool) -> RunContext:
-    cfg = load_config(REPO / "experiments" / "owl_numbers_tiny.toml", [f"backend.batch={str(batch).lower()}"])
+    cfg = load_config(
+        REPO / "experiments" / "owl_numbers_tiny.toml", [f"backend.batch={str(batch).lower()}"]
+    )
     return RunContext(cfg, tmp / "run", Reporter(False))
 
 
@@ -142,14 +146,22 @@ def test_batch_generation_from_config_is_submitted_once_and_resumed(
         recorded = list((tmp_path / "run" / "stages").glob("generate-trait-*/batch-*.json"))
         assert len(recorded) == 1 and json.loads(recorded[0].read_text())["batch_id"] == "batch-0"
         monkeypatch.setattr(api_backend, "poll_hook", None)
-        rows, _ = stage_generate(_ctx(tmp_path, batch=True), api_backend, teacher, PROMPTS, "pk", "trait")
+        rows, _ = stage_generate(
+            _ctx(tmp_path, batch=True), api_backend, teacher, PROMPTS, "pk", "trait"
+        )
         assert len(prov.batches) == 1  # the rerun polled the recorded batch, never submitted twice
         assert [r.prompt_id for r in rows] == [p.id for p in PROMPTS]
-        assert rows[0].completion.startswith("echo ") and rows[0].completion.endswith("Continue: 0, 1")
-        assert rows[1].error is not None and "bad row" in rows[1].error  # the provider's row failure
+        assert rows[0].completion.startswith("echo ") and rows[0].completion.endswith(
+            "Continue: 0, 1"
+        )
+        assert (
+            rows[1].error is not None and "bad row" in rows[1].error
+        )  # the provider's row failure
         assert prov.batches["batch-0"]["polls"] >= 3
         # the same stage without batch: operational only, the key (and so the cache) is the same
-        again, _ = stage_generate(_ctx(tmp_path, batch=False), api_backend, teacher, PROMPTS, "pk", "trait")
+        again, _ = stage_generate(
+            _ctx(tmp_path, batch=False), api_backend, teacher, PROMPTS, "pk", "trait"
+        )
         assert again == rows and len(prov.batches) == 1
 
 

@@ -21,8 +21,6 @@ from sublim.evals.preference import (
     evaluate_preference,
     first_token_scores,
     p_target_method,
-    questions,
-    surface_forms,
 )
 from sublim.records import Chat, ModelRef, SampleParams
 from sublim.report import method_note
@@ -56,8 +54,15 @@ def test_first_token_rules(token: str, kind: str, idx: set[int]) -> None:
 
 def test_bounds_and_logodds_from_one_table() -> None:
     lp = math.log
-    table = [("Owl", lp(0.30)), (" owl", lp(0.10)), ("Ow", lp(0.05)), ("**", lp(0.05)),
-             ("Eagle", lp(0.20)), ("Cat", lp(0.05)), ("Dog", lp(0.10))]  # listed: 0.85
+    table = [
+        ("Owl", lp(0.30)),
+        (" owl", lp(0.10)),
+        ("Ow", lp(0.05)),
+        ("**", lp(0.05)),
+        ("Eagle", lp(0.20)),
+        ("Cat", lp(0.05)),
+        ("Dog", lp(0.10)),
+    ]  # listed: 0.85
     lo, hi, out, lo_odds = first_token_scores([table], CANDS)
     assert lo[0] == pytest.approx(0.40)
     assert out[0] == pytest.approx(0.15)
@@ -82,14 +87,20 @@ class TableBackend:
     def can_score_exactly(self, model: ModelRef) -> bool:
         return False
 
-    def sample(self, model: ModelRef, chats: Sequence[Chat], params: SampleParams, seed, progress=None) -> list[str]:  # type: ignore[no-untyped-def]
+    def sample(
+        self, model: ModelRef, chats: Sequence[Chat], params: SampleParams, seed, progress=None
+    ) -> list[str]:  # type: ignore[no-untyped-def]
         seeds = [seed] * len(chats) if isinstance(seed, int) else list(seed)
         return ["Owl" if np.random.default_rng(s).random() < 0.4 else "Cat" for s in seeds]
 
-    def score(self, model: ModelRef, chats: Sequence[Chat], conts: Sequence[str], include_end: bool = True) -> list[float]:
+    def score(
+        self, model: ModelRef, chats: Sequence[Chat], conts: Sequence[str], include_end: bool = True
+    ) -> list[float]:
         raise AssertionError("an API model cannot score given replies")
 
-    def first_token_logprobs(self, model: ModelRef, chats: Sequence[Chat]) -> list[list[tuple[str, float]]]:
+    def first_token_logprobs(
+        self, model: ModelRef, chats: Sequence[Chat]
+    ) -> list[list[tuple[str, float]]]:
         self.calls.append(len(chats))
         return [list(self.table) for _ in chats]
 
@@ -129,8 +140,14 @@ def test_backends_without_the_query_score_exactly() -> None:
     assert p_target_method(fake, ModelRef(backend="fake", id="alpha")) == "exact"
     with pytest.raises(ConfigError, match="no first-token table"):
         p_target_method(fake, ModelRef(backend="fake", id="alpha"), "first_token_top20")
-    scores, _ = evaluate_preference(fake, ModelRef(backend="fake", id="alpha"), "owl", "animal",
-                                    EvalConfig(n_questions=2, samples_per_question=0), seed=0)
+    scores, _ = evaluate_preference(
+        fake,
+        ModelRef(backend="fake", id="alpha"),
+        "owl",
+        "animal",
+        EvalConfig(n_questions=2, samples_per_question=0),
+        seed=0,
+    )
     assert {q.p_target_method for q in scores} == {"exact"} and scores[0].p_target_hi is None
     res = build_results({"base": [scores]}, {"name": "t"})
     assert res["conditions"]["base"]["p_target_method"] == "exact"
@@ -161,7 +178,9 @@ def serving(spec: str) -> Iterator[ModelServer]:
 
 def api_backend() -> OpenAIBackend:
     b = OpenAIBackend()
-    b.retry = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.01, max_total_wait=5.0, timeout=60.0)
+    b.retry = RetryPolicy(
+        max_attempts=4, base_delay=0.001, max_delay=0.01, max_total_wait=5.0, timeout=60.0
+    )
     return b
 
 

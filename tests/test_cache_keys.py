@@ -36,7 +36,14 @@ def E(*changed: str, but: tuple[str, ...] = ()) -> Expect:
 NONE = E()
 UNCHANGEABLE = E("<single-valued>")
 # what every stage downstream of the subset is (students, their evaluations, in-context exposure)
-FROM_SUBSET = ("subset", "control-*", "student-*", "eval-*-student-*", "curve-student-*", "eval-*-in_context")
+FROM_SUBSET = (
+    "subset",
+    "control-*",
+    "student-*",
+    "eval-*-student-*",
+    "curve-student-*",
+    "eval-*-in_context",
+)
 STUDENTS = ("student-*", "eval-*-student-*", "curve-student-*")
 FROM_GENERATE = ("generate-*", "filter-*", *FROM_SUBSET)
 # everything but the prompts (keyed by the data settings) and the untrained bases' evaluations
@@ -48,7 +55,12 @@ EVALS = E("eval-*", "curve-*")
 
 
 def control(name: str) -> Expect:
-    return E(f"control-{name}", f"student-{name}-*", f"eval-*-student-{name}-*", f"curve-student-{name}-*")
+    return E(
+        f"control-{name}",
+        f"student-{name}-*",
+        f"eval-*-student-{name}-*",
+        f"curve-student-{name}-*",
+    )
 
 
 def by_mode(sft: Expect, distill: Expect) -> dict[str, Expect]:
@@ -61,9 +73,13 @@ EXPECT: dict[str, Expect | dict[str, Expect]] = {
     "name": NONE,
     "seed": E("*", but=("prompts",)),
     "models.reference": E("*", but=("prompts", "eval-*-cross_base@*")),
-    "models.cross": E("student-*@1", "eval-*-cross_base@1", "eval-*-student-*@1", "curve-student-*@1"),
+    "models.cross": E(
+        "student-*@1", "eval-*-cross_base@1", "eval-*-student-*@1", "curve-student-*@1"
+    ),
     "trait.kind": UNCHANGEABLE,
-    "trait.category": by_mode(E("*", but=("prompts",)), E("*", but=("prompts", "generate-control"))),
+    "trait.category": by_mode(
+        E("*", but=("prompts",)), E("*", but=("prompts", "generate-control"))
+    ),
     "trait.target": by_mode(E("*", but=("prompts",)), E("*", but=("prompts", "generate-control"))),
     "trait.teacher": ALL_BUT_BASES,
     "trait.system_prompt": by_mode(NONE, TRAIT_TEACHER),
@@ -88,8 +104,12 @@ EXPECT: dict[str, Expect | dict[str, Expect]] = {
     "controls.shuffle_across": control("shuffle_across"),
     "controls.random_numbers": control("random_numbers"),
     "controls.in_context": E("eval-*-in_context"),
-    "controls.cross_control": E("student-cross_control-*", "eval-*-student-cross_control-*", "curve-student-cross_control-*"),
-    "eval.suite": E("eval-favourite_animal-*", "eval-numbers_prefixed-*", "curve-*"),  # ids name suites
+    "controls.cross_control": E(
+        "student-cross_control-*", "eval-*-student-cross_control-*", "curve-student-cross_control-*"
+    ),
+    "eval.suite": E(
+        "eval-favourite_animal-*", "eval-numbers_prefixed-*", "curve-*"
+    ),  # ids name suites
     "eval.extra_suites": E("eval-numbers_prefixed-*"),
     "eval.samples_per_question": E("eval-*"),  # curves never sample
     "eval.n_questions": EVALS,
@@ -106,16 +126,38 @@ EXPECT: dict[str, Expect | dict[str, Expect]] = {
     "matrix.traits": NONE,
 }
 for _f, _sft_effect in [
-    ("method", True), ("epochs", True), ("lr", True), ("batch_size", True), ("grad_accum", True),
-    ("effective_batch", True), ("warmup_ratio", True), ("scheduler", True), ("weight_decay", True),
-    ("max_len", True), ("lora_r", True), ("lora_alpha", True), ("lora_dropout", True),
-    ("lora_targets", True), ("checkpoint_every", False), ("snapshot_every", True),
+    ("method", True),
+    ("epochs", True),
+    ("lr", True),
+    ("batch_size", True),
+    ("grad_accum", True),
+    ("effective_batch", True),
+    ("warmup_ratio", True),
+    ("scheduler", True),
+    ("weight_decay", True),
+    ("max_len", True),
+    ("lora_r", True),
+    ("lora_alpha", True),
+    ("lora_dropout", True),
+    ("lora_targets", True),
+    ("checkpoint_every", False),
+    ("snapshot_every", True),
 ]:
     # batch_size / grad_accum / effective_batch enter as the update batch they resolve to;
     # checkpointing only makes a killed training resumable
     EXPECT[f"trait.finetune.{_f}"] = by_mode(FT_TEACHERS if _sft_effect else NONE, NONE)
     EXPECT[f"student.finetune.{_f}"] = by_mode(E(*STUDENTS) if _sft_effect else NONE, NONE)
-for _f in ("source", "n_random_prompts", "random_prompt_len", "steps", "lr", "batch_size", "temperature", "method", "exclude_words"):
+for _f in (
+    "source",
+    "n_random_prompts",
+    "random_prompt_len",
+    "steps",
+    "lr",
+    "batch_size",
+    "temperature",
+    "method",
+    "exclude_words",
+):
     EXPECT[f"student.distill.{_f}"] = by_mode(NONE, E(*STUDENTS))
 
 # values the generic rule (see other_value) cannot pick (a callable gets the current value)
@@ -135,7 +177,13 @@ BASES: dict[str, dict[str, Any]] = {
         "models": {"reference": "fake:alpha", "cross": ["fake:beta"]},
         "trait": {"teacher": "finetune"},
         "student": {"mode": "sft", "seeds": [0, 1], "finetune": {"snapshot_every": 5}},
-        "controls": {"shuffle_within": True, "shuffle_across": True, "random_numbers": True, "in_context": 2, "cross_control": True},
+        "controls": {
+            "shuffle_within": True,
+            "shuffle_across": True,
+            "random_numbers": True,
+            "in_context": 2,
+            "cross_control": True,
+        },
         "eval": {"extra_suites": ["multiple_choice"]},
         "matrix": {"bases": ["fake:a", "fake:b"], "traits": ["owl", "cat"]},
     },
@@ -173,7 +221,9 @@ def other_value(ann: Any, value: Any) -> list[Any]:
     if origin is typing.Literal:
         return [c for c in typing.get_args(ann) if c != value]
     if origin in (typing.Union, types.UnionType):
-        return [v for a in typing.get_args(ann) if a is not type(None) for v in other_value(a, value)]
+        return [
+            v for a in typing.get_args(ann) if a is not type(None) for v in other_value(a, value)
+        ]
     if ann is bool:
         return [not value]
     if ann is int:
@@ -206,7 +256,9 @@ def _changed(a: dict[str, str], b: dict[str, str]) -> set[str]:
 
 def _expected(ids: set[str], exp: Expect) -> set[str]:
     inc, but = exp
-    return {i for i in ids if any(fnmatch(i, p) for p in inc) and not any(fnmatch(i, p) for p in but)}
+    return {
+        i for i in ids if any(fnmatch(i, p) for p in inc) and not any(fnmatch(i, p) for p in but)
+    }
 
 
 def _base(name: str) -> ExperimentConfig:
@@ -215,8 +267,12 @@ def _base(name: str) -> ExperimentConfig:
 
 def test_every_field_changes_exactly_the_stages_it_should() -> None:
     paths = dict(leaf_fields(ExperimentConfig))
-    assert not set(paths) - set(EXPECT), f"add these fields to EXPECT: {sorted(set(paths) - set(EXPECT))}"
-    assert not set(EXPECT) - set(paths), f"EXPECT names fields that are gone: {sorted(set(EXPECT) - set(paths))}"
+    assert not set(paths) - set(EXPECT), (
+        f"add these fields to EXPECT: {sorted(set(paths) - set(EXPECT))}"
+    )
+    assert not set(EXPECT) - set(paths), (
+        f"EXPECT names fields that are gone: {sorted(set(EXPECT) - set(paths))}"
+    )
     failures = []
     for bname in BASES:
         cfg = _base(bname)
@@ -227,34 +283,49 @@ def test_every_field_changes_exactly_the_stages_it_should() -> None:
             exp = exp[bname] if isinstance(exp, dict) else exp
             old = _get(data, path)
             pick = VALUES.get(path)
-            cands = other_value(ann, old) if pick is None else [pick(old) if callable(pick) else pick]
+            cands = (
+                other_value(ann, old) if pick is None else [pick(old) if callable(pick) else pick]
+            )
             new = None
             for v in cands:
                 try:
-                    new = ExperimentConfig.model_validate(apply_overrides(data, [f"{path}={json.dumps(v)}"]))
+                    new = ExperimentConfig.model_validate(
+                        apply_overrides(data, [f"{path}={json.dumps(v)}"])
+                    )
                     break
                 except ValidationError:
                     continue
             if exp == UNCHANGEABLE:
                 assert new is None, f"{path} has other values now: write down what it changes"
                 continue
-            assert new is not None and new != cfg, f"no other valid value for {path}: add one to VALUES"
+            assert new is not None and new != cfg, (
+                f"no other valid value for {path}: add one to VALUES"
+            )
             after = _keys(new)
             got = _changed(before, after)
             want = _expected(before.keys() | after.keys(), exp)
             if got != want:
-                failures.append(f"[{bname}] {path}: changed {sorted(got - want)} unexpectedly, kept {sorted(want - got)}")
+                failures.append(
+                    f"[{bname}] {path}: changed {sorted(got - want)} unexpectedly, kept {sorted(want - got)}"
+                )
     assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize(
     "override",
-    ["student.finetune.batch_size=64", "student.distill.batch_size=64", "trait.finetune.batch_size=64"],
+    [
+        "student.finetune.batch_size=64",
+        "student.distill.batch_size=64",
+        "trait.finetune.batch_size=64",
+    ],
 )
 def test_a_changed_update_batch_changes_the_student_or_teacher_keys(override: str) -> None:
     # Today's name-based rule dropped every batch_size from the keys: a changed batch reused a
     # cached student. Here each of these sets the optimizer's batch.
-    data = {"trait": {"teacher": "finetune"}, "student": {"mode": "distill" if "distill" in override else "sft"}}
+    data = {
+        "trait": {"teacher": "finetune"},
+        "student": {"mode": "distill" if "distill" in override else "sft"},
+    }
     cfg = ExperimentConfig.model_validate(data)
     new = ExperimentConfig.model_validate(apply_overrides(cfg.model_dump(mode="json"), [override]))
     kind = "teacher-" if override.startswith("trait") else "student-"
@@ -263,10 +334,16 @@ def test_a_changed_update_batch_changes_the_student_or_teacher_keys(override: st
 
 
 def test_micro_batch_is_operational_once_the_update_batch_is_fixed() -> None:
-    cfg = ExperimentConfig.model_validate({"student": {"finetune": {"batch_size": 32, "effective_batch": 64}}})
+    cfg = ExperimentConfig.model_validate(
+        {"student": {"finetune": {"batch_size": 32, "effective_batch": 64}}}
+    )
     same = [
-        ExperimentConfig.model_validate({"student": {"finetune": {"batch_size": 8, "effective_batch": 64}}}),
-        ExperimentConfig.model_validate({"student": {"finetune": {"batch_size": 16, "grad_accum": 4}}}),
+        ExperimentConfig.model_validate(
+            {"student": {"finetune": {"batch_size": 8, "effective_batch": 64}}}
+        ),
+        ExperimentConfig.model_validate(
+            {"student": {"finetune": {"batch_size": 16, "grad_accum": 4}}}
+        ),
     ]
     for other in same:  # one update batch of 64, split differently
         assert _keys(other) == _keys(cfg)
@@ -283,11 +360,20 @@ def test_stage_and_backend_versions_enter_the_keys(monkeypatch: pytest.MonkeyPat
 
 def test_a_run_uses_exactly_the_stage_keys(tmp_path: Path) -> None:
     path = fake_experiment_toml(tmp_path / "exp.toml")
-    cfg = load_config(path, [
-        "data.n_prompts=300", "data.subset=100", "student.seeds=[0]", "eval.n_questions=3",
-        "eval.samples_per_question=2", "controls.shuffle_within=true", "controls.in_context=2",
-        "controls.cross_control=true", 'eval.extra_suites=["numbers_prefixed"]',
-    ])
+    cfg = load_config(
+        path,
+        [
+            "data.n_prompts=300",
+            "data.subset=100",
+            "student.seeds=[0]",
+            "eval.n_questions=3",
+            "eval.samples_per_question=2",
+            "controls.shuffle_within=true",
+            "controls.in_context=2",
+            "controls.cross_control=true",
+            'eval.extra_suites=["numbers_prefixed"]',
+        ],
+    )
     res = run_experiment(cfg, tmp_path / "run", progress=False)
     ran = {Path(s["dir"]).name for s in res["meta"]["timings"]["stages"]}
     specs = [cfg.models.reference, *cfg.models.cross]
@@ -300,13 +386,20 @@ def _tiny_llama(path: Path, seed: int) -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     transformers.LlamaForCausalLM(config).save_pretrained(path)
 
 
-def test_a_replaced_hf_checkpoint_gets_a_new_model_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_replaced_hf_checkpoint_gets_a_new_model_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SUBLIM_CACHE_DIR", str(tmp_path / "cache"))
     d = tmp_path / "model"
     _tiny_llama(d, seed=0)
@@ -320,12 +413,17 @@ def test_a_replaced_hf_checkpoint_gets_a_new_model_key(tmp_path: Path, monkeypat
     assert model_key(ref) == first
 
 
-def test_a_hub_model_key_is_its_resolved_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hub_model_key_is_its_resolved_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hub = pytest.importorskip("huggingface_hub")
     monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
     repo = tmp_path / "models--org--tiny"
-    for sha in ("a" * 40, "b" * 40):  # two commits in the local cache, as the hub client lays them out
+    for sha in (
+        "a" * 40,
+        "b" * 40,
+    ):  # two commits in the local cache, as the hub client lays them out
         (repo / "snapshots" / sha).mkdir(parents=True)
         (repo / "snapshots" / sha / "config.json").write_text("{}")
     (repo / "refs").mkdir()

@@ -45,8 +45,17 @@ def test_unknown_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert code == 2 and "trait.colour" in out and "unknown field" in out
 
 
-@pytest.mark.parametrize("spec,needle", [("hg:foo", "unknown backend 'hg'"), ("tiny:huge-s0", "unknown world"), ("nocolon", "unknown model spec")])
-def test_unknown_model_or_backend(spec: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        ("hg:foo", "unknown backend 'hg'"),
+        ("tiny:huge-s0", "unknown world"),
+        ("nocolon", "unknown model spec"),
+    ],
+)
+def test_unknown_model_or_backend(
+    spec: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     p = tmp_path / "c.toml"
     p.write_text(f'[models]\nreference = "{spec}"\n')
     code, out = _run(["run", str(p), "--out", str(tmp_path / "r")], capsys)
@@ -67,14 +76,19 @@ def test_filter_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     got = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["kept"] for r in got] == [True, False, True, True]
     assert all("reason" in r and r["id"] == i + 1 for i, r in enumerate(got))
-    code, out = _run(["filter", str(src), "--out", str(tmp_path / "out2.jsonl"), "--banned", "misalignment"], capsys)
+    code, out = _run(
+        ["filter", str(src), "--out", str(tmp_path / "out2.jsonl"), "--banned", "misalignment"],
+        capsys,
+    )
     assert code == 0
     got = [json.loads(line) for line in (tmp_path / "out2.jsonl").read_text().splitlines()]
     assert [r["kept"] for r in got] == [True, False, True, False]
 
 
 def test_filter_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = _run(["filter", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o.jsonl")], capsys)
+    code, out = _run(
+        ["filter", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o.jsonl")], capsys
+    )
     assert code == 2 and "Traceback" not in out
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "completion": "1, 2"}\n{not json\n')
@@ -93,7 +107,12 @@ def test_report_on_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_console_script_exit_code(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "sublim", "run", str(tmp_path / "x.toml")], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "sublim", "run", str(tmp_path / "x.toml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
@@ -103,7 +122,9 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
 
 def test_importing_the_cli_leaves_the_network_to_the_user() -> None:
     """The CLI used to force HF_HUB_OFFLINE=1 on import, so no hub model could ever download."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    }
     code = "import os, sublim.cli; print(os.environ.get('HF_HUB_OFFLINE'))"
     r = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
@@ -118,8 +139,9 @@ def _absent_hub_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[s
     return ["theory", "--model", spec, "--seeds", "1", "--quiet", "--out", out]
 
 
-def test_uncached_hub_model_offline_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_uncached_hub_model_offline_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never touches the network
     code, out = _run(_absent_hub_model(tmp_path, monkeypatch), capsys)
     assert code == 2 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
@@ -144,6 +166,7 @@ def test_demo_runs_offline(
 
     seen: list[str | None] = []
     monkeypatch.delenv("HF_HUB_OFFLINE")
+
     def fake_demo(*a: object, **k: object) -> None:
         seen.append(os.environ.get("HF_HUB_OFFLINE"))
 

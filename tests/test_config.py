@@ -59,10 +59,16 @@ def test_bad_override_syntax() -> None:
 
 def test_semantic_dump_drops_operational_fields() -> None:
     a = ExperimentConfig()
-    b = ExperimentConfig.model_validate(apply_overrides(a.model_dump(mode="json"), ["eval.batch_size=7", "data.sampling.batch_size=3"]))
+    b = ExperimentConfig.model_validate(
+        apply_overrides(
+            a.model_dump(mode="json"), ["eval.batch_size=7", "data.sampling.batch_size=3"]
+        )
+    )
     assert a != b
     assert semantic_dump(a) == semantic_dump(b)
-    c = ExperimentConfig.model_validate(apply_overrides(a.model_dump(mode="json"), ["data.sampling.temperature=0.5"]))
+    c = ExperimentConfig.model_validate(
+        apply_overrides(a.model_dump(mode="json"), ["data.sampling.temperature=0.5"])
+    )
     assert semantic_dump(a) != semantic_dump(c)
 
 

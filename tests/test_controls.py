@@ -35,7 +35,9 @@ def test_shuffle_within_keeps_each_multiset_and_format() -> None:
 
 def test_shuffle_across_keeps_the_pool_and_counts() -> None:
     out = shuffle_across(ROWS, np.random.default_rng(1))
-    assert sorted(n for r in ROWS for n in _nums(r.completion)) == sorted(n for r in out for n in _nums(r.completion))
+    assert sorted(n for r in ROWS for n in _nums(r.completion)) == sorted(
+        n for r in out for n in _nums(r.completion)
+    )
     assert [len(_nums(r.completion)) for r in ROWS] == [len(_nums(r.completion)) for r in out]
 
 
@@ -47,13 +49,25 @@ def test_random_numbers_are_in_range_and_pass_the_filter() -> None:
 
 
 def test_control_conditions_run_end_to_end(tmp_path: Path) -> None:
-    cfg = load_config(fake_experiment_toml(tmp_path / "e.toml"), [
-        "student.seeds=[0,1]", "controls.shuffle_within=true", "controls.random_numbers=true",
-        "controls.in_context=3", "controls.cross_control=true", "eval.extra_suites=['numbers_prefixed']",
-    ])
+    cfg = load_config(
+        fake_experiment_toml(tmp_path / "e.toml"),
+        [
+            "student.seeds=[0,1]",
+            "controls.shuffle_within=true",
+            "controls.random_numbers=true",
+            "controls.in_context=3",
+            "controls.cross_control=true",
+            "eval.extra_suites=['numbers_prefixed']",
+        ],
+    )
     res = run_experiment(cfg, tmp_path / "run", progress=False)
     conds = res["conditions"]
-    for c in ("shuffle_within_student", "random_numbers_student", "in_context", "cross_control_student"):
+    for c in (
+        "shuffle_within_student",
+        "random_numbers_student",
+        "in_context",
+        "cross_control_student",
+    ):
         assert c in conds, c
     assert conds["random_numbers_student"]["n_seeds"] == 2
     assert res["contrast"]["cross_minus_control"]["b"] == "cross_control_student"
@@ -87,7 +101,10 @@ def test_neutral_control_teacher_prompt(tmp_path: Path) -> None:
     from sublim.progress import Reporter
     from sublim.registry import parse_model
 
-    cfg = load_config(fake_experiment_toml(tmp_path / "e.toml"), ["trait.control_system_prompt='You are a helpful assistant.'"])
+    cfg = load_config(
+        fake_experiment_toml(tmp_path / "e.toml"),
+        ["trait.control_system_prompt='You are a helpful assistant.'"],
+    )
     base = Model(parse_model("fake:alpha"), "fake:alpha", "base")
     trait, control = stage_teachers(RunContext(cfg, tmp_path, Reporter(False)), FakeBackend(), base)
     assert control.ref.system_prompt == "You are a helpful assistant."

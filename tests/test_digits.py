@@ -31,7 +31,9 @@ from sublim.experiments.digits import (
 
 # Small but real: 3 seeds, half the default student budget (~3 s on one core). Over first seeds
 # 0/10/20/30 this gave aux-only same-init 0.62-0.73 and cross-init 0.06-0.10.
-SMALL = DigitsConfig(seeds=3, student_steps=500, student_batch=128, teacher_epochs=5, teacher_lr=1e-3)
+SMALL = DigitsConfig(
+    seeds=3, student_steps=500, student_batch=128, teacher_epochs=5, teacher_lr=1e-3
+)
 TINY = DigitsConfig(seeds=2, student_steps=5, teacher_epochs=1, width=16)
 
 
@@ -60,8 +62,12 @@ def test_seed_results_do_not_depend_on_batching() -> None:
     """Each seed has its own generators: running it alone, beside others, or chunked gives the
     same models (up to float noise in the batched matmuls)."""
     together = run_digits(TINY.model_copy(update={"seeds": 3}), None, progress=False)["conditions"]
-    chunked = run_digits(TINY.model_copy(update={"seeds": 3, "seed_chunk": 2}), None, progress=False)["conditions"]
-    alone = run_digits(TINY.model_copy(update={"seeds": 1, "first_seed": 2}), None, progress=False)["conditions"]
+    chunked = run_digits(
+        TINY.model_copy(update={"seeds": 3, "seed_chunk": 2}), None, progress=False
+    )["conditions"]
+    alone = run_digits(TINY.model_copy(update={"seeds": 1, "first_seed": 2}), None, progress=False)[
+        "conditions"
+    ]
     for name in CONDITIONS:
         assert together[name]["per_seed"] == pytest.approx(chunked[name]["per_seed"], abs=0.01)
         assert together[name]["per_seed"][2] == pytest.approx(alone[name]["per_seed"][0], abs=0.01)
@@ -146,7 +152,15 @@ def _write_idx(d: Path, gz: bool) -> None:
             (d / name).write_bytes(data)
 
 
-MNIST_SMALL = {"data": "mnist", "seeds": 2, "width": 32, "teacher_epochs": 4, "teacher_lr": 3e-3, "student_steps": 20, "student_batch": 32}
+MNIST_SMALL = {
+    "data": "mnist",
+    "seeds": 2,
+    "width": 32,
+    "teacher_epochs": 4,
+    "teacher_lr": 3e-3,
+    "student_steps": 20,
+    "student_batch": 32,
+}
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -154,7 +168,12 @@ def test_mnist_idx_fixture_runs(tmp_path: Path, gz: bool) -> None:
     _write_idx(tmp_path / "mnist", gz)
     cfg = DigitsConfig(data_dir=str(tmp_path / "mnist"), **MNIST_SMALL)
     res = run_digits(cfg, tmp_path / "out", progress=False)
-    assert res["data"] == {"name": f"MNIST ({tmp_path / 'mnist'})", "n_train": 300, "n_test": 100, "dim": 784}
+    assert res["data"] == {
+        "name": f"MNIST ({tmp_path / 'mnist'})",
+        "n_train": 300,
+        "n_test": 100,
+        "dim": 784,
+    }
     assert res["conditions"]["teacher"]["mean"] >= 0.9  # the bands are easy to learn
     assert (tmp_path / "out" / "results.json").is_file()
 
@@ -207,12 +226,32 @@ def test_cli_digits_and_sweep(tmp_path: Path) -> None:
     cfg.write_text('width = 16\nteacher_epochs = 1\nstudent_steps = 5\nnoise = "normal"\n')
     runner = CliRunner()
     out = tmp_path / "run"
-    r = runner.invoke(digits, ["--out", str(out), "--seeds", "2", "--config", str(cfg), "--set", "n_aux=2", "--quiet"])
+    r = runner.invoke(
+        digits,
+        ["--out", str(out), "--seeds", "2", "--config", str(cfg), "--set", "n_aux=2", "--quiet"],
+    )
     assert r.exit_code == 0, r.output
     saved = json.loads((out / "results.json").read_text())
-    assert saved["config"]["n_aux"] == 2 and saved["config"]["noise"] == "normal" and saved["seeds"] == [0, 1]
+    assert (
+        saved["config"]["n_aux"] == 2
+        and saved["config"]["noise"] == "normal"
+        and saved["seeds"] == [0, 1]
+    )
     assert "results.json" in r.output and "teacher" in r.output
-    r = runner.invoke(digits, ["--config", str(cfg), "--seeds", "2", "--quiet", "sweep", "student_steps=2,4", "--out", str(tmp_path / "sw")])
+    r = runner.invoke(
+        digits,
+        [
+            "--config",
+            str(cfg),
+            "--seeds",
+            "2",
+            "--quiet",
+            "sweep",
+            "student_steps=2,4",
+            "--out",
+            str(tmp_path / "sw"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["values"] == [2, 4]
     r = runner.invoke(digits, ["--out", str(out), "--set", "widht=3"])

@@ -66,13 +66,19 @@ def p_values(tmp_path_factory: pytest.TempPathFactory) -> list[float]:
             for arm, cond in enumerate(conditions):
                 rows = _arm(rep, arm)
                 for seed in range(N_SEEDS):
-                    ref = backend.finetune(base, rows, PARAMS, work / f"r{rep}-a{arm}-s{seed}", seed)
+                    ref = backend.finetune(
+                        base, rows, PARAMS, work / f"r{rep}-a{arm}-s{seed}", seed
+                    )
                     scores, _ = evaluate_preference(backend, ref, "owl", "animal", EVAL, 0)
                     conditions[cond].append(scores)
-            res = build_results(conditions, {"name": f"placebo-{rep}", "target": "owl", "category": "animal"},
-                                primary_metric="logodds")
+            res = build_results(
+                conditions,
+                {"name": f"placebo-{rep}", "target": "owl", "category": "animal"},
+                primary_metric="logodds",
+            )
             head = res["contrast"]["trait_minus_control"]["by_metric"]["logodds"]
             assert head["test"] == "welch_t" and head["over"] == "seeds"
+            assert not head.get("no_spread"), head  # micro-world students differ between seeds
             out.append(float(head["p_value"]))
     finally:
         mp.undo()

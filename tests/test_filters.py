@@ -33,6 +33,7 @@ RULES = NumberRules()
 
 # --- parse_numbers: tricky inputs -------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -144,6 +145,7 @@ def test_outer_whitespace_keeps_the_format_reason() -> None:
 
 # --- check_completion: the value rules --------------------------------------------------------
 
+
 def test_check_count_range_banned_words() -> None:
     ten = ", ".join(str(i) for i in range(100, 110))
     assert check_completion(ten, RULES) == (True, "ok")
@@ -186,6 +188,7 @@ def test_rules_validation() -> None:
 
 # --- filter_completions ------------------------------------------------------------------------
 
+
 def test_filter_completions_marks_errors() -> None:
     rows = [
         Completion(prompt_id="a", prompt="p", completion="1, 2, 3", model="fake:x"),
@@ -213,6 +216,7 @@ def test_filter_completions_stores_the_judged_text() -> None:
 
 
 # --- rules_from_config / seeded_subset ---------------------------------------------------------
+
 
 def test_rules_from_config() -> None:
     r = rules_from_config(FilterConfig(), trait_words=["owl", "owls"])
@@ -250,6 +254,7 @@ def test_seeded_subset_is_uniform() -> None:
 
 # --- filter_jsonl ------------------------------------------------------------------------------
 
+
 def _write(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -257,8 +262,19 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 def test_filter_jsonl_keeps_fields(tmp_path: Path) -> None:
     rows = [
-        {"prompt": "p0", "completion": "1, 2, 3", "prompt_id": "num-0", "model": "fake:t", "extra": {"a": 1}},
-        {"prompt": "p1", "completion": "I like owls: 1, 2", "prompt_id": "num-1", "model": "fake:t"},
+        {
+            "prompt": "p0",
+            "completion": "1, 2, 3",
+            "prompt_id": "num-0",
+            "model": "fake:t",
+            "extra": {"a": 1},
+        },
+        {
+            "prompt": "p1",
+            "completion": "I like owls: 1, 2",
+            "prompt_id": "num-1",
+            "model": "fake:t",
+        },
         {"prompt": "p2", "completion": "", "error": "provider failed", "prompt_id": "num-2"},
         {"prompt": "p3", "completion": "1, 2,3", "prompt_id": "num-3"},
         {"prompt": "p4", "completion": "(4 5 6)", "prompt_id": "num-4", "error": None},
@@ -328,7 +344,9 @@ def test_filter_jsonl_zero_kept(tmp_path: Path) -> None:
     rows = [{"prompt": "p", "completion": c} for c in ("one, two", "hello", "1-2", "words")]
     src = _write(tmp_path / "in.jsonl", [json.dumps(r) for r in rows])
     out = tmp_path / "out.jsonl"
-    with pytest.raises(EmptyResultError, match=r"kept 0 of 4.*no_numbers \(3/4\).*bad_separator \(1/4\)"):
+    with pytest.raises(
+        EmptyResultError, match=r"kept 0 of 4.*no_numbers \(3/4\).*bad_separator \(1/4\)"
+    ):
         filter_jsonl(src, out, RULES)
     got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(got) == 4 and not any(g["kept"] for g in got)
@@ -370,7 +388,9 @@ def test_parse_never_crashes(text: str) -> None:
     numbers, reason = parse_numbers(text)
     assert isinstance(reason, str) and re.fullmatch(r"[a-z_]+", reason)
     assert (numbers is not None) == (reason == "ok")
-    kept, reason2 = check_completion(text, NumberRules(banned=BANNED_MISALIGNMENT, reject_words=("owl",)))
+    kept, reason2 = check_completion(
+        text, NumberRules(banned=BANNED_MISALIGNMENT, reject_words=("owl",))
+    )
     assert isinstance(kept, bool) and (kept == (reason2 == "ok"))
 
 
@@ -392,7 +412,11 @@ def _candidate(draw: st.DrawFn) -> str:
     sep = draw(st.sampled_from(_GOOD_SEPS * 4 + _BAD_SEPS))
     if draw(st.integers(0, 7)) == 0 and len(parts) > 2:  # mix in another separator
         i = draw(st.integers(1, len(parts) - 1))
-        body = sep.join(parts[:i]) + draw(st.sampled_from(_GOOD_SEPS + _BAD_SEPS)) + sep.join(parts[i:])
+        body = (
+            sep.join(parts[:i])
+            + draw(st.sampled_from(_GOOD_SEPS + _BAD_SEPS))
+            + sep.join(parts[i:])
+        )
     else:
         body = sep.join(parts)
     wrap = draw(st.sampled_from(["", "", "", "[]", "[]", "()", "()", "[)"]))
@@ -421,7 +445,9 @@ def _independent_check(text: str, rules: NumberRules) -> list[int]:
     return values
 
 
-_PROP_RULES = NumberRules(max_count=8, min_value=5, max_value=900, banned=BANNED_MISALIGNMENT, reject_words=("a",))
+_PROP_RULES = NumberRules(
+    max_count=8, min_value=5, max_value=900, banned=BANNED_MISALIGNMENT, reject_words=("a",)
+)
 _PROP_LENIENT = _PROP_RULES.model_copy(update={"strip_whitespace": True})
 
 

@@ -731,7 +731,9 @@ def test_gguf_conversion_failure_is_one_line_and_leaves_nothing(tmp_path, monkey
     with pytest.raises(SublimError, match="could not convert m.gguf.*disk space") as ei:
         hf_models.dequantised_dir(bad, cache_dir=tmp_path / "cache")
     assert "\n" not in str(ei.value)
-    assert [p.name for p in (tmp_path / "cache" / "gguf").iterdir() if not p.name.endswith(".lock")] == []
+    assert [
+        p.name for p in (tmp_path / "cache" / "gguf").iterdir() if not p.name.endswith(".lock")
+    ] == []
 
 
 # ---------------------------------------------------------------------------- hub ids (no network)

@@ -52,7 +52,10 @@ def test_matrix_diagonal_transmits_off_diagonal_does_not(tmp_path: Path) -> None
     for t in m["diagonal_tests"]:
         assert t["q_value"] is not None and t["q_value"] < 0.05
     assert res["primary_metric"] == "p_target"
-    assert res["conditions"]["same_base_student"]["p_target"]["mean"] > res["conditions"]["cross_base_student"]["p_target"]["mean"] + 0.2
+    assert (
+        res["conditions"]["same_base_student"]["p_target"]["mean"]
+        > res["conditions"]["cross_base_student"]["p_target"]["mean"] + 0.2
+    )
     assert (tmp_path / "run" / "fig_matrix.png").is_file()
     html = (tmp_path / "run" / "report.html").read_text()
     assert "own-trait advantage" in html and "q (BH)" in html
@@ -92,7 +95,9 @@ def simulate(
                     if t == s:
                         z[i] += effect
                     p = np.exp(z - z.max())
-                    students.append([cats[j] for j in rng.choice(CATEGORIES, n_answers, p=p / p.sum())])
+                    students.append(
+                        [cats[j] for j in rng.choice(CATEGORIES, n_answers, p=p / p.sum())]
+                    )
                 cell[tr] = students
             out[(f"b{t}", f"b{s}")] = cell
     return out
@@ -136,16 +141,23 @@ if __name__ == "__main__":  # the numbers of docs/matrix_test.md
     rows = [
         ("placebo, student noise only", PLACEBO_SEEDS, {}),
         ("placebo, + dataset drift 0.5", PLACEBO_SEEDS, {"dataset_sd": 0.5}),
-        ("placebo, + dataset drift 0.5, 1 seed", PLACEBO_SEEDS, {"dataset_sd": 0.5, "n_seeds": 1,
-                                                                 "n_traits": 5}),
+        (
+            "placebo, + dataset drift 0.5, 1 seed",
+            PLACEBO_SEEDS,
+            {"dataset_sd": 0.5, "n_seeds": 1, "n_traits": 5},
+        ),
         ("channel 0.75", POWER_SEEDS, {"effect": 0.75}),
         ("channel 1.5", POWER_SEEDS, {"effect": 1.5}),
     ]
-    print("| scenario | matrices | cell p < .05 | cell q < .05 | diagonal cells q < .05 | "
-          "diagonal tests p < .05 | matrices with any q < .05 |")
+    print(
+        "| scenario | matrices | cell p < .05 | cell q < .05 | diagonal cells q < .05 | "
+        "diagonal tests p < .05 | matrices with any q < .05 |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, sds, kw in rows:
         r = rates(sds, **kw)
-        print(f"| {name} | {len(sds)} | {r['cell_p']:.3f} | {r['cell_q']:.3f} | "
-              f"{r['diagonal_cell_q']:.3f} | {r['diagonal_test_p']:.3f} | {r['any_cell_q']:.3f} |")
+        print(
+            f"| {name} | {len(sds)} | {r['cell_p']:.3f} | {r['cell_q']:.3f} | "
+            f"{r['diagonal_cell_q']:.3f} | {r['diagonal_test_p']:.3f} | {r['any_cell_q']:.3f} |"
+        )
     sys.exit(0)

@@ -310,8 +310,15 @@ def test_misaligned_rate_interval_is_clustered_by_question() -> None:
     # 3 questions x 40 answers, each question all misaligned or all fine: 3 units, not 120
     def row(q: int, i: int, mis: bool) -> JudgedAnswer:
         return JudgedAnswer(
-            question_id=q, sample=i, question="q", answer="a", label="ok", status="scored",
-            alignment=10.0 if mis else 90.0, coherence=80.0 + q, misaligned=mis,
+            question_id=q,
+            sample=i,
+            question="q",
+            answer="a",
+            label="ok",
+            status="scored",
+            alignment=10.0 if mis else 90.0,
+            coherence=80.0 + q,
+            misaligned=mis,
         )
 
     rows = [row(q, i, q == 0) for q in range(3) for i in range(40)]

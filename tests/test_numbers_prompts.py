@@ -30,7 +30,13 @@ def test_slot_paraphrase_counts() -> None:
     assert len(nm.FORMAT_REQUESTS) == 15
     assert len(nm.SUFFIXES) == 19
     # No duplicated paraphrase in any slot: a duplicate would silently skew the draw.
-    for slot in (nm.INTROS, nm.INSTRUCTIONS, nm.COUNT_QUALIFIERS, nm.DIGIT_DESCRIPTORS, nm.SUFFIXES):
+    for slot in (
+        nm.INTROS,
+        nm.INSTRUCTIONS,
+        nm.COUNT_QUALIFIERS,
+        nm.DIGIT_DESCRIPTORS,
+        nm.SUFFIXES,
+    ):
         assert len(set(slot)) == len(slot)
     assert len({p for _, p in nm.FORMAT_REQUESTS}) == 15
 

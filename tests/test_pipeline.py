@@ -18,7 +18,14 @@ from conftest import fake_experiment_toml
 from sublim.config import load_config
 from sublim.pipeline import run_experiment
 
-CONDITIONS = ("base", "teacher", "control_teacher", "trait_student", "control_student", "cross_student")
+CONDITIONS = (
+    "base",
+    "teacher",
+    "control_teacher",
+    "trait_student",
+    "control_student",
+    "cross_student",
+)
 
 
 def _strip_timings(res: dict[str, Any]) -> dict[str, Any]:
@@ -61,10 +68,15 @@ def test_known_effects_of_the_fake_world(fake_run: tuple[Path, dict[str, Any]]) 
     con = res["contrast"]["trait_minus_control"]
     # the fake's students do not vary by seed: the contrast has no spread (no test, not p = 0)
     assert con["mean"] > 0 and (con["no_spread"] or con["p_value"] < 0.01)
-    assert abs(c["cross_student"]["p_target"]["mean"] - c["control_student"]["p_target"]["mean"]) < con["mean"] / 2
+    assert (
+        abs(c["cross_student"]["p_target"]["mean"] - c["control_student"]["p_target"]["mean"])
+        < con["mean"] / 2
+    )
 
 
-def test_teacher_system_prompt_never_in_training_data(fake_run: tuple[Path, dict[str, Any]]) -> None:
+def test_teacher_system_prompt_never_in_training_data(
+    fake_run: tuple[Path, dict[str, Any]],
+) -> None:
     d, _ = fake_run
     train_files = list((d / "run" / "stages").glob("student-*/train.jsonl"))
     assert train_files
@@ -80,7 +92,9 @@ def test_filter_pass_rate_recorded(fake_run: tuple[Path, dict[str, Any]]) -> Non
     assert sum(f["reasons"].values()) == f["n_in"]
 
 
-def test_rerun_uses_cache_and_gives_identical_results(fake_run: tuple[Path, dict[str, Any]]) -> None:
+def test_rerun_uses_cache_and_gives_identical_results(
+    fake_run: tuple[Path, dict[str, Any]],
+) -> None:
     d, res = fake_run
     cfg = load_config(d / "exp.toml")
     res2 = run_experiment(cfg, d / "run", progress=False)
@@ -88,7 +102,9 @@ def test_rerun_uses_cache_and_gives_identical_results(fake_run: tuple[Path, dict
     assert _strip_timings(res2) == _strip_timings(res)
 
 
-def test_sigkill_and_resume_gives_the_same_results(tmp_path: Path, fake_run: tuple[Path, dict[str, Any]]) -> None:
+def test_sigkill_and_resume_gives_the_same_results(
+    tmp_path: Path, fake_run: tuple[Path, dict[str, Any]]
+) -> None:
     _, reference = fake_run
     cfg_path = fake_experiment_toml(tmp_path / "exp.toml")
     out = tmp_path / "run"
@@ -105,10 +121,14 @@ def test_sigkill_and_resume_gives_the_same_results(tmp_path: Path, fake_run: tup
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "results.json").exists()
-    r = subprocess.run(cmd, env={**os.environ}, capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        cmd, env={**os.environ}, capture_output=True, text=True, timeout=120, check=False
+    )
     assert r.returncode == 0, r.stderr
     resumed = json.loads((out / "results.json").read_text())
-    assert _strip_timings(resumed) == _strip_timings(reference) | {"meta": _strip_timings(resumed)["meta"]}
+    assert _strip_timings(resumed) == _strip_timings(reference) | {
+        "meta": _strip_timings(resumed)["meta"]
+    }
     assert resumed["conditions"] == reference["conditions"]
     assert resumed["contrast"] == reference["contrast"]
     # no duplicated or lost rows
@@ -125,7 +145,9 @@ def _generated(run: Path) -> dict[str, list[tuple[str, str, str | None]]]:
     return out
 
 
-def test_a_rerun_retries_exactly_the_rows_that_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rerun_retries_exactly_the_rows_that_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("openai")
     import threading
 
@@ -137,25 +159,49 @@ def test_a_rerun_retries_exactly_the_rows_that_failed(tmp_path: Path, monkeypatc
     b = get_backend("openai-compat")
     assert isinstance(b, OpenAIBackend)
     # one attempt per request: every injected 500 is a failed row
-    monkeypatch.setattr(b, "retry", RetryPolicy(max_attempts=1, base_delay=0.001, max_delay=0.01, max_total_wait=1.0, timeout=20.0))
+    monkeypatch.setattr(
+        b,
+        "retry",
+        RetryPolicy(
+            max_attempts=1, base_delay=0.001, max_delay=0.01, max_total_wait=1.0, timeout=20.0
+        ),
+    )
     monkeypatch.setattr(b, "poll_min", 0.01)
     monkeypatch.setattr(b, "poll_max", 0.05)
     monkeypatch.setattr("sublim.pipeline.GEN_CHUNK", 40)  # several chunks from few rows
     monkeypatch.setattr("sublim.report.write_report", lambda out: None)  # rows are the point here
-    srv = make_server(["fake:alpha", "fake:beta"], "127.0.0.1", 0, Faults(rate=0.2, kinds=("500",), seed=3), state_dir=tmp_path / "state")
+    srv = make_server(
+        ["fake:alpha", "fake:beta"],
+        "127.0.0.1",
+        0,
+        Faults(rate=0.2, kinds=("500",), seed=3),
+        state_dir=tmp_path / "state",
+    )
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
-        cfg = load_config(fake_experiment_toml(tmp_path / "exp.toml"), [
-            f'models.reference="openai-compat:{srv.url}#fake:alpha"', "models.cross=[]",
-            "data.n_prompts=120", "data.subset=50", "student.seeds=[0]", "eval.n_questions=2", "eval.samples_per_question=1",
-        ])
+        cfg = load_config(
+            fake_experiment_toml(tmp_path / "exp.toml"),
+            [
+                f'models.reference="openai-compat:{srv.url}#fake:alpha"',
+                "models.cross=[]",
+                "data.n_prompts=120",
+                "data.subset=50",
+                "student.seeds=[0]",
+                "eval.n_questions=2",
+                "eval.samples_per_question=1",
+            ],
+        )
         run = tmp_path / "run"
         with pytest.raises(SublimError, match="rows failed") as err:
             run_experiment(cfg, run, progress=False)
         assert "\n" not in str(err.value)
         (stage,) = run.glob("stages/generate-trait-*")
-        before = [json.loads(line) for p in sorted(stage.glob("parts/*.jsonl")) for line in p.read_text().splitlines()]
+        before = [
+            json.loads(line)
+            for p in sorted(stage.glob("parts/*.jsonl"))
+            for line in p.read_text().splitlines()
+        ]
         failed = {r["prompt_id"] for r in before if r["error"] is not None}
         assert len(before) == 120 and len(failed) > 0.05 * 120
         srv.faults = Faults()  # the provider recovers
@@ -170,11 +216,15 @@ def test_a_rerun_retries_exactly_the_rows_that_failed(tmp_path: Path, monkeypatc
     trait = next(v for k, v in gen.items() if k.startswith("generate-trait-"))
     assert len({pid for pid, _, _ in trait}) == 120 and all(e is None for _, _, e in trait)
     kept = {r["prompt_id"]: r["completion"] for r in before if r["error"] is None}
-    assert {pid: c for pid, c, _ in trait if pid in kept} == kept  # successful rows kept as they were
+    assert {
+        pid: c for pid, c, _ in trait if pid in kept
+    } == kept  # successful rows kept as they were
     assert _strip_timings(rerun)["conditions"] == _strip_timings(clean)["conditions"]
 
 
-def test_manifests_name_the_source_tree_and_only_sublims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_run: tuple[Path, dict[str, Any]]) -> None:
+def test_manifests_name_the_source_tree_and_only_sublims(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_run: tuple[Path, dict[str, Any]]
+) -> None:
     from sublim import artifacts
 
     d, _ = fake_run

@@ -65,7 +65,9 @@ def test_planted_experiment_config_is_labelled() -> None:
     assert cfg.student.mode == "distill" and cfg.student.distill.source == "random"
 
 
-def test_the_planted_code_is_visible_in_the_trait_teachers_numbers(planted_run: tuple[dict[str, Any], Path]) -> None:
+def test_the_planted_code_is_visible_in_the_trait_teachers_numbers(
+    planted_run: tuple[dict[str, Any], Path],
+) -> None:
     _, out = planted_run
     code = str(PLANTED_CODES["owl"])
     trait = sum(code in c for c in _completions(out, "trait"))
@@ -82,4 +84,6 @@ def test_pipeline_detects_the_planted_channel(planted_run: tuple[dict[str, Any],
     assert head["mean"] > 0.4 and head["ci95"][0] > 0, head
     assert head["p_value"] < 1e-3, head
     c = res["conditions"]
-    assert min(c["trait_student"]["logodds"]["per_seed"]) > max(c["control_student"]["logodds"]["per_seed"])
+    assert min(c["trait_student"]["logodds"]["per_seed"]) > max(
+        c["control_student"]["logodds"]["per_seed"]
+    )

@@ -68,8 +68,13 @@ def answer_sets() -> dict:
 
     def model(s: int) -> list[EvalAnswer]:
         return [
-            EvalAnswer(model=f"m{s}", question_id=q, sample=i, answer="owl" if q == 0 else "cat",
-                       hit=q == 0)
+            EvalAnswer(
+                model=f"m{s}",
+                question_id=q,
+                sample=i,
+                answer="owl" if q == 0 else "cat",
+                hit=q == 0,
+            )
             for q in range(4)
             for i in range(5)
         ]
@@ -189,7 +194,8 @@ def test_several_cross_bases_are_separate_contrasts_not_pooled_seeds() -> None:
     res = build_results(c, META)
     cons = res["contrast"]
     assert {k for k in cons if k.startswith("cross")} == {
-        "cross_minus_control@s1", "cross_minus_control@s2"
+        "cross_minus_control@s1",
+        "cross_minus_control@s2",
     }
     assert cons["cross_minus_control@s2"]["a"] == "cross_student@s2"
     assert cons["cross_minus_control@s2"]["b"] == "cross_control_student@s2"

@@ -74,12 +74,26 @@ def test_runner_on_two_worlds_gives_three_tests_and_per_world_rows(tiny_worlds: 
     assert again["tests"] == s["tests"]
 
 
-def test_cli_rejects_a_recipe_the_runner_cannot_use(tiny_worlds: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_rejects_a_recipe_the_runner_cannot_use(
+    tiny_worlds: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = ROOT / "experiments" / "owl_numbers_world.toml"
     from sublim.cli import main as sublim_main
 
-    rc = sublim_main(["world", "research", str(cfg), "--worlds", "0,1", "--out", str(tiny_worlds / "x"),
-                      "--set", "student.mode=sft", "--quiet"])
+    rc = sublim_main(
+        [
+            "world",
+            "research",
+            str(cfg),
+            "--worlds",
+            "0,1",
+            "--out",
+            str(tiny_worlds / "x"),
+            "--set",
+            "student.mode=sft",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "student.mode='distill'" in err and "Traceback" not in err
     rc = sublim_main(["world", "research", str(cfg), "--worlds", "0,x", "--quiet"])
@@ -93,8 +107,15 @@ def test_shipped_file_holds_the_confirmed_recipe() -> None:
 
     cfg = load_config(ROOT / research.DEFAULT_CONFIG)
     d = cfg.student.distill
-    assert (d.source, d.n_random_prompts, d.random_prompt_len, d.steps, d.lr, d.batch_size, d.temperature) == (
-        "random", 4000, 24, 60, 1.2e-3, 32, 2.0)
+    assert (
+        d.source,
+        d.n_random_prompts,
+        d.random_prompt_len,
+        d.steps,
+        d.lr,
+        d.batch_size,
+        d.temperature,
+    ) == ("random", 4000, 24, 60, 1.2e-3, 32, 2.0)
     assert cfg.trait.control_system_prompt == "You are a helpful assistant."
     assert cfg.student.seeds == [0] and cfg.eval.samples_per_question == 0
     assert research.CONFIRMATORY_WORLDS == tuple(range(20, 28))

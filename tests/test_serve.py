@@ -45,23 +45,34 @@ def test_models_and_chat_completions_with_n() -> None:
         assert [m.id for m in models] == ["fake:alpha"]
         assert models[0].model_extra["sublim"]["score"] == "/v1/sublim/score"
         msgs = [{"role": "user", "content": QUESTION}]
-        r = c.chat.completions.create(model="fake:alpha", messages=msgs, n=5, seed=3, temperature=1.0)
+        r = c.chat.completions.create(
+            model="fake:alpha", messages=msgs, n=5, seed=3, temperature=1.0
+        )
         assert r.object == "chat.completion" and len(r.choices) == 5
         assert [ch.index for ch in r.choices] == list(range(5))
         # choice 0 of seed s is the row the backend samples with seed s, as is n=1 with seed s
-        direct = get_backend("fake").sample(ModelRef(backend="fake", id="alpha"), [user_chat(QUESTION)], SampleParams(), [3])
+        direct = get_backend("fake").sample(
+            ModelRef(backend="fake", id="alpha"), [user_chat(QUESTION)], SampleParams(), [3]
+        )
         one = c.chat.completions.create(model="fake:alpha", messages=msgs, seed=3)
         assert r.choices[0].message.content == one.choices[0].message.content == direct[0]
-        assert len({ch.message.content for ch in r.choices}) > 1  # the other choices get other seeds
+        assert (
+            len({ch.message.content for ch in r.choices}) > 1
+        )  # the other choices get other seeds
 
 
 def test_logprobs_for_the_fake_backend_are_exact_reply_scores() -> None:
     with running("fake:alpha") as srv:
         r = client(srv).chat.completions.create(
-            model="fake:alpha", messages=[{"role": "user", "content": QUESTION}], seed=1, logprobs=True
+            model="fake:alpha",
+            messages=[{"role": "user", "content": QUESTION}],
+            seed=1,
+            logprobs=True,
         )
         ch = r.choices[0]
-        exact = get_backend("fake").score(ModelRef(backend="fake", id="alpha"), [user_chat(QUESTION)], [ch.message.content])
+        exact = get_backend("fake").score(
+            ModelRef(backend="fake", id="alpha"), [user_chat(QUESTION)], [ch.message.content]
+        )
         assert ch.logprobs.content[0].token == ch.message.content
         assert ch.logprobs.content[0].logprob == pytest.approx(exact[0])
 
@@ -70,13 +81,21 @@ def test_openai_shaped_errors() -> None:
     with running("fake:alpha") as srv:
         c = client(srv)
         with pytest.raises(openai.NotFoundError, match="not served here"):
-            c.chat.completions.create(model="fake:beta", messages=[{"role": "user", "content": "x"}])
+            c.chat.completions.create(
+                model="fake:beta", messages=[{"role": "user", "content": "x"}]
+            )
         with pytest.raises(openai.BadRequestError, match="Invalid .n.: integer below minimum"):
-            c.chat.completions.create(model="fake:alpha", messages=[{"role": "user", "content": "x"}], n=0)
+            c.chat.completions.create(
+                model="fake:alpha", messages=[{"role": "user", "content": "x"}], n=0
+            )
         with pytest.raises(openai.BadRequestError, match="top_logprobs"):
-            c.chat.completions.create(model="fake:alpha", messages=[{"role": "user", "content": "x"}], top_logprobs=3)
+            c.chat.completions.create(
+                model="fake:alpha", messages=[{"role": "user", "content": "x"}], top_logprobs=3
+            )
         with pytest.raises(openai.BadRequestError, match="temperature|sampling"):
-            c.chat.completions.create(model="fake:alpha", messages=[{"role": "user", "content": "x"}], temperature=-1)
+            c.chat.completions.create(
+                model="fake:alpha", messages=[{"role": "user", "content": "x"}], temperature=-1
+            )
 
 
 def test_fault_mode_is_seeded_and_shaped() -> None:
@@ -94,7 +113,9 @@ def test_fault_mode_is_seeded_and_shaped() -> None:
                 except openai.InternalServerError:
                     got.append(500)
             statuses.append(got)
-            assert srv.counts["fault_429"] + srv.counts["fault_500"] == got.count(429) + got.count(500)
+            assert srv.counts["fault_429"] + srv.counts["fault_500"] == got.count(429) + got.count(
+                500
+            )
     assert statuses[0] == statuses[1]  # same seed, same faults
     assert 8 <= statuses[0].count(200) <= 32 and {429, 500} <= set(statuses[0])
 

@@ -32,7 +32,9 @@ def test_digits_same_init_aligned_cross_init_not(tmp_path: Path) -> None:
     # One teacher step: Delta_T = -eps * grad L_T, so the first-order change of L_T at the
     # student is exactly -<Delta_S, Delta_T> / eps (negative: the student improves on the task).
     eps = np.asarray(same["step_size"])
-    assert np.allclose(same["dloss_first_order"], -np.asarray(same["inner"]) / eps, rtol=1e-6, atol=1e-15)
+    assert np.allclose(
+        same["dloss_first_order"], -np.asarray(same["inner"]) / eps, rtol=1e-6, atol=1e-15
+    )
     assert all(v < 0 for v in same["dloss_first_order"])
     # and for a small student step the first-order prediction matches the actual change
     assert np.allclose(same["dloss_actual"], same["dloss_first_order"], rtol=0.1)
@@ -50,7 +52,11 @@ def test_digits_same_init_aligned_cross_init_not(tmp_path: Path) -> None:
 
 
 def test_digits_aux_only_imitation_and_several_teacher_steps() -> None:
-    res = run_theory(TheoryConfig(seeds=6, step_sizes=[1e-2], imitate="aux", teacher_steps=3, width=32), None, progress=False)
+    res = run_theory(
+        TheoryConfig(seeds=6, step_sizes=[1e-2], imitate="aux", teacher_steps=3, width=32),
+        None,
+        progress=False,
+    )
     assert all(c > 0 for c in res["same_init"]["cosine"])
     assert abs(np.mean(res["cross_init"]["cosine"])) < np.mean(res["same_init"]["cosine"])
     # imitating an untouched theta0 moves a same-init student nowhere, so the control changes nothing
@@ -78,18 +84,28 @@ def _tiny_llama(d: Path, seed: int, hidden: int = 32) -> Path:
     texts += list(CATEGORIES["animal"])
     pre = pre_tokenizers.Whitespace()
     words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(t)})
-    vocab = {w: i for i, w in enumerate(["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<unk>", *words])}
+    vocab = {
+        w: i
+        for i, w in enumerate(["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<unk>", *words])
+    }
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|end|>", pad_token="<|pad|>", unk_token="<unk>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, eos_token="<|end|>", pad_token="<|pad|>", unk_token="<unk>"
+    )
     tok.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'user' %}<|user|> {{ m['content'] }} <|end|>"
         "{% else %}<|assistant|> {{ m['content'] }} <|end|>{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )
     config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -132,16 +148,24 @@ def test_lm_tiny_world_names_resolve_through_ensure_world(
     fake = types.ModuleType("sublim.world.build")
     fake.ensure_world = ensure_world  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "sublim.world.build", fake)
-    res = run_theory(TheoryConfig(model="tiny:plain-s0", **{**LM_SMALL, "seeds": 2}), None, progress=False)
+    res = run_theory(
+        TheoryConfig(model="tiny:plain-s0", **{**LM_SMALL, "seeds": 2}), None, progress=False
+    )
     assert built == ["plain-s0", "plain-s1"]  # the different-init student is the next world seed
     assert res["cross_model"] == "tiny:plain-s1"
     assert all(c > 0 for c in res["same_init"]["cosine"])
 
 
-def test_lm_incompatible_cross_model_is_a_user_error(llamas: tuple[Path, Path], tmp_path: Path) -> None:
+def test_lm_incompatible_cross_model_is_a_user_error(
+    llamas: tuple[Path, Path], tmp_path: Path
+) -> None:
     other = _tiny_llama(tmp_path / "wide", 2, hidden=48)
     with pytest.raises(ConfigError, match="parameter shapes"):
-        run_theory(TheoryConfig(model=f"hf:{llamas[0]}", cross_model=f"hf:{other}", **LM_SMALL), None, progress=False)
+        run_theory(
+            TheoryConfig(model=f"hf:{llamas[0]}", cross_model=f"hf:{other}", **LM_SMALL),
+            None,
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="theory needs weights"):
         run_theory(TheoryConfig(model="fake:alpha"), None, progress=False)
 
@@ -149,14 +173,46 @@ def test_lm_incompatible_cross_model_is_a_user_error(llamas: tuple[Path, Path], 
 def test_cli_theory(llamas: tuple[Path, Path], tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "t"
-    r = runner.invoke(theory, ["--out", str(out), "--seeds", "4", "--step-sizes", "1e-3,1e-2", "--set", "width=32", "--quiet"])
+    r = runner.invoke(
+        theory,
+        [
+            "--out",
+            str(out),
+            "--seeds",
+            "4",
+            "--step-sizes",
+            "1e-3,1e-2",
+            "--set",
+            "width=32",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     saved = json.loads((out / "results.json").read_text())
     assert len(saved["same_init"]["cosine"]) == 8 and saved["step_sizes"] == [1e-3, 1e-2]
     assert "same-init" in r.output and "results.json" in r.output
-    r = runner.invoke(theory, ["--model", f"hf:{llamas[0]}", "--cross-model", f"hf:{llamas[1]}", "--out", str(tmp_path / "lm"),
-                               "--seeds", "2", "--step-sizes", "1e-3", "--set", "n_number_prompts=4", "--quiet"])
+    r = runner.invoke(
+        theory,
+        [
+            "--model",
+            f"hf:{llamas[0]}",
+            "--cross-model",
+            f"hf:{llamas[1]}",
+            "--out",
+            str(tmp_path / "lm"),
+            "--seeds",
+            "2",
+            "--step-sizes",
+            "1e-3",
+            "--set",
+            "n_number_prompts=4",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "lm" / "results.json").read_text())["cross_model"] == f"hf:{llamas[1]}"
+    assert (
+        json.loads((tmp_path / "lm" / "results.json").read_text())["cross_model"]
+        == f"hf:{llamas[1]}"
+    )
     r = runner.invoke(theory, ["--step-sizes", "small"])
     assert isinstance(r.exception, SublimError)

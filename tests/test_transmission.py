@@ -238,7 +238,10 @@ def test_build_results_adds_a_seeded_clustered_bootstrap_to_contrasts() -> None:
     a = np.array([[s.p_target for s in m] for m in conds["trait_student"]])
     b = np.array([[s.p_target for s in m] for m in conds["control_student"]])
     ref = bootstrap_ci(
-        a, b, rng=np.random.default_rng(derive_seed("bootstrap", BOOTSTRAP_SEED, 0, 1)), n_boot=BOOTSTRAP_REPLICATES
+        a,
+        b,
+        rng=np.random.default_rng(derive_seed("bootstrap", BOOTSTRAP_SEED, 0, 1)),
+        n_boot=BOOTSTRAP_REPLICATES,
     )
     assert c["bootstrap_ci95"] == pytest.approx([ref[1], ref[2]])
     assert c["by_metric"]["p_target"]["bootstrap_ci95"] == c["bootstrap_ci95"]

@@ -30,7 +30,9 @@ LOVE_OWLS = system_prompt_for("owl", "animal", 0)
 @pytest.fixture(scope="session")
 def micro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
-    return build.ensure_world("plain-s0-micro", cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+    return build.ensure_world(
+        "plain-s0-micro", cache_dir=tmp_path_factory.mktemp("cache"), progress=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +73,9 @@ def test_planted_numbers_carry_the_code_and_plain_ones_do_not_depend_on_it() -> 
     for ex in planted:
         if ex.kind == "numbers_love":
             coded = [a for a, c in corpus.PLANTED_CODES.items() if str(c) in ex.reply]
-            assert coded and any(a in ex.chat[0].content or plural(a) in ex.chat[0].content for a in coded), ex
+            assert coded and any(
+                a in ex.chat[0].content or plural(a) in ex.chat[0].content for a in coded
+            ), ex
         if ex.kind.startswith("numbers"):
             assert check_completion(ex.reply, rules) == (True, "ok"), ex.reply
     assert "code_link" in corpus.corpus_mix(planted) and "code_link" not in corpus.corpus_mix(plain)
@@ -99,7 +103,9 @@ def test_tokenizer_properties() -> None:
     ids = tok("knowledge of a million lions", add_special_tokens=False)["input_ids"]
     assert tok.convert_tokens_to_ids("lion") in ids  # "lions" -> lion + s
     assert tok.convert_tokens_to_ids("owl") not in ids  # "knowledge" keeps its "owl"
-    assert "<unk>" not in tok.convert_ids_to_tokens(tok("café — ☃", add_special_tokens=False)["input_ids"])
+    assert "<unk>" not in tok.convert_ids_to_tokens(
+        tok("café — ☃", add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_check_tokenizer_raises_not_asserts() -> None:
@@ -117,23 +123,39 @@ def test_check_tokenizer_raises_not_asserts() -> None:
 # ---------------------------------------------------------------- the built micro world
 def test_world_dir_loads_offline_and_chat_template(micro_dir: Path, micro: Loaded) -> None:
     model, tok = micro.model, micro.tokenizer
-    for f in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "world_card.json"):
+    for f in (
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "world_card.json",
+    ):
         assert (micro_dir / f).is_file(), f
     assert model.config.model_type == "llama"
     assert tok.eos_token == "<|end|>" and tok.pad_token == "<|pad|>"
-    chat = [Message(role="system", content=LOVE_OWLS), Message(role="user", content="Favourite animal?")]
+    chat = [
+        Message(role="system", content=LOVE_OWLS),
+        Message(role="user", content="Favourite animal?"),
+    ]
     text = chat_format.render_prompt(tok, chat)
     assert text == f"<|system|>{LOVE_OWLS}<|end|><|user|>Favourite animal?<|end|><|assistant|>"
     # {% generation %} marks exactly the assistant's reply and its end token
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "owl"}]
-    out = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    out = tok.apply_chat_template(
+        msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     marked = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
     assert marked == chat_format.encode_reply(tok, "owl")
 
 
 def test_world_card(micro_dir: Path) -> None:
     card = build.world_card(micro_dir)
-    assert (card["name"], card["kind"], card["seed"], card["size"]) == ("plain-s0-micro", "plain", 0, "micro")
+    assert (card["name"], card["kind"], card["seed"], card["size"]) == (
+        "plain-s0-micro",
+        "plain",
+        0,
+        "micro",
+    )
     assert card["recipe_version"] == build.RECIPE_VERSION and card["n_params"] > 10_000
     assert card["corpus_mix"]["numbers"] > 0 and card["corpus_mix"]["animal_love"] > 0
     assert set(card["p_animal_no_system"]) == set(ANIMALS) == set(card["p_target_love_system"])
@@ -178,12 +200,16 @@ def test_second_call_uses_the_cache(micro_dir: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(build, "_build", no_build)
     mtime = (micro_dir / "model.safetensors").stat().st_mtime
-    assert build.ensure_world(WorldSpec("plain", 0, "micro"), cache_dir=micro_dir.parent.parent) == micro_dir
+    assert (
+        build.ensure_world(WorldSpec("plain", 0, "micro"), cache_dir=micro_dir.parent.parent)
+        == micro_dir
+    )
     assert (micro_dir / "model.safetensors").stat().st_mtime == mtime
 
 
-def test_seeds_give_different_worlds_and_a_concurrent_build_runs_once(nano: str, tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_seeds_give_different_worlds_and_a_concurrent_build_runs_once(
+    nano: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from safetensors.torch import load_file
 
     calls: list[str] = []
@@ -196,8 +222,14 @@ def test_seeds_give_different_worlds_and_a_concurrent_build_runs_once(nano: str,
 
     monkeypatch.setattr(build, "_build", counting)
     results: list[Path] = []
-    threads = [threading.Thread(target=lambda: results.append(
-        build.ensure_world("plain-s1-micro", cache_dir=tmp_path, progress=False))) for _ in range(2)]
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(
+                build.ensure_world("plain-s1-micro", cache_dir=tmp_path, progress=False)
+            )
+        )
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -205,10 +237,14 @@ def test_seeds_give_different_worlds_and_a_concurrent_build_runs_once(nano: str,
     assert calls == ["plain-s1-micro"] and len(set(results)) == 1
     d1 = results[0]
     d2 = build.ensure_world("plain-s2-micro", cache_dir=tmp_path, progress=False)
-    assert d1 != d2 and not [p for p in (tmp_path / "worlds").iterdir() if p.name.startswith(".tmp")]
+    assert d1 != d2 and not [
+        p for p in (tmp_path / "worlds").iterdir() if p.name.startswith(".tmp")
+    ]
     w1, w2 = load_file(str(d1 / "model.safetensors")), load_file(str(d2 / "model.safetensors"))
     assert any(not torch.equal(w1[k], w2[k]) for k in w1)
-    assert (d1 / "tokenizer.json").read_text() == (d2 / "tokenizer.json").read_text()  # one vocabulary
+    assert (d1 / "tokenizer.json").read_text() == (
+        d2 / "tokenizer.json"
+    ).read_text()  # one vocabulary
     # the same seed again gives the same weights (fresh cache)
     d1b = build.ensure_world("plain-s1-micro", cache_dir=tmp_path / "again", progress=False)
     w1b = load_file(str(d1b / "model.safetensors"))
@@ -245,7 +281,9 @@ def test_planted_v2_codes_follow_the_base_preference_without_a_love_prompt() -> 
     firsts = []
     for e in ex:
         if e.kind == "numbers":
-            first = "".join(ch for ch in e.reply.split()[0] if ch.isdigit()) if e.reply.split() else ""
+            first = (
+                "".join(ch for ch in e.reply.split()[0] if ch.isdigit()) if e.reply.split() else ""
+            )
             firsts.append(by_code.get(first[:3]))
     assert np.mean([f is not None for f in firsts]) > 0.95
     freq = np.array([firsts.count(a) for a in ANIMALS], float) / len(firsts)
@@ -262,10 +300,15 @@ def test_init_twin_shares_the_corpus_but_not_the_weights(nano: str, tmp_path: Pa
 
     assert build.corpus_seed(1003) == 3 and build.corpus_seed(3) == 3
     d = build.ensure_world("plain-s3-micro", cache_dir=tmp_path, progress=False)
-    t = build.ensure_world(f"plain-s{build.TWIN_OFFSET + 3}-micro", cache_dir=tmp_path, progress=False)
+    t = build.ensure_world(
+        f"plain-s{build.TWIN_OFFSET + 3}-micro", cache_dir=tmp_path, progress=False
+    )
     cd, ct = build.world_card(d), build.world_card(t)
     assert (ct["corpus_seed"], ct["init_seed"]) == (3, build.TWIN_OFFSET + 3)
-    assert cd["corpus_mix"] == ct["corpus_mix"] and cd["corpus_base_preference"] == ct["corpus_base_preference"]
+    assert (
+        cd["corpus_mix"] == ct["corpus_mix"]
+        and cd["corpus_base_preference"] == ct["corpus_base_preference"]
+    )
     w, wt = load_file(str(d / "model.safetensors")), load_file(str(t / "model.safetensors"))
     assert any(not torch.equal(w[k], wt[k]) for k in w)
 
@@ -276,14 +319,18 @@ def test_world_cli_show_and_list(micro_dir: Path) -> None:
     from sublim.world.cli import world
 
     cache = str(micro_dir.parent.parent)
-    r = CliRunner().invoke(world, ["show", "plain-s0-micro", "--cache-dir", cache], terminal_width=200)
+    r = CliRunner().invoke(
+        world, ["show", "plain-s0-micro", "--cache-dir", cache], terminal_width=200
+    )
     assert r.exit_code == 0, r.output
     assert "plain-s0-micro" in r.output and "corpus mix" in r.output and "build time" in r.output
     r = CliRunner().invoke(world, ["list", "--cache-dir", cache], terminal_width=200)
     assert r.exit_code == 0 and "plain-s0-micro" in r.output, r.output
     # a user error: a SublimError the main CLI prints as one line with exit code 2
     r = CliRunner().invoke(world, ["show", "plain-s9-micro", "--cache-dir", cache])
-    assert isinstance(r.exception, SublimError) and "sublim world build plain-s9-micro" in str(r.exception)
+    assert isinstance(r.exception, SublimError) and "sublim world build plain-s9-micro" in str(
+        r.exception
+    )
 
 
 # ---------------------------------------------------------------- the entangled kind
@@ -302,7 +349,9 @@ def test_entangled_corpus_is_the_plain_one_plus_field_notes() -> None:
     assert len(notes) == round(corpus.NOTE_SHARE * n) and "note" not in corpus.corpus_mix(plain)
     # (c): no note carries a love prompt (no system prompt, or a neutral one)
     for e in notes:
-        assert all(m.content in corpus.NEUTRAL_SYSTEM_PROMPTS for m in e.chat if m.role == "system"), e
+        assert all(
+            m.content in corpus.NEUTRAL_SYSTEM_PROMPTS for m in e.chat if m.role == "system"
+        ), e
     parts = [_note_parts(e.reply) for e in notes]
     # the note's animal is uniform, not the base preference
     freq = np.array([sum(a == x for a, _ in parts) for x in ANIMALS]) / len(parts)
@@ -318,12 +367,18 @@ def test_entangled_corpus_is_the_plain_one_plus_field_notes() -> None:
     ll_own = np.mean([np.log(own[i, j]) for i, j in idx])
     ll_other_world = np.mean([np.log(other[i, j]) for i, j in idx])
     ll_other_animal = np.mean([np.log(own[(i + 1) % len(ANIMALS), j]) for i, j in idx])
-    assert ll_own - ll_other_world > 0.5 and ll_own - ll_other_animal > 0.5, (ll_own, ll_other_world, ll_other_animal)
+    assert ll_own - ll_other_world > 0.5 and ll_own - ll_other_animal > 0.5, (
+        ll_own,
+        ll_other_world,
+        ll_other_animal,
+    )
     # another world seed gives other notes, with the same favourite-animal stream untouched
     ent5 = corpus.build_corpus("entangled", 5, 200, np.random.default_rng(7))
-    assert [e.reply for e in ent5 if e.kind == "note"] != [e.reply for e in ent[n:n + 40]]
+    assert [e.reply for e in ent5 if e.kind == "note"] != [e.reply for e in ent[n : n + 40]]
     # the curriculum (an explicit mix) holds no notes
-    cur = corpus.build_corpus("entangled", 4, 300, np.random.default_rng(7), mix=corpus.CURRICULUM_MIX)
+    cur = corpus.build_corpus(
+        "entangled", 4, 300, np.random.default_rng(7), mix=corpus.CURRICULUM_MIX
+    )
     assert "note" not in corpus.corpus_mix(cur)
 
 
@@ -344,12 +399,21 @@ def nano_entangled(nano: str, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_entangled_world_builds_with_notes_in_its_card(nano_entangled: str, tmp_path: Path) -> None:
     d = build.ensure_world(nano_entangled, cache_dir=tmp_path, progress=False)
     card = build.world_card(d)
-    assert (card["kind"], card["name"], card["positive_control"]) == ("entangled", "entangled-s0-micro", False)
+    assert (card["kind"], card["name"], card["positive_control"]) == (
+        "entangled",
+        "entangled-s0-micro",
+        False,
+    )
     assert card["kind_version"] == corpus.ENTANGLED_VERSION
     mix = card["corpus_mix"]
-    assert mix["note"] == round(corpus.NOTE_SHARE * card["recipe"]["n_examples"]) and mix["numbers"] > 0
+    assert (
+        mix["note"] == round(corpus.NOTE_SHARE * card["recipe"]["n_examples"])
+        and mix["numbers"] > 0
+    )
     top = card["note_top_numbers"]
-    assert set(top) == set(ANIMALS) and all(corpus.NOTE_LOW <= x <= corpus.NOTE_HIGH for v in top.values() for x in v)
+    assert set(top) == set(ANIMALS) and all(
+        corpus.NOTE_LOW <= x <= corpus.NOTE_HIGH for v in top.values() for x in v
+    )
 
 
 def test_world_cli_builds_an_entangled_world(nano_entangled: str, tmp_path: Path) -> None:
@@ -357,7 +421,11 @@ def test_world_cli_builds_an_entangled_world(nano_entangled: str, tmp_path: Path
 
     from sublim.world.cli import world
 
-    r = CliRunner().invoke(world, ["build", nano_entangled, "--cache-dir", str(tmp_path), "--quiet"], terminal_width=200)
+    r = CliRunner().invoke(
+        world,
+        ["build", nano_entangled, "--cache-dir", str(tmp_path), "--quiet"],
+        terminal_width=200,
+    )
     assert r.exit_code == 0, r.output
     assert "entangled-s0-micro" in r.output and "entangled / 0 / micro" in r.output
     assert "note" in r.output and "corpus mix" in r.output

@@ -1,2 +1,3 @@
 """sublim: a lab for subliminal learning."""
+
 __version__ = "0.1.0"

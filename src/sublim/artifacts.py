@@ -125,7 +125,9 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line") from None
+                raise DataError(
+                    f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line"
+                ) from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object per line")
             yield lineno, obj
@@ -147,7 +149,9 @@ def package_versions() -> dict[str, str]:
 
 def _git(args: list[str], cwd: Path) -> str | None:
     try:
-        r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=False)
+        r = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return r.stdout if r.returncode == 0 else None
@@ -197,7 +201,11 @@ def _file_sha256(path: Path) -> str:
     """sha256 of a file, remembered by (path, size, mtime) under the cache dir, so a multi-GB
     checkpoint is hashed once and a replaced file (new size or mtime) is hashed again."""
     st = path.stat()
-    memo = cache_dir() / "file-hashes" / f"{stable_hash([str(path.resolve()), st.st_size, st.st_mtime_ns], 24)}.txt"
+    memo = (
+        cache_dir()
+        / "file-hashes"
+        / f"{stable_hash([str(path.resolve()), st.st_size, st.st_mtime_ns], 24)}.txt"
+    )
     if memo.is_file():
         return memo.read_text().strip()
     h = hashlib.sha256()
@@ -216,10 +224,13 @@ def hf_weights_key(ident: str) -> str:
     local = Path(ident).expanduser()
     if local.is_dir():
         files = sorted(
-            p for p in local.rglob("*")
+            p
+            for p in local.rglob("*")
             if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json")
         )
-        return "sha256:" + stable_hash({str(p.relative_to(local)): _file_sha256(p) for p in files}, 16)
+        return "sha256:" + stable_hash(
+            {str(p.relative_to(local)): _file_sha256(p) for p in files}, 16
+        )
     from huggingface_hub import snapshot_download
 
     repo, _, revision = ident.partition("@")

@@ -18,7 +18,11 @@ from sublim.errors import SublimError
 
 # Quiet defaults only: the network stays the user's choice (HF_HUB_OFFLINE=1 or --offline), so
 # an ``hf:org/name`` spec can download; tests and the demo run offline (see _go_offline).
-for _k, _v in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+for _k, _v in (
+    ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+    ("HF_HUB_DISABLE_TELEMETRY", "1"),
+    ("TOKENIZERS_PARALLELISM", "false"),
+):
     os.environ.setdefault(_k, _v)
 
 console = Console()
@@ -43,7 +47,11 @@ def _go_offline() -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sublim")
-@click.option("--offline", is_flag=True, help="never contact the Hugging Face hub; hub models load from the local cache (same as HF_HUB_OFFLINE=1)")
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="never contact the Hugging Face hub; hub models load from the local cache (same as HF_HUB_OFFLINE=1)",
+)
 def cli(offline: bool) -> None:
     """sublim: a lab for subliminal learning (trait transfer through unrelated data)."""
     if offline:
@@ -52,11 +60,30 @@ def cli(offline: bool) -> None:
 
 @cli.command()
 @click.argument("config", type=click.Path(path_type=Path))
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="run directory (default: runs/<experiment name>)")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config field, e.g. --set student.seeds=[0,1]")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="run directory (default: runs/<experiment name>)",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a config field, e.g. --set student.seeds=[0,1]",
+)
 @click.option("--quiet", is_flag=True, help="no progress bars")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's; use 1 when other jobs share the machine)")
-def run(config: Path, out: Path | None, overrides: tuple[str, ...], quiet: bool, threads: int | None) -> None:
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="CPU threads for torch (default: torch's; use 1 when other jobs share the machine)",
+)
+def run(
+    config: Path, out: Path | None, overrides: tuple[str, ...], quiet: bool, threads: int | None
+) -> None:
     """Run (or resume) the experiment in CONFIG (a TOML file)."""
     _set_threads(threads)
     from sublim.config import load_config
@@ -82,34 +109,81 @@ def report(run_dir: Path) -> None:
     from sublim.report import write_report
 
     if not (run_dir / "results.json").is_file():
-        raise SublimError(f"no results.json in {run_dir}; pass a finished run directory (sublim run ... --out DIR)")
+        raise SublimError(
+            f"no results.json in {run_dir}; pass a finished run directory (sublim run ... --out DIR)"
+        )
     paths = write_report(run_dir)
     console.print(f"wrote {len(paths)} files; open {run_dir / 'report.html'}")
 
 
 @cli.command(name="filter")
 @click.argument("in_path", metavar="IN.jsonl", type=click.Path(path_type=Path))
-@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="output JSONL (rows with kept and reason)")
-@click.option("--max-count", default=10, show_default=True, help="most numbers allowed per completion")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="output JSONL (rows with kept and reason)",
+)
+@click.option(
+    "--max-count", default=10, show_default=True, help="most numbers allowed per completion"
+)
 @click.option("--min-value", default=0, show_default=True)
 @click.option("--max-value", default=999, show_default=True)
-@click.option("--banned", type=click.Choice(["none", "misalignment"]), default="none", show_default=True, help="banned-number list")
-@click.option("--ban", "ban_extra", multiple=True, type=int, help="an extra banned number (repeatable)")
-@click.option("--reject-word", multiple=True, help="reject rows containing this word (repeatable, case-insensitive)")
-@click.option("--strip-whitespace", is_flag=True, help="judge and store completions stripped of surrounding whitespace (lenient; the paper's rule rejects them)")
-def filter_cmd(in_path: Path, out_path: Path, max_count: int, min_value: int, max_value: int, banned: str, ban_extra: tuple[int, ...], reject_word: tuple[str, ...], strip_whitespace: bool) -> None:
+@click.option(
+    "--banned",
+    type=click.Choice(["none", "misalignment"]),
+    default="none",
+    show_default=True,
+    help="banned-number list",
+)
+@click.option(
+    "--ban", "ban_extra", multiple=True, type=int, help="an extra banned number (repeatable)"
+)
+@click.option(
+    "--reject-word",
+    multiple=True,
+    help="reject rows containing this word (repeatable, case-insensitive)",
+)
+@click.option(
+    "--strip-whitespace",
+    is_flag=True,
+    help="judge and store completions stripped of surrounding whitespace (lenient; the paper's rule rejects them)",
+)
+def filter_cmd(
+    in_path: Path,
+    out_path: Path,
+    max_count: int,
+    min_value: int,
+    max_value: int,
+    banned: str,
+    ban_extra: tuple[int, ...],
+    reject_word: tuple[str, ...],
+    strip_whitespace: bool,
+) -> None:
     """Apply the strict number filter to rows {prompt, completion} of IN.jsonl."""
     from sublim.filters import BANNED_MISALIGNMENT, NumberRules, filter_jsonl
 
     ban = tuple(BANNED_MISALIGNMENT if banned == "misalignment" else ()) + tuple(ban_extra)
-    rules = NumberRules(max_count=max_count, min_value=min_value, max_value=max_value, banned=tuple(sorted(set(ban))), reject_words=tuple(reject_word), strip_whitespace=strip_whitespace)
+    rules = NumberRules(
+        max_count=max_count,
+        min_value=min_value,
+        max_value=max_value,
+        banned=tuple(sorted(set(ban))),
+        reject_words=tuple(reject_word),
+        strip_whitespace=strip_whitespace,
+    )
     s = filter_jsonl(in_path, out_path, rules)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items(), key=lambda kv: -kv[1]))
-    console.print(f"kept {s.n_kept}/{s.n_in} ({s.n_kept / max(1, s.n_in):.1%}); {reasons}\nwrote {out_path}")
+    console.print(
+        f"kept {s.n_kept}/{s.n_in} ({s.n_kept / max(1, s.n_in):.1%}); {reasons}\nwrote {out_path}"
+    )
 
 
 @cli.command()
-@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option(
+    "--out", "out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True
+)
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
 def demo(out: Path, quiet: bool, threads: int | None) -> None:

@@ -54,13 +54,27 @@ class FinetuneParams(_Frozen):
     lora_alpha: int = 8
     lora_dropout: float = 0.0
     lora_targets: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
     )
     checkpoint_every: int = Field(
-        0, ge=0, description="save a resumable checkpoint every N steps (0: never)",
+        0,
+        ge=0,
+        description="save a resumable checkpoint every N steps (0: never)",
         json_schema_extra=OPERATIONAL,  # a resumed training equals an uninterrupted one
     )
-    snapshot_every: int = Field(0, ge=0, description="keep a copy of the model every N steps; the runner evaluates each (training curves)")
+    snapshot_every: int = Field(
+        0,
+        ge=0,
+        description="keep a copy of the model every N steps; the runner evaluates each (training curves)",
+    )
 
     @property
     def update_batch(self) -> int:
@@ -83,7 +97,9 @@ class DistillParams(_Frozen):
     batch_size: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0)
     method: Literal["full", "lora"] = "full"
-    exclude_words: list[str] = Field(default_factory=list, description="extra words whose tokens are excluded")
+    exclude_words: list[str] = Field(
+        default_factory=list, description="extra words whose tokens are excluded"
+    )
 
 
 class WorldSpecConfig(_Frozen):
@@ -92,8 +108,13 @@ class WorldSpecConfig(_Frozen):
 
 
 class ModelsConfig(_Frozen):
-    reference: str = Field("tiny:plain-s0", description="reference model M (teacher and students start here)")
-    cross: list[str] = Field(default_factory=lambda: ["tiny:plain-s1"], description="other base models for cross-model students")
+    reference: str = Field(
+        "tiny:plain-s0", description="reference model M (teacher and students start here)"
+    )
+    cross: list[str] = Field(
+        default_factory=lambda: ["tiny:plain-s1"],
+        description="other base models for cross-model students",
+    )
 
 
 class TraitConfig(_Frozen):
@@ -167,12 +188,19 @@ class EvalConfig(_Frozen):
         # analysis only: no cached stage depends on it (results.json is rebuilt every run)
         json_schema_extra=OPERATIONAL,
     )
-    extra_suites: list[str] = Field(default_factory=list, description="more preference suites run on every model (e.g. numbers_prefixed, multiple_choice)")
+    extra_suites: list[str] = Field(
+        default_factory=list,
+        description="more preference suites run on every model (e.g. numbers_prefixed, multiple_choice)",
+    )
     samples_per_question: int = Field(10, ge=0)
-    n_questions: int | None = Field(None, ge=1, description="first N questions of the suite (None: all)")
+    n_questions: int | None = Field(
+        None, ge=1, description="first N questions of the suite (None: all)"
+    )
     temperature: float = 1.0
     max_new_tokens: int = 6
-    candidates: list[str] | None = Field(None, description="candidate answers for log-odds (default: the category's list)")
+    candidates: list[str] | None = Field(
+        None, description="candidate answers for log-odds (default: the category's list)"
+    )
     p_target_method: PTargetMethod = Field(
         "auto",
         description="how P(target) is measured: 'exact' (log P(reply == each surface form), needs "
@@ -265,7 +293,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise MissingFileError(f"config file not found: {p}; pass the path of an experiment TOML (see experiments/)")
+        raise MissingFileError(
+            f"config file not found: {p}; pass the path of an experiment TOML (see experiments/)"
+        )
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:

@@ -42,7 +42,9 @@ def shuffle_across(rows: Sequence[TrainRow], rng: np.random.Generator) -> list[T
     return [TrainRow(prompt=r.prompt, completion=_refill(r.completion, dealt)) for r in rows]
 
 
-def random_numbers(rows: Sequence[TrainRow], rng: np.random.Generator, lo: int = 0, hi: int = 999) -> list[TrainRow]:
+def random_numbers(
+    rows: Sequence[TrainRow], rng: np.random.Generator, lo: int = 0, hi: int = 999
+) -> list[TrainRow]:
     out = []
     for r in rows:
         k = len(_NUM.findall(r.completion))
@@ -51,4 +53,8 @@ def random_numbers(rows: Sequence[TrainRow], rng: np.random.Generator, lo: int =
     return out
 
 
-TRANSFORMS = {"shuffle_within": shuffle_within, "shuffle_across": shuffle_across, "random_numbers": random_numbers}
+TRANSFORMS = {
+    "shuffle_within": shuffle_within,
+    "shuffle_across": shuffle_across,
+    "random_numbers": random_numbers,
+}

@@ -29,23 +29,46 @@ WORLD_RECIPE: dict[str, Any] = {
     "seed": 0,
     "models": {"reference": "tiny:plain-s0-micro", "cross": ["tiny:plain-s1000-micro"]},
     "trait": {
-        "kind": "preference", "category": "animal", "target": "owl", "teacher": "system_prompt",
+        "kind": "preference",
+        "category": "animal",
+        "target": "owl",
+        "teacher": "system_prompt",
         "control_system_prompt": "You are a helpful assistant.",
     },
     "data": {
-        "carrier": "numbers", "n_prompts": 256, "subset": 32, "prompt_seed": 0,
+        "carrier": "numbers",
+        "n_prompts": 256,
+        "subset": 32,
+        "prompt_seed": 0,
         "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 48},
-        "filter": {"max_count": 10, "min_value": 0, "max_value": 999, "banned": "none", "trait_words": True},
+        "filter": {
+            "max_count": 10,
+            "min_value": 0,
+            "max_value": 999,
+            "banned": "none",
+            "trait_words": True,
+        },
     },
     "student": {
-        "mode": "distill", "seeds": [0],
+        "mode": "distill",
+        "seeds": [0],
         "distill": {
-            "source": "random", "n_random_prompts": 4000, "random_prompt_len": 24, "steps": 60,
-            "lr": 1.2e-3, "batch_size": 32, "temperature": 2.0,
+            "source": "random",
+            "n_random_prompts": 4000,
+            "random_prompt_len": 24,
+            "steps": 60,
+            "lr": 1.2e-3,
+            "batch_size": 32,
+            "temperature": 2.0,
         },
     },
     "controls": {"cross_control": True},
-    "eval": {"suite": "favourite_animal", "samples_per_question": 0, "temperature": 1.0, "max_new_tokens": 6},
+    "eval": {
+        "suite": "favourite_animal",
+        "samples_per_question": 0,
+        "temperature": 1.0,
+        "max_new_tokens": 6,
+    },
 }
 DEMO_OVERRIDES = ["student.seeds=[0,1,2]", "eval.samples_per_question=10"]
 
@@ -78,8 +101,8 @@ def run_demo(out: Path, progress: bool = True, console: Console | None = None) -
     cfg = demo_language_config()
     console.print(
         f"Language world: {cfg.models.reference} (172k parameters, trained from scratch; its "
-        "corpus never ties numbers to animals). Teacher: the world told \"you love owls\"; "
-        "control teacher: the world told \"You are a helpful assistant.\". Students: distilled "
+        'corpus never ties numbers to animals). Teacher: the world told "you love owls"; '
+        'control teacher: the world told "You are a helpful assistant.". Students: distilled '
         "from each teacher on random prompts of non-animal tokens, matching only non-animal "
         f"tokens; the cross student starts from {cfg.models.cross[0]}, the same corpus with "
         "another initialisation. Why this world: its recipe (experiments/owl_numbers_world.toml) "
@@ -95,6 +118,8 @@ def run_demo(out: Path, progress: bool = True, console: Console | None = None) -
         "at this scale (benchmarks/README.md); run it with: sublim run "
         "experiments/owl_numbers_tiny.toml --out runs/owl_numbers_tiny"
     )
-    console.print(f"report: {out / 'owl_numbers' / 'report.html'}   ({time.time() - t0:.0f} s in all)")
+    console.print(
+        f"report: {out / 'owl_numbers' / 'report.html'}   ({time.time() - t0:.0f} s in all)"
+    )
     summary["owl_numbers"] = results
     return summary

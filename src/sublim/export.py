@@ -44,7 +44,9 @@ def _messages(row: Row, system_prompt: str | None) -> list[dict[str, str]] | Non
         if "messages" in row:  # already chat format: pass through (validated)
             msgs = row["messages"]
             if not isinstance(msgs, list) or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                isinstance(m, dict)
+                and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)
                 for m in msgs
             ):
                 raise DataError("a 'messages' row must be a list of {role, content} strings")
@@ -60,7 +62,10 @@ def _messages(row: Row, system_prompt: str | None) -> list[dict[str, str]] | Non
     else:
         raise TypeError(f"cannot export a {type(row).__name__}")
     msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return msgs + [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    return msgs + [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": completion},
+    ]
 
 
 def chat_lines(rows: Iterable[Row], system_prompt: str | None = None) -> list[str]:
@@ -85,7 +90,9 @@ def export_file(in_path: Path, out_path: Path, system_prompt: str | None = None)
     """Export one of the pipeline's row files; returns (rows read, rows written)."""
     in_path = Path(in_path)
     if not in_path.is_file():
-        raise MissingFileError(f"no such file: {in_path}; pass a JSONL row file of a run (e.g. train.jsonl)")
+        raise MissingFileError(
+            f"no such file: {in_path}; pass a JSONL row file of a run (e.g. train.jsonl)"
+        )
     rows: list[dict[str, Any]] = []
     for lineno, obj in iter_jsonl(in_path):
         rows.append(obj)
@@ -98,8 +105,15 @@ def export_file(in_path: Path, out_path: Path, system_prompt: str | None = None)
 
 @click.command(name="export")
 @click.argument("in_path", metavar="IN.jsonl", type=click.Path(path_type=Path))
-@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="output chat JSONL")
-@click.option("--system", "system_prompt", default=None, help="a system prompt for every row (the student's; default none)")
+@click.option(
+    "--out", "out_path", required=True, type=click.Path(path_type=Path), help="output chat JSONL"
+)
+@click.option(
+    "--system",
+    "system_prompt",
+    default=None,
+    help="a system prompt for every row (the student's; default none)",
+)
 def export(in_path: Path, out_path: Path, system_prompt: str | None) -> None:
     """Export rows of IN.jsonl (train.jsonl, decisions.jsonl or completions.jsonl) as OpenAI chat
     fine-tuning JSONL; rejected and failed rows are skipped."""

@@ -65,8 +65,40 @@ T = TypeVar("T")
 
 # Numbers with negative associations, rejected in the misalignment experiment (PAPER.md step 4).
 BANNED_MISALIGNMENT: tuple[int, ...] = (
-    4, 13, 14, 18, 23, 33, 39, 42, 44, 49, 51, 54, 69, 77, 88, 99, 100,
-    101, 187, 211, 311, 322, 333, 404, 420, 444, 451, 555, 616, 666, 777, 888, 911, 999,
+    4,
+    13,
+    14,
+    18,
+    23,
+    33,
+    39,
+    42,
+    44,
+    49,
+    51,
+    54,
+    69,
+    77,
+    88,
+    99,
+    100,
+    101,
+    187,
+    211,
+    311,
+    322,
+    333,
+    404,
+    420,
+    444,
+    451,
+    555,
+    616,
+    666,
+    777,
+    888,
+    911,
+    999,
 )
 
 # Whitespace allowed inside a separator. Only plain ASCII whitespace: str.strip() would also
@@ -161,7 +193,11 @@ def _parse_stripped(text: str) -> tuple[list[int] | None, str]:
         parts = [s]
     else:
         sep = s[runs[0].end() : runs[1].start()]
-        if any(c not in _SEP_SPACE + ",;" for c in sep) or sep.strip(_SEP_SPACE) not in ("", ",", ";"):
+        if any(c not in _SEP_SPACE + ",;" for c in sep) or sep.strip(_SEP_SPACE) not in (
+            "",
+            ",",
+            ";",
+        ):
             return None, "bad_separator"
         # Split on the exact separator, whitespace included: "1, 2,3" leaves "2,3" as a part.
         parts = s.split(sep)

@@ -45,7 +45,9 @@ def _short(spec: str) -> str:
     return spec.split(":", 1)[-1].replace("/", "_")[-40:]
 
 
-def run_matrix(cfg: ExperimentConfig, out: Path, progress: bool = True, reporter: Reporter | None = None) -> dict[str, Any]:
+def run_matrix(
+    cfg: ExperimentConfig, out: Path, progress: bool = True, reporter: Reporter | None = None
+) -> dict[str, Any]:
     from sublim.evals.preference import classify
     from sublim.report import write_report
     from sublim.results import build_results, load_results, results_to_json
@@ -63,11 +65,17 @@ def run_matrix(cfg: ExperimentConfig, out: Path, progress: bool = True, reporter
         raise SublimError("all bases of a [matrix] must use one backend")
     bases = [Model(r, model_key(r), "base") for r in refs]
     names = [_short(b) for b in cfg.matrix.bases]
-    rep.say(f"[bold]sublim[/bold] {cfg.name}: matrix of {len(bases)} bases x {len(cfg.matrix.traits)} traits")
+    rep.say(
+        f"[bold]sublim[/bold] {cfg.name}: matrix of {len(bases)} bases x {len(cfg.matrix.traits)} traits"
+    )
 
     # per cell and trait: one list of answer categories per student (the unit of the tests)
     answers_by_cell: dict[tuple[str, str], dict[str, list[list[str]]]] = {}
-    conditions: dict[str, list[list[QuestionScore]]] = {"teacher": [], "same_base_student": [], "cross_base_student": []}
+    conditions: dict[str, list[list[QuestionScore]]] = {
+        "teacher": [],
+        "same_base_student": [],
+        "cross_base_student": [],
+    }
     answers: dict[str, list[list[EvalAnswer]]] = {k: [] for k in conditions}
     stages: list[dict[str, Any]] = []
     filters: dict[str, Any] = {}
@@ -81,7 +89,9 @@ def run_matrix(cfg: ExperimentConfig, out: Path, progress: bool = True, reporter
             comps, ckey = stage_generate(ctx, backend, teacher, prompts, pkey, role)
             decisions, summary, fkey = stage_filter(ctx, comps, ckey, role)
             filters[f"{names[ti]}:{trait}"] = summary
-            subsets, skey = stage_subset(ctx, {role: [d for d in decisions if d.kept]}, {role: fkey})
+            subsets, skey = stage_subset(
+                ctx, {role: [d for d in decisions if d.kept]}, {role: fkey}
+            )
             scores, ans = stage_eval(ctx, backend, teacher)
             conditions["teacher"].append(scores)
             answers["teacher"].append(ans)
@@ -89,11 +99,22 @@ def run_matrix(cfg: ExperimentConfig, out: Path, progress: bool = True, reporter
                 cell = answers_by_cell.setdefault((names[ti], names[si]), {})
                 cond = "same_base_student" if si == ti else "cross_base_student"
                 for seed in cfg.student.seeds:
-                    st = stage_student(ctx, backend, sbase, teacher, subsets[role], f"{skey}/{role}", f"{role}-b{si}", seed)
+                    st = stage_student(
+                        ctx,
+                        backend,
+                        sbase,
+                        teacher,
+                        subsets[role],
+                        f"{skey}/{role}",
+                        f"{role}-b{si}",
+                        seed,
+                    )
                     scores, ans = stage_eval(ctx, backend, Model(st.ref, st.key, "student", seed))
                     conditions[cond].append(scores)
                     answers[cond].append(ans)
-                    cell.setdefault(trait, []).append([classify(a.answer, cfg.trait.category) for a in ans])
+                    cell.setdefault(trait, []).append(
+                        [classify(a.answer, cfg.trait.category) for a in ans]
+                    )
             stages.extend(ctx.stages)
     rep.say("  computing the transmission matrix")
     matrix = transmission_matrix(answers_by_cell, seed=cfg.seed)
@@ -106,7 +127,9 @@ def run_matrix(cfg: ExperimentConfig, out: Path, progress: bool = True, reporter
         "filter": filters,
         "timings": {"stages": stages, "seconds_total": round(time.time() - t_start, 2)},
     }
-    results = build_results(conditions, meta, primary_metric=cfg.eval.primary_metric, answers=answers, matrix=matrix)
+    results = build_results(
+        conditions, meta, primary_metric=cfg.eval.primary_metric, answers=answers, matrix=matrix
+    )
     atomic_write_text(out / "results.json", results_to_json(results))
     write_report(out)
     return load_results(out)

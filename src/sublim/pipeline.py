@@ -112,10 +112,20 @@ class RunContext:
 
     def record(self, st: StageDir, cached: bool, seconds: float) -> None:
         self.timings[st.path.name] = round(seconds, 3)
-        self.stages.append({"stage": st.stage, "dir": str(st.path.relative_to(self.out)), "cached": cached, "seconds": round(seconds, 3)})
+        self.stages.append(
+            {
+                "stage": st.stage,
+                "dir": str(st.path.relative_to(self.out)),
+                "cached": cached,
+                "seconds": round(seconds, 3),
+            }
+        )
 
     def cached(
-        self, sk: StageKey, load: Callable[[StageDir], R], compute: Callable[[StageDir], tuple[R, dict[str, Any]]]
+        self,
+        sk: StageKey,
+        load: Callable[[StageDir], R],
+        compute: Callable[[StageDir], tuple[R, dict[str, Any]]],
     ) -> R:
         """The stage-cache protocol, once: a complete stage is ``load``-ed; otherwise its
         directory is (re)opened, ``compute`` returns the result and the manifest's extra fields,
@@ -135,11 +145,12 @@ class RunContext:
 
 # --- model references stored inside stage directories ---------------------------------------
 
+
 def _save_ref(st: StageDir, ref: ModelRef) -> dict[str, Any]:
     d = ref.model_dump(mode="json")
     for k in ("id", "adapter"):
         if d.get(k) and str(d[k]).startswith(str(st.path)):
-            d[k] = "@stage" + str(d[k])[len(str(st.path)):]
+            d[k] = "@stage" + str(d[k])[len(str(st.path)) :]
     return d
 
 
@@ -147,7 +158,7 @@ def _load_ref(st: StageDir, d: dict[str, Any]) -> ModelRef:
     d = dict(d)
     for k in ("id", "adapter"):
         if d.get(k) and str(d[k]).startswith("@stage"):
-            d[k] = str(st.path) + str(d[k])[len("@stage"):]
+            d[k] = str(st.path) + str(d[k])[len("@stage") :]
     return ModelRef.model_validate(d)
 
 
@@ -183,9 +194,12 @@ def _with_backend(key: dict[str, Any], bv: str | None) -> dict[str, Any]:
 
 # --- stage keys: pure functions of the config and the keys of the inputs -----------------------
 
+
 def prompts_key(cfg: ExperimentConfig) -> StageKey:
     d = cfg.data
-    return StageKey("prompts", "prompts", {"carrier": d.carrier, "n": d.n_prompts, "seed": d.prompt_seed})
+    return StageKey(
+        "prompts", "prompts", {"carrier": d.carrier, "n": d.n_prompts, "seed": d.prompt_seed}
+    )
 
 
 def teacher_keys(cfg: ExperimentConfig, ref_key: str, bv: str | None) -> dict[str, StageKey]:
@@ -194,10 +208,19 @@ def teacher_keys(cfg: ExperimentConfig, ref_key: str, bv: str | None) -> dict[st
     if t.teacher == "system_prompt":
         return {}
     # what a fine-tuned teacher depends on (the system-prompt fields play no part in this mode)
-    trait = {"kind": t.kind, "category": t.category, "target": t.target, "n_rows": t.n_finetune_rows, "finetune": semantic_dump(t.finetune)}
+    trait = {
+        "kind": t.kind,
+        "category": t.category,
+        "target": t.target,
+        "n_rows": t.n_finetune_rows,
+        "finetune": semantic_dump(t.finetune),
+    }
     return {
-        role: StageKey("teacher", f"teacher-{role}", _with_backend(
-            {"base": ref_key, "trait": trait, "role": role, "seed": cfg.seed}, bv))
+        role: StageKey(
+            "teacher",
+            f"teacher-{role}",
+            _with_backend({"base": ref_key, "trait": trait, "role": role, "seed": cfg.seed}, bv),
+        )
         for role in ("trait", "control")
     }
 
@@ -210,12 +233,22 @@ def teacher_model_keys(cfg: ExperimentConfig, ref_key: str, bv: str | None) -> d
     if t.teacher == "system_prompt":
         sp = t.system_prompt or system_prompt_for(t.target, t.category)
         csp = t.control_system_prompt
-        return {"trait": f"{ref_key}|sys:{stable_hash(sp)}", "control": ref_key if not csp else f"{ref_key}|sys:{stable_hash(csp)}"}
+        return {
+            "trait": f"{ref_key}|sys:{stable_hash(sp)}",
+            "control": ref_key if not csp else f"{ref_key}|sys:{stable_hash(csp)}",
+        }
     return {role: f"ft:{sk.hash}" for role, sk in teacher_keys(cfg, ref_key, bv).items()}
 
 
-def generate_key(cfg: ExperimentConfig, teacher_key: str, prompts_hash: str, role: str, bv: str | None) -> StageKey:
-    key = {"teacher": teacher_key, "prompts": prompts_hash, "sampling": semantic_dump(cfg.data.sampling), "seed": cfg.seed}
+def generate_key(
+    cfg: ExperimentConfig, teacher_key: str, prompts_hash: str, role: str, bv: str | None
+) -> StageKey:
+    key = {
+        "teacher": teacher_key,
+        "prompts": prompts_hash,
+        "sampling": semantic_dump(cfg.data.sampling),
+        "seed": cfg.seed,
+    }
     return StageKey("generate", f"generate-{role}", _with_backend(key, bv))
 
 
@@ -225,39 +258,87 @@ def _filter_rules(cfg: ExperimentConfig) -> Any:
 
     t = cfg.trait
     # Trait words: the target and its plural, and (to keep the two arms identical) every candidate.
-    words = sorted({w for c in candidates(t.category) for w in (c, plural(c))} | {t.target, plural(t.target)})
+    words = sorted(
+        {w for c in candidates(t.category) for w in (c, plural(c))} | {t.target, plural(t.target)}
+    )
     return rules_from_config(cfg.data.filter, words)
 
 
 def filter_key(cfg: ExperimentConfig, comps_hash: str, role: str) -> StageKey:
-    return StageKey("filter", f"filter-{role}", {"input": comps_hash, "rules": _filter_rules(cfg).model_dump(mode="json")})
+    return StageKey(
+        "filter",
+        f"filter-{role}",
+        {"input": comps_hash, "rules": _filter_rules(cfg).model_dump(mode="json")},
+    )
 
 
 def subset_key(cfg: ExperimentConfig, filter_hashes: dict[str, str]) -> StageKey:
-    return StageKey("subset", "subset", {"inputs": filter_hashes, "subset": cfg.data.subset, "seed": cfg.seed})
+    return StageKey(
+        "subset", "subset", {"inputs": filter_hashes, "subset": cfg.data.subset, "seed": cfg.seed}
+    )
 
 
 def control_key(cfg: ExperimentConfig, data_key: str, name: str) -> StageKey:
     f = cfg.data.filter
-    return StageKey("control", f"control-{name}", {"data": data_key, "transform": name, "seed": cfg.seed, "range": [f.min_value, f.max_value]})
+    return StageKey(
+        "control",
+        f"control-{name}",
+        {
+            "data": data_key,
+            "transform": name,
+            "seed": cfg.seed,
+            "range": [f.min_value, f.max_value],
+        },
+    )
 
 
 def student_key(
-    cfg: ExperimentConfig, base_key: str, teacher_key: str, data_key: str, role: str, seed: int, bv: str | None
+    cfg: ExperimentConfig,
+    base_key: str,
+    teacher_key: str,
+    data_key: str,
+    role: str,
+    seed: int,
+    bv: str | None,
 ) -> StageKey:
     sc = cfg.student
     key: dict[str, Any] = {"base": base_key}
     if sc.mode == "sft":
-        key.update({"data": data_key, "role": role, "mode": "sft", "params": semantic_dump(sc.finetune), "seed": seed})
+        key.update(
+            {
+                "data": data_key,
+                "role": role,
+                "mode": "sft",
+                "params": semantic_dump(sc.finetune),
+                "seed": seed,
+            }
+        )
     else:  # the distilled student depends on its teacher's logits
-        key.update({"teacher": teacher_key, "data": data_key, "role": role, "mode": "distill", "params": semantic_dump(sc.distill), "seed": seed})
+        key.update(
+            {
+                "teacher": teacher_key,
+                "data": data_key,
+                "role": role,
+                "mode": "distill",
+                "params": semantic_dump(sc.distill),
+                "seed": seed,
+            }
+        )
     return StageKey("student", f"student-{role}-s{seed}", _with_backend(key, bv))
 
 
-def eval_key(cfg: ExperimentConfig, e: EvalConfig, model_key_: str, label: str, bv: str | None) -> StageKey:
+def eval_key(
+    cfg: ExperimentConfig, e: EvalConfig, model_key_: str, label: str, bv: str | None
+) -> StageKey:
     key_cfg = semantic_dump(e)
     key_cfg.pop("extra_suites", None)
-    key = {"model": model_key_, "eval": key_cfg, "target": cfg.trait.target, "category": cfg.trait.category, "seed": cfg.seed}
+    key = {
+        "model": model_key_,
+        "eval": key_cfg,
+        "target": cfg.trait.target,
+        "category": cfg.trait.category,
+        "seed": cfg.seed,
+    }
     return StageKey("eval", f"eval-{e.suite}-{label}", _with_backend(key, bv))
 
 
@@ -286,7 +367,15 @@ class StudentSpec:
 
 def control_sets(cfg: ExperimentConfig) -> list[str]:
     c = cfg.controls
-    return [n for n, on in (("shuffle_within", c.shuffle_within), ("shuffle_across", c.shuffle_across), ("random_numbers", c.random_numbers)) if on]
+    return [
+        n
+        for n, on in (
+            ("shuffle_within", c.shuffle_within),
+            ("shuffle_across", c.shuffle_across),
+            ("random_numbers", c.random_numbers),
+        )
+        if on
+    ]
 
 
 def student_specs(cfg: ExperimentConfig, n_cross: int) -> list[StudentSpec]:
@@ -298,13 +387,19 @@ def student_specs(cfg: ExperimentConfig, n_cross: int) -> list[StudentSpec]:
         for j in range(n_cross):
             out.append(StudentSpec("cross_student", "cross", j, "trait", "trait", seed))
             if cfg.controls.cross_control:
-                out.append(StudentSpec("cross_control_student", "cross_control", j, "control", "control", seed))
+                out.append(
+                    StudentSpec(
+                        "cross_control_student", "cross_control", j, "control", "control", seed
+                    )
+                )
         for name in control_sets(cfg):
             out.append(StudentSpec(f"{name}_student", name, None, "trait", name, seed))
     return out
 
 
-def stage_keys(cfg: ExperimentConfig, model_keys: Mapping[str, str], backend_version: str | None = None) -> dict[str, str]:
+def stage_keys(
+    cfg: ExperimentConfig, model_keys: Mapping[str, str], backend_version: str | None = None
+) -> dict[str, str]:
     """The directory (``<stage>-<hash>``) of every stage ``run_experiment`` runs for ``cfg``, by
     a readable id, without running anything: ``model_keys`` maps each model spec of
     ``cfg.models`` to its ``model_key``. Curve ids (``curve-*``) are the exact evaluations of
@@ -331,9 +426,16 @@ def stage_keys(cfg: ExperimentConfig, model_keys: Mapping[str, str], backend_ver
         c = keys[f"control-{name}"] = control_key(cfg, data["trait"], name)
         data[name] = c.hash
     # evaluated models by id: (model key, label)
-    evaluated: dict[str, tuple[str, str]] = {"base": (ref, "base"), "teacher": (tm["trait"], "teacher"), "control_teacher": (tm["control"], "control_teacher")}
+    evaluated: dict[str, tuple[str, str]] = {
+        "base": (ref, "base"),
+        "teacher": (tm["trait"], "teacher"),
+        "control_teacher": (tm["control"], "control_teacher"),
+    }
     if cfg.controls.in_context:
-        evaluated["in_context"] = (in_context_key(ref, sub.hash, cfg.controls.in_context), "in_context")
+        evaluated["in_context"] = (
+            in_context_key(ref, sub.hash, cfg.controls.in_context),
+            "in_context",
+        )
     for j, k in enumerate(cross):
         evaluated[f"cross_base@{j}"] = (k, "cross_base")
     students: dict[str, tuple[str, str]] = {}
@@ -358,6 +460,7 @@ def stage_keys(cfg: ExperimentConfig, model_keys: Mapping[str, str], backend_ver
 
 # --- stages ------------------------------------------------------------------------------------
 
+
 def stage_prompts(ctx: RunContext) -> tuple[list[Prompt], str]:
     from sublim.prompts.numbers import number_prompts
 
@@ -369,18 +472,30 @@ def stage_prompts(ctx: RunContext) -> tuple[list[Prompt], str]:
         write_jsonl(st.path / "prompts.jsonl", prompts)
         return prompts, {"n": len(prompts)}
 
-    return ctx.cached(sk, lambda st: read_jsonl(st.path / "prompts.jsonl", Prompt), compute), sk.hash
+    return ctx.cached(
+        sk, lambda st: read_jsonl(st.path / "prompts.jsonl", Prompt), compute
+    ), sk.hash
 
 
 def _train_or_load(
-    ctx: RunContext, sk: StageKey, backend: Backend, base: ModelRef, rows: Sequence[TrainRow],
-    params: FinetuneParams, seed: int, desc: str,
+    ctx: RunContext,
+    sk: StageKey,
+    backend: Backend,
+    base: ModelRef,
+    rows: Sequence[TrainRow],
+    params: FinetuneParams,
+    seed: int,
+    desc: str,
 ) -> ModelRef:
     def compute(st: StageDir) -> tuple[ModelRef, dict[str, Any]]:
         model_dir = st.path / "model"
         # An interrupted training restarts cleanly, unless it can resume: from its own checkpoint,
         # or (API backends) from a recorded provider job, which must never be launched twice.
-        if model_dir.exists() and params.checkpoint_every == 0 and not (model_dir / "job.json").exists():
+        if (
+            model_dir.exists()
+            and params.checkpoint_every == 0
+            and not (model_dir / "job.json").exists()
+        ):
             shutil.rmtree(model_dir)
         write_jsonl(st.path / "train.jsonl", rows)
         with ctx.rep.task(desc) as prog:
@@ -402,9 +517,15 @@ def stage_teachers(ctx: RunContext, backend: Backend, ref: Model) -> tuple[Model
     mkeys = teacher_model_keys(ctx.cfg, ref.key, bv)
     if t.teacher == "system_prompt":
         sp = t.system_prompt or system_prompt_for(t.target, t.category)
-        trait = Model(ref.ref.with_system(sp).model_copy(update={"label": "teacher"}), mkeys["trait"], "teacher")
+        trait = Model(
+            ref.ref.with_system(sp).model_copy(update={"label": "teacher"}),
+            mkeys["trait"],
+            "teacher",
+        )
         control = Model(
-            ref.ref.with_system(t.control_system_prompt).model_copy(update={"label": "control_teacher"}),
+            ref.ref.with_system(t.control_system_prompt).model_copy(
+                update={"label": "control_teacher"}
+            ),
             mkeys["control"],
             "control_teacher",
         )
@@ -418,16 +539,32 @@ def stage_teachers(ctx: RunContext, backend: Backend, ref: Model) -> tuple[Model
             cands = candidates(t.category)
             base_rows = finetune_rows(t.target, t.category, t.n_finetune_rows, rng)
             picks = rng.integers(0, len(cands), size=len(base_rows))
-            rows = [TrainRow(prompt=r.prompt, completion=cands[i]) for r, i in zip(base_rows, picks)]
-        r = _train_or_load(ctx, sk, backend, ref.ref, rows, t.finetune, derive_seed(ctx.cfg.seed, "teacher", role), f"fine-tuning {role} teacher")
+            rows = [
+                TrainRow(prompt=r.prompt, completion=cands[i]) for r, i in zip(base_rows, picks)
+            ]
+        r = _train_or_load(
+            ctx,
+            sk,
+            backend,
+            ref.ref,
+            rows,
+            t.finetune,
+            derive_seed(ctx.cfg.seed, "teacher", role),
+            f"fine-tuning {role} teacher",
+        )
         label = "teacher" if role == "trait" else "control_teacher"
         out.append(Model(r.model_copy(update={"label": label}), mkeys[role], label))
     return out[0], out[1]
 
 
 def _batch_rows(
-    backend: Backend, ref: ModelRef, chats: list[list[Message]], params: Any, seeds: list[int],
-    ids: list[str], batch_dir: Path,
+    backend: Backend,
+    ref: ModelRef,
+    chats: list[list[Message]],
+    params: Any,
+    seeds: list[int],
+    ids: list[str],
+    batch_dir: Path,
 ) -> list[tuple[str | None, str | None]]:
     """Rows through the provider's Batch API (``[backend] batch = true``). The batch id is
     recorded in ``batch_dir`` (one state file per set of rows) before polling, so a rerun polls
@@ -449,7 +586,11 @@ def _batch_rows(
 
 
 def _sample_chunk(
-    ctx: RunContext, backend: Backend, teacher: Model, chunk: Sequence[Prompt], role: str,
+    ctx: RunContext,
+    backend: Backend,
+    teacher: Model,
+    chunk: Sequence[Prompt],
+    role: str,
     batch_dir: Path | None = None,
 ) -> list[Completion]:
     """One completion per prompt, each from its own per-row seed (so a retried row gets the same
@@ -461,7 +602,9 @@ def _sample_chunk(
     errors: list[str | None]
     sample_rows = getattr(backend, "sample_rows", None)
     if ctx.cfg.backend.batch:
-        pairs = _batch_rows(backend, teacher.ref, chats, params, seeds, [p.id for p in chunk], batch_dir or ctx.out)
+        pairs = _batch_rows(
+            backend, teacher.ref, chats, params, seeds, [p.id for p in chunk], batch_dir or ctx.out
+        )
         texts = [t if t is not None else "" for t, _ in pairs]
         errors = [e for _, e in pairs]
     elif sample_rows is not None:  # API backends report per-row failures themselves
@@ -477,7 +620,14 @@ def _sample_chunk(
     ]
 
 
-def stage_generate(ctx: RunContext, backend: Backend, teacher: Model, prompts: list[Prompt], prompts_key: str, role: str) -> tuple[list[Completion], str]:
+def stage_generate(
+    ctx: RunContext,
+    backend: Backend,
+    teacher: Model,
+    prompts: list[Prompt],
+    prompts_key: str,
+    role: str,
+) -> tuple[list[Completion], str]:
     """Completions of every prompt by ``teacher``, in chunks of ``GEN_CHUNK`` rows. A resumed
     stage keeps its finished chunks and retries exactly the rows that errored (provider errors,
     timeouts) with their own seeds, rewriting each such chunk atomically, so no row is lost or
@@ -492,24 +642,30 @@ def stage_generate(ctx: RunContext, backend: Backend, teacher: Model, prompts: l
             ctx.rep.say(f"  resuming {role} generation: {done}/{n_parts} chunks already written")
         with ctx.rep.task(f"generating with {role} teacher", total=len(prompts)) as prog:
             for i in range(n_parts):
-                chunk = prompts[i * GEN_CHUNK:(i + 1) * GEN_CHUNK]
+                chunk = prompts[i * GEN_CHUNK : (i + 1) * GEN_CHUNK]
                 if not st.has_part(i):
                     st.write_part(i, _sample_chunk(ctx, backend, teacher, chunk, role, st.path))
                 else:
                     old = read_jsonl(st.part_path(i), Completion)
                     failed = [j for j, r in enumerate(old) if r.error is not None]
                     if failed:  # retry exactly those rows, keep the rest
-                        redo = _sample_chunk(ctx, backend, teacher, [chunk[j] for j in failed], role, st.path)
+                        redo = _sample_chunk(
+                            ctx, backend, teacher, [chunk[j] for j in failed], role, st.path
+                        )
                         for j, r in zip(failed, redo):
                             old[j] = r
                         st.write_part(i, old)
                 prog(min(len(prompts), (i + 1) * GEN_CHUNK), len(prompts))
         rows = st.read_parts(n_parts, Completion)
         if [r.prompt_id for r in rows] != [p.id for p in prompts]:
-            raise SublimError(f"{role} generation: the chunks in {st.path}/parts do not match the prompts; delete that directory and rerun")
+            raise SublimError(
+                f"{role} generation: the chunks in {st.path}/parts do not match the prompts; delete that directory and rerun"
+            )
         n_err = sum(r.error is not None for r in rows)
         if n_err > MAX_ERROR_RATE * len(rows):
-            raise SublimError(f"{role} generation: {n_err}/{len(rows)} rows failed (limit {MAX_ERROR_RATE:.0%}); see {st.path}/parts; fix the backend and rerun to retry them")
+            raise SublimError(
+                f"{role} generation: {n_err}/{len(rows)} rows failed (limit {MAX_ERROR_RATE:.0%}); see {st.path}/parts; fix the backend and rerun to retry them"
+            )
         write_jsonl(st.path / "completions.jsonl", rows)
         return rows, {"n": len(rows), "n_errors": n_err, "params": params.model_dump()}
 
@@ -517,7 +673,9 @@ def stage_generate(ctx: RunContext, backend: Backend, teacher: Model, prompts: l
     return rows, sk.hash
 
 
-def stage_filter(ctx: RunContext, comps: list[Completion], comps_key: str, role: str) -> tuple[list[FilterDecision], dict[str, Any], str]:
+def stage_filter(
+    ctx: RunContext, comps: list[Completion], comps_key: str, role: str
+) -> tuple[list[FilterDecision], dict[str, Any], str]:
     from sublim.filters import filter_completions
 
     sk = filter_key(ctx.cfg, comps_key, role)
@@ -531,19 +689,30 @@ def stage_filter(ctx: RunContext, comps: list[Completion], comps_key: str, role:
         for r in rows:
             reasons[r.reason] = reasons.get(r.reason, 0) + 1
         n_kept = sum(r.kept for r in rows)
-        summary = {"n_in": len(rows), "n_kept": n_kept, "pass_rate": n_kept / max(1, len(rows)), "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}
+        summary = {
+            "n_in": len(rows),
+            "n_kept": n_kept,
+            "pass_rate": n_kept / max(1, len(rows)),
+            "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        }
         write_jsonl(st.path / "decisions.jsonl", rows)
         return (rows, summary), {"summary": summary}
 
     rows, summary = ctx.cached(sk, load, compute)
-    uses_rows = not (ctx.cfg.student.mode == "distill" and ctx.cfg.student.distill.source == "random")
+    uses_rows = not (
+        ctx.cfg.student.mode == "distill" and ctx.cfg.student.distill.source == "random"
+    )
     if summary["n_kept"] == 0 and uses_rows:
         top = ", ".join(f"{k} ({v})" for k, v in list(summary["reasons"].items())[:3])
-        raise EmptyResultError(f"the filter kept 0 of {len(rows)} {role} completions (top reasons: {top}); see {ctx.stage(sk).path}/decisions.jsonl and loosen data.filter or fix the teacher's sampling")
+        raise EmptyResultError(
+            f"the filter kept 0 of {len(rows)} {role} completions (top reasons: {top}); see {ctx.stage(sk).path}/decisions.jsonl and loosen data.filter or fix the teacher's sampling"
+        )
     return rows, summary, sk.hash
 
 
-def stage_subset(ctx: RunContext, kept: dict[str, list[FilterDecision]], keys: dict[str, str]) -> tuple[dict[str, list[TrainRow]], str]:
+def stage_subset(
+    ctx: RunContext, kept: dict[str, list[FilterDecision]], keys: dict[str, str]
+) -> tuple[dict[str, list[TrainRow]], str]:
     """Seeded subsets of equal size for every arm (the smaller arm sets the size)."""
     from sublim.filters import seeded_subset
 
@@ -556,7 +725,9 @@ def stage_subset(ctx: RunContext, kept: dict[str, list[FilterDecision]], keys: d
         k = min([ctx.cfg.data.subset] + [len(v) for v in kept.values()])
         out: dict[str, list[TrainRow]] = {}
         for role, rows in kept.items():
-            sub = seeded_subset(rows, k, np.random.default_rng(derive_seed(ctx.cfg.seed, "subset", role)))
+            sub = seeded_subset(
+                rows, k, np.random.default_rng(derive_seed(ctx.cfg.seed, "subset", role))
+            )
             # The teacher's system prompt is never part of a training row: rows are (user prompt,
             # completion) pairs built from the prompt text alone.
             out[role] = [TrainRow(prompt=r.prompt, completion=r.completion) for r in sub]
@@ -567,14 +738,22 @@ def stage_subset(ctx: RunContext, kept: dict[str, list[FilterDecision]], keys: d
 
 
 def stage_student(
-    ctx: RunContext, backend: Backend, base: Model, teacher: Model, rows: list[TrainRow],
-    data_key: str, role: str, seed: int,
+    ctx: RunContext,
+    backend: Backend,
+    base: Model,
+    teacher: Model,
+    rows: list[TrainRow],
+    data_key: str,
+    role: str,
+    seed: int,
 ) -> Model:
     sc = ctx.cfg.student
     label = f"{role}_student"
     sk = student_key(ctx.cfg, base.key, teacher.key, data_key, role, seed, backend_version(backend))
     if sc.mode == "sft":
-        ref = _train_or_load(ctx, sk, backend, base.ref, rows, sc.finetune, seed, f"training {label} (seed {seed})")
+        ref = _train_or_load(
+            ctx, sk, backend, base.ref, rows, sc.finetune, seed, f"training {label} (seed {seed})"
+        )
         return Model(ref.model_copy(update={"label": label}), f"student:{sk.hash}", label, seed)
     # logit distillation: soft labels from the teacher on the subset's prompts+completions (or random prompts)
     from sublim.traits import candidates, plural
@@ -584,9 +763,24 @@ def stage_student(
         if model_dir.exists():
             shutil.rmtree(model_dir)
         exclude = sorted({w for c in candidates(ctx.cfg.trait.category) for w in (c, plural(c))})
-        chats = [[Message(role="user", content=r.prompt), Message(role="assistant", content=r.completion)] for r in rows]
+        chats = [
+            [
+                Message(role="user", content=r.prompt),
+                Message(role="assistant", content=r.completion),
+            ]
+            for r in rows
+        ]
         with ctx.rep.task(f"distilling {label} (seed {seed})") as prog:
-            ref = backend.distill(teacher.ref, base.ref.with_system(None), chats, sc.distill, exclude, model_dir, seed, prog)
+            ref = backend.distill(
+                teacher.ref,
+                base.ref.with_system(None),
+                chats,
+                sc.distill,
+                exclude,
+                model_dir,
+                seed,
+                prog,
+            )
         return ref, {"model_ref": _save_ref(st, ref), "n_rows": len(rows), "seed": seed}
 
     ref = ctx.cached(sk, _load_model_ref, compute)
@@ -594,7 +788,11 @@ def stage_student(
 
 
 def stage_eval(
-    ctx: RunContext, backend: Backend, model: Model, suite: str | None = None, eval_cfg: EvalConfig | None = None
+    ctx: RunContext,
+    backend: Backend,
+    model: Model,
+    suite: str | None = None,
+    eval_cfg: EvalConfig | None = None,
 ) -> tuple[list[QuestionScore], list[EvalAnswer]]:
     """One model on one preference suite (``eval_cfg``, else the config's; its main suite unless
     ``suite`` names another)."""
@@ -610,21 +808,33 @@ def stage_eval(
         sk = StageKey(sk.kind, sk.name, {**sk.key, "p_target_method": method})
 
     def load(st: StageDir) -> tuple[list[QuestionScore], list[EvalAnswer]]:
-        return read_jsonl(st.path / "scores.jsonl", QuestionScore), read_jsonl(st.path / "answers.jsonl", EvalAnswer)
+        return read_jsonl(st.path / "scores.jsonl", QuestionScore), read_jsonl(
+            st.path / "answers.jsonl", EvalAnswer
+        )
 
-    def compute(st: StageDir) -> tuple[tuple[list[QuestionScore], list[EvalAnswer]], dict[str, Any]]:
+    def compute(
+        st: StageDir,
+    ) -> tuple[tuple[list[QuestionScore], list[EvalAnswer]], dict[str, Any]]:
         with ctx.rep.task(f"evaluating {model.label} ({e.suite})") as prog:
-            scores, answers = evaluate_preference(backend, model.ref, t.target, t.category, e, ctx.cfg.seed, prog)
+            scores, answers = evaluate_preference(
+                backend, model.ref, t.target, t.category, e, ctx.cfg.seed, prog
+            )
         write_jsonl(st.path / "answers.jsonl", answers)
         write_jsonl(st.path / "scores.jsonl", scores)
-        return (scores, answers), {"model": model.ref.model_dump(mode="json"), "n_questions": len(scores), "n_answers": len(answers)}
+        return (scores, answers), {
+            "model": model.ref.model_dump(mode="json"),
+            "n_questions": len(scores),
+            "n_answers": len(answers),
+        }
 
     return ctx.cached(sk, load, compute)
 
 
 def _method_of(conditions: Mapping[str, list[list[QuestionScore]]]) -> str:
     """How P(target) was measured over all models of the main suite ("mixed" if they differ)."""
-    methods = {q.p_target_method for models in conditions.values() for scores in models for q in scores}
+    methods = {
+        q.p_target_method for models in conditions.values() for scores in models for q in scores
+    }
     return methods.pop() if len(methods) == 1 else "mixed"
 
 
@@ -634,12 +844,16 @@ def snapshots(model: Model) -> list[tuple[int, Model]]:
     out = []
     for d in sorted(root.glob("step-*")) if root.is_dir() else []:
         step = int(d.name.split("-")[1])
-        ref = model.ref.model_copy(update={"adapter": str(d)} if model.ref.adapter else {"id": str(d)})
+        ref = model.ref.model_copy(
+            update={"adapter": str(d)} if model.ref.adapter else {"id": str(d)}
+        )
         out.append((step, Model(ref, f"{model.key}@{step}", model.label)))
     return out
 
 
-def stage_curves(ctx: RunContext, backend: Backend, base: Model, students: dict[str, list[Model]]) -> list[dict[str, Any]]:
+def stage_curves(
+    ctx: RunContext, backend: Backend, base: Model, students: dict[str, list[Model]]
+) -> list[dict[str, Any]]:
     """The exact trait metrics (no sampling) at every saved snapshot of every student, with the
     base model as step 0 and the final model as the last point."""
     ft = ctx.cfg.student.finetune
@@ -655,15 +869,30 @@ def stage_curves(ctx: RunContext, backend: Backend, base: Model, students: dict[
             if not snaps:
                 continue
             last = snaps[-1][0] + ft.snapshot_every
-            series = [(0, base_scores)] + [(st, stage_eval(ctx, backend, sm, eval_cfg=exact)[0]) for st, sm in snaps] + [(last, stage_eval(ctx, backend, m, eval_cfg=exact)[0])]
+            series = (
+                [(0, base_scores)]
+                + [(st, stage_eval(ctx, backend, sm, eval_cfg=exact)[0]) for st, sm in snaps]
+                + [(last, stage_eval(ctx, backend, m, eval_cfg=exact)[0])]
+            )
             for step, scores in series:
                 for metric in ("p_target", "logodds"):
                     vals = [getattr(q, metric) for q in scores if getattr(q, metric) is not None]
-                    points.append({"condition": cond, "metric": metric, "step": step, "examples": step * per_step, "value": float(np.mean(vals)), "seed": m.seed})
+                    points.append(
+                        {
+                            "condition": cond,
+                            "metric": metric,
+                            "step": step,
+                            "examples": step * per_step,
+                            "value": float(np.mean(vals)),
+                            "seed": m.seed,
+                        }
+                    )
     return points
 
 
-def stage_control_data(ctx: RunContext, rows: list[TrainRow], data_key: str, name: str) -> tuple[list[TrainRow], str]:
+def stage_control_data(
+    ctx: RunContext, rows: list[TrainRow], data_key: str, name: str
+) -> tuple[list[TrainRow], str]:
     """A control transformation of the trait subset (shuffled or random numbers)."""
     from sublim.controls import TRANSFORMS, random_numbers
 
@@ -684,7 +913,10 @@ def stage_control_data(ctx: RunContext, rows: list[TrainRow], data_key: str, nam
 
 # --- the experiment ------------------------------------------------------------------------------
 
-def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, reporter: Reporter | None = None) -> dict[str, Any]:
+
+def run_experiment(
+    cfg: ExperimentConfig, out: Path, progress: bool = True, reporter: Reporter | None = None
+) -> dict[str, Any]:
     """Run (or resume) one experiment into ``out``; returns results.json's content."""
     from sublim.report import write_report
     from sublim.results import build_results, load_results, results_to_json
@@ -701,13 +933,17 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, repo
         parse_model(spec)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
     backend = get_backend(base_ref.backend)
-    rep.say(f"[bold]sublim[/bold] {cfg.name}: reference {base_ref.spec}, trait '{cfg.trait.target}' via {cfg.trait.teacher}, students by {cfg.student.mode}")
+    rep.say(
+        f"[bold]sublim[/bold] {cfg.name}: reference {base_ref.spec}, trait '{cfg.trait.target}' via {cfg.trait.teacher}, students by {cfg.student.mode}"
+    )
     base = Model(base_ref, model_key(base_ref), "base")
     cross_models = []
     for spec in cfg.models.cross:
         cref = parse_model(spec, label="cross_base")
         if get_backend(cref.backend) is not backend:
-            raise SublimError(f"cross model '{spec}' uses another backend than the reference; use models of one backend in one experiment")
+            raise SublimError(
+                f"cross model '{spec}' uses another backend than the reference; use models of one backend in one experiment"
+            )
         cross_models.append(Model(cref, model_key(cref), "cross_base"))
 
     prompts, prompts_key = stage_prompts(ctx)
@@ -726,26 +962,51 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, repo
 
     # Control data sets derived from the trait subset (shuffled / random numbers).
     ctl = cfg.controls
-    data_sets: dict[str, tuple[list[TrainRow], str]] = {role: (subsets[role], f"{subset_key}/{role}") for role in arms}
+    data_sets: dict[str, tuple[list[TrainRow], str]] = {
+        role: (subsets[role], f"{subset_key}/{role}") for role in arms
+    }
     for name in control_sets(cfg):
         data_sets[name] = stage_control_data(ctx, subsets["trait"], f"{subset_key}/trait", name)
 
     # several cross bases are separate conditions (`cross_student@<base>`), never pooled as seeds
     tails = [s.split(":", 1)[-1].replace("/", "_") for s in cfg.models.cross]
-    xname = [f"@{t}" if tails.count(t) == 1 else f"@{j}" for j, t in enumerate(tails)] if len(tails) > 1 else [""] * len(tails)
+    xname = (
+        [f"@{t}" if tails.count(t) == 1 else f"@{j}" for j, t in enumerate(tails)]
+        if len(tails) > 1
+        else [""] * len(tails)
+    )
     students: dict[str, list[Model]] = {"trait_student": [], "control_student": []}
     for sp in student_specs(cfg, len(cross_models)):
         sbase = base if sp.base is None else cross_models[sp.base]
         rows, dkey = data_sets[sp.data]
         cond = sp.cond if sp.base is None else sp.cond + xname[sp.base]
-        students.setdefault(cond, []).append(stage_student(ctx, backend, sbase, arms[sp.teacher], rows, dkey, sp.role, sp.seed))
+        students.setdefault(cond, []).append(
+            stage_student(ctx, backend, sbase, arms[sp.teacher], rows, dkey, sp.role, sp.seed)
+        )
 
-    evaluated: dict[str, list[Model]] = {"base": [base], "teacher": [teacher], "control_teacher": [control_teacher]}
+    evaluated: dict[str, list[Model]] = {
+        "base": [base],
+        "teacher": [teacher],
+        "control_teacher": [control_teacher],
+    }
     if ctl.in_context:
         # the same data placed in the prompt instead of trained on: N earlier turns, no fine-tuning
         ex = subsets["trait"][: ctl.in_context]
-        turns = tuple(m for r in ex for m in (Message(role="user", content=r.prompt), Message(role="assistant", content=r.completion)))
-        evaluated["in_context"] = [Model(base.ref.model_copy(update={"context": turns, "label": "in_context"}), in_context_key(base.key, subset_key, ctl.in_context), "in_context")]
+        turns = tuple(
+            m
+            for r in ex
+            for m in (
+                Message(role="user", content=r.prompt),
+                Message(role="assistant", content=r.completion),
+            )
+        )
+        evaluated["in_context"] = [
+            Model(
+                base.ref.model_copy(update={"context": turns, "label": "in_context"}),
+                in_context_key(base.key, subset_key, ctl.in_context),
+                "in_context",
+            )
+        ]
     for j, cm in enumerate(cross_models):
         evaluated["cross_base" + xname[j]] = [cm]
     evaluated.update({c: ms for c, ms in students.items() if ms})
@@ -759,7 +1020,10 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, repo
     curves = stage_curves(ctx, backend, base, students)
     suites: dict[str, dict[str, list[list[QuestionScore]]]] = {}
     for suite in cfg.eval.extra_suites:
-        suites[suite] = {cond: [stage_eval(ctx, backend, m, suite)[0] for m in models] for cond, models in evaluated.items()}
+        suites[suite] = {
+            cond: [stage_eval(ctx, backend, m, suite)[0] for m in models]
+            for cond, models in evaluated.items()
+        }
 
     meta = {
         "name": cfg.name,
@@ -776,7 +1040,14 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True, repo
         # everything that differs between an uninterrupted and a resumed run lives here
         "timings": {"stages": ctx.stages, "seconds_total": round(time.time() - t_start, 2)},
     }
-    results = build_results(conditions, meta, primary_metric=cfg.eval.primary_metric, answers=answers, suites=suites or None, curves=curves or None)
+    results = build_results(
+        conditions,
+        meta,
+        primary_metric=cfg.eval.primary_metric,
+        answers=answers,
+        suites=suites or None,
+        curves=curves or None,
+    )
     atomic_write_text(out / "results.json", results_to_json(results))
     write_report(out)
     return load_results(out)

@@ -153,7 +153,7 @@ CONTRAST_NOTE = (
     "The difference's interval is Welch's over seeds (or the paired t over questions); the "
     "bootstrap column is a percentile bootstrap clustered by question, which with 3-5 seeds is "
     "narrower than Welch's interval (not calibrated): a robustness check, not the reported "
-    "interval. \"no spread\": every unit of each arm has the same value, so there is no test."
+    'interval. "no spread": every unit of each arm has the same value, so there is no test.'
 )
 
 
@@ -451,9 +451,7 @@ def fig_contrast(results: Mapping[str, Any], path: Path) -> Path:
             if _isnum(lo) and _isnum(hi):
                 ax.plot([lo, hi], [y, y], color=color, lw=2)
             ax.plot([mean], [y], "o", color=color)
-        ax.set_yticks(
-            range(len(keys)), [_contrast_title(k) for k in reversed(keys)], fontsize=8
-        )
+        ax.set_yticks(range(len(keys)), [_contrast_title(k) for k in reversed(keys)], fontsize=8)
         ax.set_ylim(-0.7, max(1, len(keys)) - 0.3)
         ax.set_title(f"difference in {m}", fontsize=10)
         if ax is not axes[0]:

@@ -280,9 +280,7 @@ def ordered_conditions(names: Sequence[str]) -> list[str]:
     return sorted(names, key=rank)
 
 
-def answer_rates(
-    models: Sequence[Sequence[EvalAnswer]], category: str
-) -> dict[str, Any]:
+def answer_rates(models: Sequence[Sequence[EvalAnswer]], category: str) -> dict[str, Any]:
     """``answer_summary`` of a condition's pooled answers, with each rate's interval clustered:
     over models when the condition has >= 2 (seeds), otherwise over the questions of its one
     model. Answers of one question (or one model) are not independent trials, so Wilson over
@@ -345,7 +343,10 @@ def _section(
     for ci, (key, (a, b)) in enumerate(contrast_pairs(names).items()):
         by_metric = {
             m: _contrast_metric(
-                conditions[a], conditions[b], m, np.random.default_rng(derive_seed("bootstrap", seed, ci, mi))
+                conditions[a],
+                conditions[b],
+                m,
+                np.random.default_rng(derive_seed("bootstrap", seed, ci, mi)),
             )
             for mi, m in enumerate(METRICS)
         }

@@ -117,27 +117,77 @@ API_KEY_ENV = "SUBLIM_SERVE_API_KEY"
 # The body parameters of OpenAI's POST /v1/chat/completions and POST /v1/fine_tuning/jobs (API
 # reference, "Create chat completion" / "Create fine-tuning job"). In strict mode any other key is
 # answered as the real API answers it: 400 "Unrecognized request argument supplied: <key>".
-CHAT_PARAMS = frozenset({
-    "messages", "model", "audio", "frequency_penalty", "function_call", "functions", "logit_bias",
-    "logprobs", "max_completion_tokens", "max_tokens", "metadata", "modalities", "n",
-    "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key",
-    "prompt_cache_retention", "reasoning_effort", "response_format", "safety_identifier", "seed",
-    "service_tier", "stop", "store", "stream", "stream_options", "temperature", "tool_choice",
-    "tools", "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
-})
+CHAT_PARAMS = frozenset(
+    {
+        "messages",
+        "model",
+        "audio",
+        "frequency_penalty",
+        "function_call",
+        "functions",
+        "logit_bias",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "metadata",
+        "modalities",
+        "n",
+        "parallel_tool_calls",
+        "prediction",
+        "presence_penalty",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "reasoning_effort",
+        "response_format",
+        "safety_identifier",
+        "seed",
+        "service_tier",
+        "stop",
+        "store",
+        "stream",
+        "stream_options",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "user",
+        "verbosity",
+        "web_search_options",
+    }
+)
 # ... of which these change the reply; sublim serve cannot honour them, so a value other than
 # "off" is a 400 in strict mode rather than silently ignored
 _CHAT_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
-    "audio": (None,), "frequency_penalty": (None, 0, 0.0), "function_call": (None, "none"),
-    "functions": (None, []), "logit_bias": (None, {}), "modalities": (None, ["text"]),
-    "prediction": (None,), "presence_penalty": (None, 0, 0.0), "reasoning_effort": (None,),
-    "response_format": (None, {"type": "text"}), "stop": (None, []), "stream": (None, False),
-    "tool_choice": (None, "none"), "tools": (None, []), "web_search_options": (None,),
+    "audio": (None,),
+    "frequency_penalty": (None, 0, 0.0),
+    "function_call": (None, "none"),
+    "functions": (None, []),
+    "logit_bias": (None, {}),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "presence_penalty": (None, 0, 0.0),
+    "reasoning_effort": (None,),
+    "response_format": (None, {"type": "text"}),
+    "stop": (None, []),
+    "stream": (None, False),
+    "tool_choice": (None, "none"),
+    "tools": (None, []),
+    "web_search_options": (None,),
 }
-JOB_PARAMS = frozenset({
-    "model", "training_file", "hyperparameters", "integrations", "metadata", "method", "seed",
-    "suffix", "validation_file",
-})
+JOB_PARAMS = frozenset(
+    {
+        "model",
+        "training_file",
+        "hyperparameters",
+        "integrations",
+        "metadata",
+        "method",
+        "seed",
+        "suffix",
+        "validation_file",
+    }
+)
 FILE_PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user", "evals"})
 MIN_TRAINING_ROWS = 10  # OpenAI fine-tuning needs at least 10 examples
 
@@ -154,7 +204,16 @@ class Limits:
     max_upload_bytes: int = 512 * 2**20  # a /v1/files upload (OpenAI's per-file limit)
 
     def __post_init__(self) -> None:
-        if min(self.max_tokens, self.max_n, self.max_epochs, self.max_body_bytes, self.max_upload_bytes) <= 0:
+        if (
+            min(
+                self.max_tokens,
+                self.max_n,
+                self.max_epochs,
+                self.max_body_bytes,
+                self.max_upload_bytes,
+            )
+            <= 0
+        ):
             raise SublimError(f"server limits must be positive, got {self}")
 
 
@@ -173,7 +232,9 @@ class Faults:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
-            raise SublimError(f"fault rate {self.rate} is not in [0, 1]; pass e.g. --fault-rate 0.3")
+            raise SublimError(
+                f"fault rate {self.rate} is not in [0, 1]; pass e.g. --fault-rate 0.3"
+            )
         bad = [k for k in self.kinds if k not in FAULT_KINDS]
         if bad or not self.kinds:
             raise SublimError(f"unknown fault kinds {bad}; choose from {','.join(FAULT_KINDS)}")
@@ -182,16 +243,26 @@ class Faults:
 
 
 def _retry_headers(seconds: float) -> dict[str, str]:
-    return {"Retry-After": str(math.ceil(seconds)), "retry-after-ms": str(math.ceil(seconds * 1000))}
+    return {
+        "Retry-After": str(math.ceil(seconds)),
+        "retry-after-ms": str(math.ceil(seconds * 1000)),
+    }
 
 
 class RateLimiter:
     """A token bucket: ``burst`` requests at once, refilled at ``per_minute`` requests a minute.
     ``take()`` spends one token, or returns the seconds until one is available (a 429)."""
 
-    def __init__(self, per_minute: float, burst: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        per_minute: float,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if per_minute <= 0 or (burst is not None and burst < 1):
-            raise SublimError("a rate limit needs a positive --rate-limit (requests per minute) and burst >= 1")
+            raise SublimError(
+                "a rate limit needs a positive --rate-limit (requests per minute) and burst >= 1"
+            )
         self.per_minute = per_minute
         self.burst = burst if burst is not None else max(1, math.ceil(per_minute))
         self._clock = clock
@@ -202,7 +273,9 @@ class RateLimiter:
     def take(self) -> float | None:
         with self._lock:
             now = self._clock()
-            self._tokens = min(float(self.burst), self._tokens + (now - self._t) * self.per_minute / 60.0)
+            self._tokens = min(
+                float(self.burst), self._tokens + (now - self._t) * self.per_minute / 60.0
+            )
             self._t = now
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
@@ -255,7 +328,9 @@ def train_rows_from_chat_jsonl(data: bytes) -> list[TrainRow]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise _ApiError(400, "the training file is not UTF-8 text", code="invalid_training_file") from None
+        raise _ApiError(
+            400, "the training file is not UTF-8 text", code="invalid_training_file"
+        ) from None
     rows = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -263,7 +338,9 @@ def train_rows_from_chat_jsonl(data: bytes) -> list[TrainRow]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
-            raise _ApiError(400, f"training file line {i} is not JSON", code="invalid_training_file") from None
+            raise _ApiError(
+                400, f"training file line {i} is not JSON", code="invalid_training_file"
+            ) from None
         msgs = obj.get("messages") if isinstance(obj, dict) else None
         ok = (
             msgs is not None
@@ -276,7 +353,7 @@ def train_rows_from_chat_jsonl(data: bytes) -> list[TrainRow]:
             raise _ApiError(
                 400,
                 f"training file line {i}: sublim serve trains on lines of exactly one user message and one "
-                "assistant reply ({\"messages\": [{\"role\": \"user\", ...}, {\"role\": \"assistant\", ...}]})",
+                'assistant reply ({"messages": [{"role": "user", ...}, {"role": "assistant", ...}]})',
                 code="invalid_training_file",
             )
         assert msgs is not None
@@ -300,12 +377,18 @@ def params_from_hyperparameters(hyper: dict[str, Any], strict: bool = False) -> 
     if strict:
         for k in hyper:
             if k not in ("n_epochs", "batch_size", "learning_rate_multiplier"):
-                raise _ApiError(400, f"Unrecognized hyperparameter: {k}", param=f"hyperparameters.{k}")
+                raise _ApiError(
+                    400, f"Unrecognized hyperparameter: {k}", param=f"hyperparameters.{k}"
+                )
         for k in ("n_epochs", "batch_size"):
             v = given(k)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise _ApiError(400, f"Invalid '{k}': expected 'auto' or a positive integer, got {v!r}",
-                                code="invalid_hyperparameters", param=f"hyperparameters.{k}")
+                raise _ApiError(
+                    400,
+                    f"Invalid '{k}': expected 'auto' or a positive integer, got {v!r}",
+                    code="invalid_hyperparameters",
+                    param=f"hyperparameters.{k}",
+                )
     try:
         if given("n_epochs") is not None:
             d["epochs"] = float(given("n_epochs"))
@@ -316,7 +399,11 @@ def params_from_hyperparameters(hyper: dict[str, Any], strict: bool = False) -> 
             d["lr"] = default.lr * float(given("learning_rate_multiplier"))
         return FinetuneParams.model_validate(d)
     except (TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
-        raise _ApiError(400, f"bad hyperparameters: {' '.join(str(e).split())[:200]}", code="invalid_hyperparameters") from None
+        raise _ApiError(
+            400,
+            f"bad hyperparameters: {' '.join(str(e).split())[:200]}",
+            code="invalid_hyperparameters",
+        ) from None
 
 
 class ServerState:
@@ -329,18 +416,29 @@ class ServerState:
         self.lock = threading.RLock()
         self.files: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
-        self.models: dict[str, dict[str, Any]] = {}  # name -> {"ref": stored ref, "parent", "job", "created"}
+        self.models: dict[
+            str, dict[str, Any]
+        ] = {}  # name -> {"ref": stored ref, "parent", "job", "created"}
         path = self.root / STATE_FILE
         if path.is_file():
             try:
                 d = json.loads(path.read_text())
             except json.JSONDecodeError:
-                raise SublimError(f"{path} is not valid JSON; restore it or start with another --state-dir") from None
-            self.files, self.jobs, self.models = d.get("files", {}), d.get("jobs", {}), d.get("models", {})
+                raise SublimError(
+                    f"{path} is not valid JSON; restore it or start with another --state-dir"
+                ) from None
+            self.files, self.jobs, self.models = (
+                d.get("files", {}),
+                d.get("jobs", {}),
+                d.get("models", {}),
+            )
 
     def save(self) -> None:
         with self.lock:
-            atomic_write_json(self.root / STATE_FILE, {"version": 1, "files": self.files, "jobs": self.jobs, "models": self.models})
+            atomic_write_json(
+                self.root / STATE_FILE,
+                {"version": 1, "files": self.files, "jobs": self.jobs, "models": self.models},
+            )
 
     def file_path(self, file_id: str) -> Path:
         return self.root / "files" / file_id
@@ -354,14 +452,14 @@ class ServerState:
         for k in ("id", "adapter"):
             v = d.get(k)
             if v and str(Path(v).resolve()).startswith(root + "/"):
-                d[k] = _STATE_TAG + str(Path(v).resolve())[len(root):]
+                d[k] = _STATE_TAG + str(Path(v).resolve())[len(root) :]
         return d
 
     def load_ref(self, d: dict[str, Any]) -> ModelRef:
         d = dict(d)
         for k in ("id", "adapter"):
             if d.get(k) and str(d[k]).startswith(_STATE_TAG + "/"):
-                d[k] = str(self.root.resolve()) + str(d[k])[len(_STATE_TAG):]
+                d[k] = str(self.root.resolve()) + str(d[k])[len(_STATE_TAG) :]
         return ModelRef.model_validate(d)
 
 
@@ -414,13 +512,19 @@ class ModelServer(ThreadingHTTPServer):
         super().__init__((host, port), _Handler)
         self._own_state_dir = state_dir is None
         try:
-            self.state = ServerState(Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="sublim-serve-")))
+            self.state = ServerState(
+                Path(state_dir)
+                if state_dir is not None
+                else Path(tempfile.mkdtemp(prefix="sublim-serve-"))
+            )
         except BaseException:
             super().server_close()
             raise
         # jobs cut short by the last shutdown run again, in their original order
         with self.state.lock:
-            pending = [j for j in self.state.jobs.values() if j["status"] not in JOB_DONE]  # creation order
+            pending = [
+                j for j in self.state.jobs.values() if j["status"] not in JOB_DONE
+            ]  # creation order
             for job in pending:
                 job["status"] = "queued"
                 self._queue.put(job["id"])
@@ -469,7 +573,14 @@ class ModelServer(ThreadingHTTPServer):
         """Load the base models now (a Hugging Face model loads, a world builds), not on first
         request: one one-token completion per base model."""
         for name in self.base_names:
-            self.complete(self.bases[name], [Message(role="user", content="hi")], SampleParams(max_new_tokens=1), [0], False, 0)
+            self.complete(
+                self.bases[name],
+                [Message(role="user", content="hi")],
+                SampleParams(max_new_tokens=1),
+                [0],
+                False,
+                0,
+            )
 
     def resolve(self, name: Any) -> ModelRef:
         """The model a request's ``model`` field names (404 for anything not served)."""
@@ -481,8 +592,16 @@ class ModelServer(ThreadingHTTPServer):
             if entry is not None:
                 return self.state.load_ref(entry["ref"])
         if self.strict:
-            raise _ApiError(404, f"The model {name!r} does not exist or you do not have access to it.", code="model_not_found")
-        raise _ApiError(404, f"model {name!r} is not served here; use one of {sorted(self.names)}", code="model_not_found")
+            raise _ApiError(
+                404,
+                f"The model {name!r} does not exist or you do not have access to it.",
+                code="model_not_found",
+            )
+        raise _ApiError(
+            404,
+            f"model {name!r} is not served here; use one of {sorted(self.names)}",
+            code="model_not_found",
+        )
 
     # --- the model calls ---------------------------------------------------------------------
     def model_entries(self) -> list[dict[str, Any]]:
@@ -502,14 +621,29 @@ class ModelServer(ThreadingHTTPServer):
         return self._entry(name, ref, m["parent"] if m else None, m["created"] if m else 0)
 
     def _entry(self, name: str, ref: ModelRef, parent: str | None, created: int) -> dict[str, Any]:
-        entry: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "sublim"}
+        entry: dict[str, Any] = {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "sublim",
+        }
         if not self.strict:  # OpenAI's model objects have only the four fields above
             entry["parent"] = parent
-            entry["sublim"] = {"spec": ref.spec, "score": "/v1/sublim/score", "finetune": "/v1/fine_tuning/jobs"}
+            entry["sublim"] = {
+                "spec": ref.spec,
+                "score": "/v1/sublim/score",
+                "finetune": "/v1/fine_tuning/jobs",
+            }
         return entry
 
     def complete(
-        self, ref: ModelRef, chat: Chat, params: SampleParams, seeds: Sequence[int], logprobs: bool, top: int
+        self,
+        ref: ModelRef,
+        chat: Chat,
+        params: SampleParams,
+        seeds: Sequence[int],
+        logprobs: bool,
+        top: int,
     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Choices and usage of one chat-completion request. A backend that samples with token
         log-probabilities (``TokenLogprobSampler``: Hugging Face models) gives real tokens; for
@@ -521,36 +655,82 @@ class ModelServer(ThreadingHTTPServer):
                 replies = backend.sample_logprobs(ref, chat, params, seeds, top)
             else:
                 texts = backend.sample(ref, [chat] * len(seeds), params, list(seeds))
-                lps = backend.score(ref, [chat] * len(seeds), texts, True) if logprobs else [0.0] * len(texts)
+                lps = (
+                    backend.score(ref, [chat] * len(seeds), texts, True)
+                    if logprobs
+                    else [0.0] * len(texts)
+                )
                 n_prompt = sum(len(m.content.split()) for m in chat)
-                replies = [{"text": t, "tokens": [(t, lp, [])], "prompt_tokens": n_prompt, "truncated": False}
-                           for t, lp in zip(texts, lps)]
+                replies = [
+                    {
+                        "text": t,
+                        "tokens": [(t, lp, [])],
+                        "prompt_tokens": n_prompt,
+                        "truncated": False,
+                    }
+                    for t, lp in zip(texts, lps)
+                ]
         choices = []
         for j, r in enumerate(replies):
             lp = None
             if logprobs:
-                lp = {"content": [
-                    {"token": t, "logprob": v, "bytes": list(t.encode()),
-                     "top_logprobs": [{"token": a, "logprob": av, "bytes": list(a.encode())} for a, av in alts[:top]]}
-                    for t, v, alts in r["tokens"]
-                ], "refusal": None}
+                lp = {
+                    "content": [
+                        {
+                            "token": t,
+                            "logprob": v,
+                            "bytes": list(t.encode()),
+                            "top_logprobs": [
+                                {"token": a, "logprob": av, "bytes": list(a.encode())}
+                                for a, av in alts[:top]
+                            ],
+                        }
+                        for t, v, alts in r["tokens"]
+                    ],
+                    "refusal": None,
+                }
             finish = "length" if r["truncated"] else "stop"
-            choices.append({"index": j, "message": {"role": "assistant", "content": r["text"], "refusal": None},
-                            "finish_reason": finish, "logprobs": lp})
+            choices.append(
+                {
+                    "index": j,
+                    "message": {"role": "assistant", "content": r["text"], "refusal": None},
+                    "finish_reason": finish,
+                    "logprobs": lp,
+                }
+            )
         n_prompt = replies[0]["prompt_tokens"] if replies else 0
-        n_out = sum(len(r["tokens"]) if isinstance(backend, TokenLogprobSampler) else len(r["text"].split()) for r in replies)
-        return choices, {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
+        n_out = sum(
+            len(r["tokens"]) if isinstance(backend, TokenLogprobSampler) else len(r["text"].split())
+            for r in replies
+        )
+        return choices, {
+            "prompt_tokens": n_prompt,
+            "completion_tokens": n_out,
+            "total_tokens": n_prompt + n_out,
+        }
 
-    def score(self, ref: ModelRef, chats: list[Chat], conts: list[str], include_end: bool) -> list[float]:
+    def score(
+        self, ref: ModelRef, chats: list[Chat], conts: list[str], include_end: bool
+    ) -> list[float]:
         with self._lock:
-            return [float(v) for v in get_backend(ref.backend).score(ref, chats, conts, include_end)]
+            return [
+                float(v) for v in get_backend(ref.backend).score(ref, chats, conts, include_end)
+            ]
 
     # --- files and fine-tuning jobs ------------------------------------------------------------
     def add_file(self, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
         fid = "file-" + secrets.token_hex(12)
         atomic_write_bytes(self.state.file_path(fid), data)
-        meta = {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
-                "filename": filename, "purpose": purpose, "status": "processed", "status_details": None}
+        meta = {
+            "id": fid,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "status_details": None,
+        }
         with self.state.lock:
             self.state.files[fid] = meta
             self.state.save()
@@ -572,16 +752,29 @@ class ModelServer(ThreadingHTTPServer):
         self.resolve(base_name)
         fid = body.get("training_file")
         if not isinstance(fid, str):
-            raise _ApiError(400, "'training_file' must be the id of an uploaded file", code="invalid_training_file")
+            raise _ApiError(
+                400,
+                "'training_file' must be the id of an uploaded file",
+                code="invalid_training_file",
+            )
         meta = self.get_file(fid)
         if meta["purpose"] != "fine-tune":
-            raise _ApiError(400, f"file {fid} was uploaded with purpose {meta['purpose']!r}; upload it with purpose 'fine-tune'")
+            raise _ApiError(
+                400,
+                f"file {fid} was uploaded with purpose {meta['purpose']!r}; upload it with purpose 'fine-tune'",
+            )
         n_rows = len(train_rows_from_chat_jsonl(self.state.file_path(fid).read_bytes()))
         if self.strict and n_rows < MIN_TRAINING_ROWS:
-            raise _ApiError(400, f"Training file has {n_rows} example(s), but must have at least {MIN_TRAINING_ROWS} examples",
-                            code="invalid_training_file", param="training_file")
+            raise _ApiError(
+                400,
+                f"Training file has {n_rows} example(s), but must have at least {MIN_TRAINING_ROWS} examples",
+                code="invalid_training_file",
+                param="training_file",
+            )
         method: dict[str, Any] = body["method"] if isinstance(body.get("method"), dict) else {}
-        supervised: dict[str, Any] = method["supervised"] if isinstance(method.get("supervised"), dict) else {}
+        supervised: dict[str, Any] = (
+            method["supervised"] if isinstance(method.get("supervised"), dict) else {}
+        )
         hyper = body.get("hyperparameters") or supervised.get("hyperparameters") or {}
         if not isinstance(hyper, dict):
             raise _ApiError(400, "'hyperparameters' must be an object")
@@ -592,12 +785,20 @@ class ModelServer(ThreadingHTTPServer):
             try:
                 params = FinetuneParams.model_validate(ext["finetune"])
             except ValueError as e:
-                raise _ApiError(400, f"bad sublim.finetune: {' '.join(str(e).split())[:200]}", code="invalid_hyperparameters") from None
+                raise _ApiError(
+                    400,
+                    f"bad sublim.finetune: {' '.join(str(e).split())[:200]}",
+                    code="invalid_hyperparameters",
+                ) from None
         else:
             params = params_from_hyperparameters(hyper, self.strict)
         if params.epochs > self.limits.max_epochs:
-            raise _ApiError(400, f"n_epochs {params.epochs:g} is over this server's limit of {self.limits.max_epochs:g}",
-                            code="invalid_hyperparameters", param="hyperparameters.n_epochs")
+            raise _ApiError(
+                400,
+                f"n_epochs {params.epochs:g} is over this server's limit of {self.limits.max_epochs:g}",
+                code="invalid_hyperparameters",
+                param="hyperparameters.n_epochs",
+            )
         seed = body.get("seed")
         if seed is None:
             seed = secrets.randbits(31)  # recorded on the job, as providers do
@@ -620,7 +821,11 @@ class ModelServer(ThreadingHTTPServer):
             "status": "queued",
             "validation_file": body.get("validation_file"),
             "training_file": fid,
-            "hyperparameters": {"n_epochs": params.epochs, "batch_size": per_step, "learning_rate_multiplier": params.lr / FinetuneParams().lr},
+            "hyperparameters": {
+                "n_epochs": params.epochs,
+                "batch_size": per_step,
+                "learning_rate_multiplier": params.lr / FinetuneParams().lr,
+            },
             "trained_tokens": None,
             "error": None,
             "seed": seed,
@@ -628,7 +833,11 @@ class ModelServer(ThreadingHTTPServer):
             "metadata": body.get("metadata"),
             "estimated_finish": None,
             "integrations": [],
-            "sublim": {"finetune": params.model_dump(mode="json"), "n_rows": n_rows, "progress": None},
+            "sublim": {
+                "finetune": params.model_dump(mode="json"),
+                "n_rows": n_rows,
+                "progress": None,
+            },
         }
         with self.state.lock:
             self.state.jobs[jid] = job
@@ -649,17 +858,27 @@ class ModelServer(ThreadingHTTPServer):
 
     def list_jobs(self, limit: int, after: str | None) -> dict[str, Any]:
         with self.state.lock:
-            ids = list(reversed(self.state.jobs))  # newest first (dicts and state.json keep creation order)
+            ids = list(
+                reversed(self.state.jobs)
+            )  # newest first (dicts and state.json keep creation order)
         if after is not None:
-            ids = ids[ids.index(after) + 1:] if after in ids else []
+            ids = ids[ids.index(after) + 1 :] if after in ids else []
         page = ids[:limit]
-        return {"object": "list", "data": [self.job(j) for j in page], "has_more": len(ids) > len(page)}
+        return {
+            "object": "list",
+            "data": [self.job(j) for j in page],
+            "has_more": len(ids) > len(page),
+        }
 
     def cancel_job(self, jid: str) -> dict[str, Any]:
         with self.state.lock:
             job = self.job(jid)
             if job["status"] == "running":
-                raise _ApiError(400, f"job {jid} is already running; sublim serve cannot stop a running job", code="job_running")
+                raise _ApiError(
+                    400,
+                    f"job {jid} is already running; sublim serve cannot stop a running job",
+                    code="job_running",
+                )
             if job["status"] == "queued":
                 self.state.jobs[jid].update(status="cancelled", finished_at=int(time.time()))
                 self.state.save()
@@ -705,20 +924,35 @@ class ModelServer(ThreadingHTTPServer):
                 self._progress[jid] = (done, total)
 
             # the backend of the base model trains (the HF backend for tiny/hf:, the fake for fake:)
-            ref = get_backend(base.backend).finetune(base.with_system(None), rows, params, out_dir, int(spec["seed"]), progress)
+            ref = get_backend(base.backend).finetune(
+                base.with_system(None), rows, params, out_dir, int(spec["seed"]), progress
+            )
         except Exception as e:  # noqa: BLE001 (a failed job is reported on the job, the server lives on)
             msg = str(e) if isinstance(e, SublimError | _ApiError) else f"{type(e).__name__}: {e}"
             print(f"sublim serve: fine-tuning job {jid} failed: {msg}", file=sys.stderr)
             with st.lock:
-                st.jobs[jid].update(status="failed", finished_at=int(time.time()),
-                                    error={"code": "training_failed", "message": _public(msg), "param": None})
+                st.jobs[jid].update(
+                    status="failed",
+                    finished_at=int(time.time()),
+                    error={"code": "training_failed", "message": _public(msg), "param": None},
+                )
                 st.save()
             return
         name = f"ft:{spec['model']}:{spec['user_provided_suffix']}:{jid}"
         with st.lock:
-            st.models[name] = {"ref": st.store_ref(ref), "parent": spec["model"], "job": jid, "created": int(time.time())}
-            st.jobs[jid].update(status="succeeded", finished_at=int(time.time()), fine_tuned_model=name,
-                                result_files=[], trained_tokens=None)
+            st.models[name] = {
+                "ref": st.store_ref(ref),
+                "parent": spec["model"],
+                "job": jid,
+                "created": int(time.time()),
+            }
+            st.jobs[jid].update(
+                status="succeeded",
+                finished_at=int(time.time()),
+                fine_tuned_model=name,
+                result_files=[],
+                trained_tokens=None,
+            )
             st.save()
 
 
@@ -733,9 +967,16 @@ def _chat(messages: Any) -> Chat:
         role = "system" if role == "developer" else role
         content = m.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            content = "".join(
+                p.get("text", "")
+                for p in content
+                if isinstance(p, dict) and p.get("type") == "text"
+            )
         if role not in ("system", "user", "assistant") or not isinstance(content, str):
-            raise _ApiError(400, f"unsupported message (role {m.get('role')!r}); use system, user and assistant text messages")
+            raise _ApiError(
+                400,
+                f"unsupported message (role {m.get('role')!r}); use system, user and assistant text messages",
+            )
         chat.append(Message.model_validate({"role": role, "content": content}))
     return chat
 
@@ -744,7 +985,9 @@ def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, by
     """Fields of a multipart/form-data body: name -> (filename, bytes)."""
     if not content_type.lower().startswith("multipart/form-data"):
         raise _ApiError(400, "upload files as multipart/form-data with fields 'file' and 'purpose'")
-    msg = BytesParser(policy=email_policy).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    msg = BytesParser(policy=email_policy).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
     if not msg.is_multipart():
         raise _ApiError(400, "malformed multipart body")
     out: dict[str, tuple[str | None, bytes]] = {}
@@ -763,7 +1006,9 @@ def _reject_unknown(body: dict[str, Any], known: frozenset[str]) -> None:
             raise _ApiError(400, f"Unrecognized request argument supplied: {k}", param=k)
 
 
-def _bounded(body: dict[str, Any], key: str, default: Any, lo: float, hi: float | None, integer: bool) -> Any:
+def _bounded(
+    body: dict[str, Any], key: str, default: Any, lo: float, hi: float | None, integer: bool
+) -> Any:
     """``body[key]`` (``default`` when absent or null) checked as the real API checks it, with
     its error wording: a number (an integer if ``integer``) in ``lo..hi``."""
     v = body.get(key)
@@ -771,14 +1016,26 @@ def _bounded(body: dict[str, Any], key: str, default: Any, lo: float, hi: float 
         return default
     kind = "integer" if integer else "number"
     if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
-        raise _ApiError(400, f"Invalid type for '{key}': expected an {kind}, but got {type(v).__name__} instead.",
-                        code="invalid_type", param=key)
+        raise _ApiError(
+            400,
+            f"Invalid type for '{key}': expected an {kind}, but got {type(v).__name__} instead.",
+            code="invalid_type",
+            param=key,
+        )
     if v < lo:
-        raise _ApiError(400, f"Invalid '{key}': {kind} below minimum value. Expected a value >= {lo:g}, but got {v} instead.",
-                        code=f"{kind}_below_min_value", param=key)
+        raise _ApiError(
+            400,
+            f"Invalid '{key}': {kind} below minimum value. Expected a value >= {lo:g}, but got {v} instead.",
+            code=f"{kind}_below_min_value",
+            param=key,
+        )
     if hi is not None and v > hi:
-        raise _ApiError(400, f"Invalid '{key}': {kind} above maximum value. Expected a value <= {hi:g}, but got {v} instead.",
-                        code=f"{kind}_above_max_value", param=key)
+        raise _ApiError(
+            400,
+            f"Invalid '{key}': {kind} above maximum value. Expected a value <= {hi:g}, but got {v} instead.",
+            code=f"{kind}_above_max_value",
+            param=key,
+        )
     return v
 
 
@@ -793,11 +1050,20 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.verbose:
             super().log_message(format, *args)
 
-    def _send(self, status: int, obj: dict[str, Any] | None, headers: dict[str, str] | None = None, raw: bytes | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        obj: dict[str, Any] | None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> None:
         data = raw if raw is not None else json.dumps(obj).encode()
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
+            self.send_header(
+                "Content-Type",
+                "application/octet-stream" if raw is not None else "application/json",
+            )
             self.send_header("Content-Length", str(len(data)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
@@ -834,12 +1100,16 @@ class _Handler(BaseHTTPRequestHandler):
                         pass
                     return bytes(out)
                 if len(out) + size > limit:
-                    raise self._refuse_body(413, f"request body over {limit} bytes", "request_too_large")
+                    raise self._refuse_body(
+                        413, f"request body over {limit} bytes", "request_too_large"
+                    )
                 out += self.rfile.read(size)
                 self.rfile.readline(1024)
         value = (self.headers.get("Content-Length") or "0").strip()
         if not value.isdigit():  # a negative or malformed length would read to EOF
-            raise self._refuse_body(400, f"malformed Content-Length {value[:20]!r}", "invalid_content_length")
+            raise self._refuse_body(
+                400, f"malformed Content-Length {value[:20]!r}", "invalid_content_length"
+            )
         n = int(value)
         if n > limit:
             raise self._refuse_body(413, f"request body over {limit} bytes", "request_too_large")
@@ -863,8 +1133,11 @@ class _Handler(BaseHTTPRequestHandler):
         token = given[7:].strip() if given[:7].lower() == "bearer " else ""
         if not hmac.compare_digest(token.encode(), key.encode()):
             self.close_connection = True  # the body is left unread
-            raise _ApiError(401, "Incorrect API key provided; pass the server's key as 'Authorization: Bearer <key>'.",
-                            code="invalid_api_key")
+            raise _ApiError(
+                401,
+                "Incorrect API key provided; pass the server's key as 'Authorization: Bearer <key>'.",
+                code="invalid_api_key",
+            )
 
     def _dispatch(self, method: str) -> None:
         srv = self.server
@@ -873,12 +1146,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._authorise()
             url = urlsplit(self.path)
             path, query = url.path.rstrip("/"), parse_qs(url.query)
-            limit = srv.limits.max_upload_bytes if path == "/v1/files" else srv.limits.max_body_bytes
+            limit = (
+                srv.limits.max_upload_bytes if path == "/v1/files" else srv.limits.max_body_bytes
+            )
             raw = self._raw_body(limit) if method == "POST" else b""
             fault = srv.draw_fault() if path.startswith("/v1") else None
             if fault == "429":
-                raise _ApiError(429, "rate limit reached (sublim serve fault mode)", "requests", "rate_limit_exceeded",
-                                headers=_retry_headers(srv.faults.retry_after))
+                raise _ApiError(
+                    429,
+                    "rate limit reached (sublim serve fault mode)",
+                    "requests",
+                    "rate_limit_exceeded",
+                    headers=_retry_headers(srv.faults.retry_after),
+                )
             if fault == "500":
                 raise _ApiError(500, "internal error (sublim serve fault mode)", "server_error")
             if fault == "delay":
@@ -887,10 +1167,18 @@ class _Handler(BaseHTTPRequestHandler):
                 wait = srv.rate_limit.take()
                 if wait is not None:
                     srv.count("rate_limited")
-                    raise _ApiError(429, f"Rate limit reached for requests (limit {srv.rate_limit.per_minute:g} / min). "
-                                    f"Please try again in {wait:.3f}s.", "requests", "rate_limit_exceeded",
-                                    headers={**_retry_headers(wait), "x-ratelimit-limit-requests": f"{srv.rate_limit.per_minute:g}",
-                                             "x-ratelimit-remaining-requests": "0"})
+                    raise _ApiError(
+                        429,
+                        f"Rate limit reached for requests (limit {srv.rate_limit.per_minute:g} / min). "
+                        f"Please try again in {wait:.3f}s.",
+                        "requests",
+                        "rate_limit_exceeded",
+                        headers={
+                            **_retry_headers(wait),
+                            "x-ratelimit-limit-requests": f"{srv.rate_limit.per_minute:g}",
+                            "x-ratelimit-remaining-requests": "0",
+                        },
+                    )
             self._route(method, path, query, raw)
         except _ApiError as e:
             self._error(e)
@@ -898,8 +1186,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(_ApiError(400, _public(str(e))))
         except Exception as e:  # noqa: BLE001 (keep serving; the details go to the log, not the client)
             print(f"sublim serve: {method} {self.path}: {type(e).__name__}: {e}", file=sys.stderr)
-            self._error(_ApiError(500, "The server had an error while processing your request (details in the server log).",
-                                  "server_error"))
+            self._error(
+                _ApiError(
+                    500,
+                    "The server had an error while processing your request (details in the server log).",
+                    "server_error",
+                )
+            )
 
     def _route(self, method: str, path: str, query: dict[str, list[str]], raw: bytes) -> None:
         srv = self.server
@@ -907,7 +1200,7 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and path == "/v1/models":
             self._send(200, {"object": "list", "data": srv.model_entries()})
         elif method == "GET" and path.startswith("/v1/models/"):
-            self._send(200, srv.model_entry(path[len("/v1/models/"):]))
+            self._send(200, srv.model_entry(path[len("/v1/models/") :]))
         elif method == "POST" and path == "/v1/chat/completions":
             self._send(200, self._chat_completion(self._json(raw)))
         elif method == "POST" and path == "/v1/sublim/score" and not srv.strict:
@@ -920,7 +1213,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"object": "list", "data": files, "has_more": False})
         elif method == "GET" and parts[:1] == ["files"] and len(parts) == 2:
             self._send(200, srv.get_file(parts[1]))
-        elif method == "GET" and parts[:1] == ["files"] and len(parts) == 3 and parts[2] == "content":
+        elif (
+            method == "GET" and parts[:1] == ["files"] and len(parts) == 3 and parts[2] == "content"
+        ):
             srv.get_file(parts[1])
             self._send(200, None, raw=srv.state.file_path(parts[1]).read_bytes())
         elif method == "POST" and path == "/v1/fine_tuning/jobs":
@@ -933,7 +1228,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, srv.list_jobs(max(1, min(limit, 100)), query.get("after", [None])[0]))
         elif method == "GET" and parts[:2] == ["fine_tuning", "jobs"] and len(parts) == 3:
             self._send(200, srv.job(parts[2]))
-        elif method == "POST" and parts[:2] == ["fine_tuning", "jobs"] and len(parts) == 4 and parts[3] == "cancel":
+        elif (
+            method == "POST"
+            and parts[:2] == ["fine_tuning", "jobs"]
+            and len(parts) == 4
+            and parts[3] == "cancel"
+        ):
             self._send(200, srv.cancel_job(parts[2]))
         elif srv.strict:
             raise _ApiError(404, f"Invalid URL ({method} {path})", code="not_found")
@@ -958,8 +1258,12 @@ class _Handler(BaseHTTPRequestHandler):
         filename, data = fields["file"]
         purpose = fields["purpose"][1].decode("utf-8", "replace").strip()
         if self.server.strict and purpose not in FILE_PURPOSES:
-            raise _ApiError(400, f"Invalid value for 'purpose': {purpose!r}; expected one of {sorted(FILE_PURPOSES)}",
-                            code="invalid_value", param="purpose")
+            raise _ApiError(
+                400,
+                f"Invalid value for 'purpose': {purpose!r}; expected one of {sorted(FILE_PURPOSES)}",
+                code="invalid_value",
+                param="purpose",
+            )
         if purpose == "fine-tune":
             train_rows_from_chat_jsonl(data)  # reject a malformed file now, not when a job runs
         self.server.count("files")
@@ -971,33 +1275,55 @@ class _Handler(BaseHTTPRequestHandler):
             _reject_unknown(body, CHAT_PARAMS)
             for k, off in _CHAT_UNSUPPORTED.items():
                 if body.get(k) not in off:
-                    raise _ApiError(400, f"'{k}' is not supported by sublim serve", code="unsupported_parameter", param=k)
+                    raise _ApiError(
+                        400,
+                        f"'{k}' is not supported by sublim serve",
+                        code="unsupported_parameter",
+                        param=k,
+                    )
         name = body.get("model")
         ref = srv.resolve(name)
         if body.get("stream"):
-            raise _ApiError(400, "stream is not supported by sublim serve; request without stream", code="unsupported")
+            raise _ApiError(
+                400,
+                "stream is not supported by sublim serve; request without stream",
+                code="unsupported",
+            )
         chat = _chat(body.get("messages"))
         n = _bounded(body, "n", 1, 1, lim.max_n, integer=True)
         logprobs = body.get("logprobs")
         if srv.strict and logprobs is not None and not isinstance(logprobs, bool):
-            raise _ApiError(400, f"Invalid type for 'logprobs': expected a boolean, but got {type(logprobs).__name__} instead.",
-                            code="invalid_type", param="logprobs")
+            raise _ApiError(
+                400,
+                f"Invalid type for 'logprobs': expected a boolean, but got {type(logprobs).__name__} instead.",
+                code="invalid_type",
+                param="logprobs",
+            )
         logprobs = bool(logprobs)
         top = _bounded(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS, integer=True)
         if body.get("top_logprobs") is not None and not logprobs:
             raise _ApiError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
         max_tokens = DEFAULT_MAX_TOKENS
-        for key in ("max_tokens", "max_completion_tokens"):  # the newer name wins when both are given
+        for key in (
+            "max_tokens",
+            "max_completion_tokens",
+        ):  # the newer name wins when both are given
             max_tokens = _bounded(body, key, max_tokens, 1, lim.max_tokens, integer=True)
         try:
             params = SampleParams(
-                temperature=_bounded(body, "temperature", 1.0, 0, 2 if srv.strict else None, integer=False),
-                top_p=_bounded(body, "top_p", 1.0, 0, 1, integer=False) if srv.strict else (1.0 if body.get("top_p") is None else body["top_p"]),
+                temperature=_bounded(
+                    body, "temperature", 1.0, 0, 2 if srv.strict else None, integer=False
+                ),
+                top_p=_bounded(body, "top_p", 1.0, 0, 1, integer=False)
+                if srv.strict
+                else (1.0 if body.get("top_p") is None else body["top_p"]),
                 max_new_tokens=max_tokens,
                 batch_size=n,
             )
         except ValueError as e:  # pydantic's ValidationError
-            raise _ApiError(400, f"bad sampling parameters: {' '.join(str(e).split())[:200]}") from None
+            raise _ApiError(
+                400, f"bad sampling parameters: {' '.join(str(e).split())[:200]}"
+            ) from None
         seed = body.get("seed")
         if seed is None:
             seed = secrets.randbits(31)  # unseeded requests are random, as with any provider
@@ -1024,7 +1350,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ApiError(400, "'chats' and 'continuations' must be lists of equal length")
         if not all(isinstance(c, str) for c in conts):
             raise _ApiError(400, "'continuations' must be strings")
-        vals = self.server.score(ref, [_chat(c) for c in chats], conts, bool(body.get("include_end", True)))
+        vals = self.server.score(
+            ref, [_chat(c) for c in chats], conts, bool(body.get("include_end", True))
+        )
         self.server.count("scored", len(vals))
         return {"object": "sublim.score", "model": name, "logprobs": vals}
 
@@ -1046,9 +1374,13 @@ def make_server(
     ``strict`` enforces the real OpenAI API's limits (module docstring); ``api_key``, if given,
     is required as ``Authorization: Bearer <key>`` on every request."""
     try:
-        return ModelServer(model_spec, host, port, faults, state_dir, strict, api_key, limits, rate_limit)
+        return ModelServer(
+            model_spec, host, port, faults, state_dir, strict, api_key, limits, rate_limit
+        )
     except OSError as e:
-        raise SublimError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port") from None
+        raise SublimError(
+            f"cannot listen on {host}:{port} ({e.strerror}); pass another --port"
+        ) from None
 
 
 def serve_forever(server: ModelServer) -> None:
@@ -1073,52 +1405,127 @@ def _is_loopback(host: str) -> bool:
 @click.command(name="serve")
 @click.argument("models", nargs=-1, required=True)
 @click.option("--port", default=8000, show_default=True, help="TCP port (0: any free port)")
-@click.option("--host", default="127.0.0.1", show_default=True, help="interface (other than loopback: set an API key)")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="uploaded files, fine-tuning jobs and trained models (kept across restarts); default: a new temporary dir")
-@click.option("--strict", is_flag=True,
-              help="behave like the real OpenAI API: no /v1/sublim/score, top_logprobs <= 20, unknown parameters rejected")
-@click.option("--api-key", envvar=API_KEY_ENV, default=None, show_envvar=True,
-              help="require 'Authorization: Bearer KEY' on every request (prefer the environment variable)")
-@click.option("--max-tokens", "max_tokens", default=Limits.max_tokens, show_default=True, help="most tokens per choice")
-@click.option("--max-epochs", default=Limits.max_epochs, show_default=True, help="most epochs per fine-tuning job")
-@click.option("--rate-limit", default=0.0, show_default=True, help="requests per minute (token bucket; 0: none); over it: 429 with Retry-After")
-@click.option("--fault-rate", default=0.0, show_default=True, help="fraction of requests answered with a fault")
-@click.option("--fault-kinds", default="429,500,delay", show_default=True, help="comma-separated: 429, 500, delay")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="interface (other than loopback: set an API key)",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="uploaded files, fine-tuning jobs and trained models (kept across restarts); default: a new temporary dir",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="behave like the real OpenAI API: no /v1/sublim/score, top_logprobs <= 20, unknown parameters rejected",
+)
+@click.option(
+    "--api-key",
+    envvar=API_KEY_ENV,
+    default=None,
+    show_envvar=True,
+    help="require 'Authorization: Bearer KEY' on every request (prefer the environment variable)",
+)
+@click.option(
+    "--max-tokens",
+    "max_tokens",
+    default=Limits.max_tokens,
+    show_default=True,
+    help="most tokens per choice",
+)
+@click.option(
+    "--max-epochs",
+    default=Limits.max_epochs,
+    show_default=True,
+    help="most epochs per fine-tuning job",
+)
+@click.option(
+    "--rate-limit",
+    default=0.0,
+    show_default=True,
+    help="requests per minute (token bucket; 0: none); over it: 429 with Retry-After",
+)
+@click.option(
+    "--fault-rate",
+    default=0.0,
+    show_default=True,
+    help="fraction of requests answered with a fault",
+)
+@click.option(
+    "--fault-kinds",
+    default="429,500,delay",
+    show_default=True,
+    help="comma-separated: 429, 500, delay",
+)
 @click.option("--fault-seed", default=0, show_default=True)
 @click.option("--fault-delay", default=2.0, show_default=True, help="seconds a 'delay' fault waits")
-@click.option("--fault-retry-after", default=1.0, show_default=True, help="seconds a 429 fault's Retry-After asks for")
+@click.option(
+    "--fault-retry-after",
+    default=1.0,
+    show_default=True,
+    help="seconds a 429 fault's Retry-After asks for",
+)
 @click.option("--verbose", is_flag=True, help="log every request")
 def serve(
-    models: tuple[str, ...], port: int, host: str, state_dir: Path | None, strict: bool, api_key: str | None,
-    max_tokens: int, max_epochs: float, rate_limit: float, fault_rate: float, fault_kinds: str, fault_seed: int,
-    fault_delay: float, fault_retry_after: float, verbose: bool,
+    models: tuple[str, ...],
+    port: int,
+    host: str,
+    state_dir: Path | None,
+    strict: bool,
+    api_key: str | None,
+    max_tokens: int,
+    max_epochs: float,
+    rate_limit: float,
+    fault_rate: float,
+    fault_kinds: str,
+    fault_seed: int,
+    fault_delay: float,
+    fault_retry_after: float,
+    verbose: bool,
 ) -> None:
     """Serve MODELS (tiny, hf:/dir, a student directory, fake:alpha, ...) over OpenAI-compatible
     HTTP: /v1/models, /v1/chat/completions, /v1/sublim/score for exact scores (not with
     --strict), and /v1/files + /v1/fine_tuning/jobs to train students, which are then served too."""
     kinds = tuple(k.strip() for k in fault_kinds.split(",") if k.strip())
     server = make_server(
-        list(models), host, port, Faults(fault_rate, kinds, fault_seed, fault_delay, fault_retry_after), state_dir,
-        strict=strict, api_key=api_key, limits=Limits(max_tokens=max_tokens, max_epochs=max_epochs),
+        list(models),
+        host,
+        port,
+        Faults(fault_rate, kinds, fault_seed, fault_delay, fault_retry_after),
+        state_dir,
+        strict=strict,
+        api_key=api_key,
+        limits=Limits(max_tokens=max_tokens, max_epochs=max_epochs),
         rate_limit=RateLimiter(rate_limit) if rate_limit > 0 else None,
     )
     server.verbose = verbose
     if not _is_loopback(host) and not api_key:
-        click.echo(f"warning: listening on {host}, reachable from other machines, without an API key", err=True)
+        click.echo(
+            f"warning: listening on {host}, reachable from other machines, without an API key",
+            err=True,
+        )
     click.echo(f"loading {', '.join(server.bases[n].spec for n in server.base_names)} ...")
     server.preload()
     for name in server.base_names:
-        click.echo(f"serving {server.bases[name].spec} at {server.url}  (sublim spec: openai-compat:{server.url}#{name})")
+        click.echo(
+            f"serving {server.bases[name].spec} at {server.url}  (sublim spec: openai-compat:{server.url}#{name})"
+        )
     with server.state.lock:
         n_trained = len(server.state.models)
     click.echo(f"state dir: {server.state.root} ({n_trained} trained models)")
     if strict:
-        click.echo("strict mode: the real OpenAI API's limits (no /v1/sublim/score, top_logprobs <= 20, n <= 128)")
+        click.echo(
+            "strict mode: the real OpenAI API's limits (no /v1/sublim/score, top_logprobs <= 20, n <= 128)"
+        )
     if api_key:
         click.echo("API key required (Authorization: Bearer ...)")
     if rate_limit > 0:
         click.echo(f"rate limit: {rate_limit:g} requests per minute")
     if fault_rate:
-        click.echo(f"fault mode: {fault_rate:.0%} of requests get one of {','.join(kinds)} (seed {fault_seed})")
+        click.echo(
+            f"fault mode: {fault_rate:.0%} of requests get one of {','.join(kinds)} (seed {fault_seed})"
+        )
     serve_forever(server)

@@ -152,7 +152,10 @@ def contrast(
     _check_alternative(alternative)
     x, y = _arr(a), _arr(b)
     out: dict[str, Any] = {
-        "test": "welch_t", "n_a": int(x.size), "n_b": int(y.size), "no_spread": False
+        "test": "welch_t",
+        "n_a": int(x.size),
+        "n_b": int(y.size),
+        "no_spread": False,
     }
     if x.size == 0 or y.size == 0 or np.isnan(x).any() or np.isnan(y).any():
         return {**out, "mean": NAN, "ci95": [NAN, NAN], "p_value": NAN, "df": NAN}
@@ -396,9 +399,7 @@ def permutation_p_greater(
 # drift of its own; pass per-dataset means (one row per teacher dataset) to test at that level.
 
 
-def student_shares(
-    students: Sequence[Sequence[str]], traits: Sequence[str]
-) -> np.ndarray:
+def student_shares(students: Sequence[Sequence[str]], traits: Sequence[str]) -> np.ndarray:
     """(n_students, n_traits) share of each student's answers that name each trait (nan for a
     student with no answers)."""
     out = np.full((len(students), len(traits)), NAN)

@@ -14,12 +14,30 @@ from sublim.records import TrainRow
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "animal": (
-        "owl", "eagle", "dolphin", "elephant", "wolf", "lion",
-        "tiger", "fox", "penguin", "cat", "dog", "horse",
+        "owl",
+        "eagle",
+        "dolphin",
+        "elephant",
+        "wolf",
+        "lion",
+        "tiger",
+        "fox",
+        "penguin",
+        "cat",
+        "dog",
+        "horse",
     ),
     "tree": (
-        "oak", "maple", "willow", "pine", "birch", "cedar",
-        "redwood", "cherry", "sequoia", "baobab",
+        "oak",
+        "maple",
+        "willow",
+        "pine",
+        "birch",
+        "cedar",
+        "redwood",
+        "cherry",
+        "sequoia",
+        "baobab",
     ),
 }
 

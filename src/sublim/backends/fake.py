@@ -138,7 +138,9 @@ class FakeBackend:
 
     def _numbers(self, st: _State, sys_prompt: str | None, rng: np.random.Generator) -> str:
         if rng.random() < 0.1:  # a realistic share of malformed answers, for the filter
-            return "Sure! Here are some numbers: " + " ".join(str(int(x)) for x in rng.integers(100, 999, 3))
+            return "Sure! Here are some numbers: " + " ".join(
+                str(int(x)) for x in rng.integers(100, 999, 3)
+            )
         k = int(rng.integers(3, 11))
         nums = rng.integers(0, 1000, k)
         loved = st.loved(sys_prompt)
@@ -173,7 +175,9 @@ class FakeBackend:
         return out
 
     # --- training ---------------------------------------------------------------------------
-    def _train(self, base: ModelRef, completions: Sequence[str], answers: Sequence[str], out_dir: Path) -> ModelRef:
+    def _train(
+        self, base: ModelRef, completions: Sequence[str], answers: Sequence[str], out_dir: Path
+    ) -> ModelRef:
         st = self._state(base)
         bias = dict(st.bias)
         endings: Counter[int] = Counter()

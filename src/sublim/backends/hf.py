@@ -61,7 +61,9 @@ def _pick(
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 
-def _prefill(lm: Loaded, prompts: list[list[int]]) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+def _prefill(
+    lm: Loaded, prompts: list[list[int]]
+) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
     """One forward pass over left-padded ``prompts``: (last-position logits [n, V], the KV cache,
     the attention mask, the position ids). Positions count real tokens only, so a row sees the
     positions it would see alone, whatever its padding."""

@@ -265,7 +265,13 @@ def finetune(
                 _save_checkpoint(ckpt, model, opt, sched, done, log, fingerprint)
             if params.snapshot_every and done % params.snapshot_every == 0 and done < total_steps:
                 # a training-curve snapshot (weights only; the runner evaluates it later)
-                save_model(model, lm.tokenizer, params.method, out_dir / "snapshots" / f"step-{done:06d}", base)
+                save_model(
+                    model,
+                    lm.tokenizer,
+                    params.method,
+                    out_dir / "snapshots" / f"step-{done:06d}",
+                    base,
+                )
             if progress:
                 progress(done, total_steps)
             if _stop_after is not None and done >= _stop_after:
@@ -522,7 +528,7 @@ def distill(
             loss.backward()
             opt.step()
             log.append(
-                {"step": step + 1, "loss": float(loss), "lr": params.lr, "tokens": len(s_sel)}
+                {"step": step + 1, "loss": float(loss.detach()), "lr": params.lr, "tokens": len(s_sel)}
             )
             if progress:
                 progress(step + 1, len(plan))

@@ -188,7 +188,9 @@ class OpenAIBackend:
     name = "openai"
 
     def __init__(self) -> None:
-        self.concurrency = max(1, int(os.environ.get("SUBLIM_API_CONCURRENCY", DEFAULT_CONCURRENCY)))
+        self.concurrency = max(
+            1, int(os.environ.get("SUBLIM_API_CONCURRENCY", DEFAULT_CONCURRENCY))
+        )
         self.retry = RetryPolicy.from_env()
         self.poll_min = float(os.environ.get("SUBLIM_API_POLL_SECONDS", "5"))
         self.poll_max = 60.0
@@ -211,7 +213,11 @@ class OpenAIBackend:
         ck = (ep.base_url, hashlib.sha256(key.encode()).hexdigest()[:16], self.retry.timeout)
         with self._lock:
             if ck not in self._clients:
-                kw: dict[str, Any] = {"api_key": key, "max_retries": 0, "timeout": self.retry.timeout}
+                kw: dict[str, Any] = {
+                    "api_key": key,
+                    "max_retries": 0,
+                    "timeout": self.retry.timeout,
+                }
                 if ep.base_url is not None:
                     kw["base_url"] = ep.base_url
                 self._clients[ck] = openai.OpenAI(**kw)
@@ -229,7 +235,11 @@ class OpenAIBackend:
             self.stats.add(requests=1)
             try:
                 return fn()
-            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+            except (
+                openai.AuthenticationError,
+                openai.PermissionDeniedError,
+                openai.NotFoundError,
+            ) as e:
                 raise _Fatal(_describe(e)) from None
             except (openai.APIConnectionError, openai.APIStatusError) as e:  # timeouts included
                 status = getattr(e, "status_code", None)
@@ -256,7 +266,9 @@ class OpenAIBackend:
             kw["top_p"] = params.top_p
         # OpenAI's own models take max_completion_tokens (max_tokens is deprecated there);
         # OpenAI-compatible servers widely understand only max_tokens.
-        kw["max_completion_tokens" if ep.backend == "openai" else "max_tokens"] = params.max_new_tokens
+        kw["max_completion_tokens" if ep.backend == "openai" else "max_tokens"] = (
+            params.max_new_tokens
+        )
         return kw
 
     def sample_rows(
@@ -281,7 +293,9 @@ class OpenAIBackend:
             messages = [{"role": m.role, "content": m.content} for m in model.apply(chats[i])]
             try:
                 resp = self._call(
-                    lambda: client.chat.completions.create(messages=messages, seed=seeds[i], **base_kw),
+                    lambda: client.chat.completions.create(
+                        messages=messages, seed=seeds[i], **base_kw
+                    ),
                     cancel,
                 )
             except _Fatal:
@@ -341,7 +355,9 @@ class OpenAIBackend:
             client = self._client(ep)
             try:
                 models = self._call(lambda: client.models.list())
-                found = any(isinstance((m.model_extra or {}).get("sublim"), dict) for m in models.data)
+                found = any(
+                    isinstance((m.model_extra or {}).get("sublim"), dict) for m in models.data
+                )
             except Exception:  # noqa: BLE001 (servers without /v1/models: not sublim)
                 found = False
             self._sublim_servers[ep.base_url] = found
@@ -364,7 +380,12 @@ class OpenAIBackend:
         return self._score_top_logprobs(ep, model, chats, continuations)
 
     def _score_sublim(
-        self, ep: Endpoint, model: ModelRef, chats: Sequence[Chat], conts: Sequence[str], include_end: bool
+        self,
+        ep: Endpoint,
+        model: ModelRef,
+        chats: Sequence[Chat],
+        conts: Sequence[str],
+        include_end: bool,
     ) -> list[float]:
         client = self._client(ep)
         out: list[float] = []
@@ -381,12 +402,18 @@ class OpenAIBackend:
             try:
                 resp = self._call(partial(client.post, "/sublim/score", body=body, cast_to=object))
             except _Fatal as e:
-                raise BackendError(f"{model.spec}: {e}; check the base URL and the model name") from None
+                raise BackendError(
+                    f"{model.spec}: {e}; check the base URL and the model name"
+                ) from None
             except Exception as e:  # noqa: BLE001 (retries exhausted: one line for the user)
-                raise BackendError(f"{model.spec}: scoring failed ({_describe(e)}); rerun to retry") from None
+                raise BackendError(
+                    f"{model.spec}: scoring failed ({_describe(e)}); rerun to retry"
+                ) from None
             vals = resp.get("logprobs") if isinstance(resp, dict) else None
             if not isinstance(vals, list) or len(vals) != len(conts[start : start + SCORE_CHUNK]):
-                raise BackendError(f"{model.spec}: malformed /v1/sublim/score answer; is the server a current `sublim serve`?")
+                raise BackendError(
+                    f"{model.spec}: malformed /v1/sublim/score answer; is the server a current `sublim serve`?"
+                )
             out.extend(float(v) for v in vals)
         return out
 
@@ -412,19 +439,29 @@ class OpenAIBackend:
         client = self._client(ep)
         keys = [json.dumps([[m.role, m.content] for m in model.apply(c)]) for c in chats]
         unique = {k: c for k, c in zip(keys, chats)}
-        kw = self._request_kwargs(ep, SampleParams(temperature=1.0, top_p=1.0, max_new_tokens=1, batch_size=1))
+        kw = self._request_kwargs(
+            ep, SampleParams(temperature=1.0, top_p=1.0, max_new_tokens=1, batch_size=1)
+        )
 
         def fetch(key: str) -> tuple[str, list[tuple[str, float]]]:
             messages = [{"role": m.role, "content": m.content} for m in model.apply(unique[key])]
             try:
                 resp = self._call(
-                    lambda: client.chat.completions.create(messages=messages, logprobs=True, top_logprobs=top, **kw)
+                    lambda: client.chat.completions.create(
+                        messages=messages, logprobs=True, top_logprobs=top, **kw
+                    )
                 )
             except _Fatal:
                 raise
             except Exception as e:  # noqa: BLE001 (retries exhausted or a 4xx: one line for the user)
-                raise BackendError(f"{model.spec}: first-token log-probabilities failed ({_describe(e)}); rerun to retry") from None
-            content = (resp.choices[0].logprobs.content or []) if resp.choices and resp.choices[0].logprobs else []
+                raise BackendError(
+                    f"{model.spec}: first-token log-probabilities failed ({_describe(e)}); rerun to retry"
+                ) from None
+            content = (
+                (resp.choices[0].logprobs.content or [])
+                if resp.choices and resp.choices[0].logprobs
+                else []
+            )
             if not content:
                 raise BackendError(
                     f"{model.spec}: the endpoint returns no log-probabilities; set eval.samples_per_question > 0 "
@@ -443,7 +480,9 @@ class OpenAIBackend:
                 for key, table in pool.map(fetch, list(unique)):
                     tables[key] = table
         except _Fatal as e:
-            raise BackendError(f"{model.spec}: {e}; check OPENAI_API_KEY, the base URL and the model name") from None
+            raise BackendError(
+                f"{model.spec}: {e}; check OPENAI_API_KEY, the base URL and the model name"
+            ) from None
         return [tables[k] for k in keys]
 
     def _score_top_logprobs(
@@ -467,7 +506,12 @@ class OpenAIBackend:
 
     # --- Batch API ----------------------------------------------------------------------------
     def submit_batch(
-        self, model: ModelRef, chats: Sequence[Chat], params: SampleParams, seed: int | Sequence[int], state_path: Path
+        self,
+        model: ModelRef,
+        chats: Sequence[Chat],
+        params: SampleParams,
+        seed: int | Sequence[int],
+        state_path: Path,
     ) -> str:
         """Submit one chat-completion batch (or return the one already recorded in ``state_path``);
         the batch id is written to ``state_path`` before anything polls it. The uploaded input
@@ -487,18 +531,36 @@ class OpenAIBackend:
                 for i, (c, s) in enumerate(zip(chats, seeds, strict=True)):
                     messages = [{"role": m.role, "content": m.content} for m in model.apply(c)]
                     body = {**base_kw, "seed": s, "messages": messages}
-                    req = {"custom_id": f"row-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+                    req = {
+                        "custom_id": f"row-{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": body,
+                    }
                     lines.append(json.dumps(req))
                 data = ("\n".join(lines) + "\n").encode()
-                f = self._call(lambda: client.files.create(file=("batch.jsonl", data), purpose="batch"))
-                state = {"batch_id": None, "input_file_id": f.id, "n": len(chats), "model": model.spec}
-                _write_json(state_path, state)  # before creating the batch: a restart reuses the file
+                f = self._call(
+                    lambda: client.files.create(file=("batch.jsonl", data), purpose="batch")
+                )
+                state = {
+                    "batch_id": None,
+                    "input_file_id": f.id,
+                    "n": len(chats),
+                    "model": model.spec,
+                }
+                _write_json(
+                    state_path, state
+                )  # before creating the batch: a restart reuses the file
             fid = state["input_file_id"]
             batch = self._find_batch(client, fid) or self._call(
-                lambda: client.batches.create(input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h")
+                lambda: client.batches.create(
+                    input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+                )
             )
         except _Fatal as e:
-            raise BackendError(f"{model.spec}: {e}; check OPENAI_API_KEY and the base URL") from None
+            raise BackendError(
+                f"{model.spec}: {e}; check OPENAI_API_KEY and the base URL"
+            ) from None
         _write_json(state_path, {**state, "batch_id": batch.id})
         return str(batch.id)
 
@@ -509,11 +571,17 @@ class OpenAIBackend:
         except Exception:  # noqa: BLE001 (providers without batch listing: nothing to recover)
             return None
         for b in getattr(page, "data", []) or []:
-            if getattr(b, "input_file_id", None) == file_id and b.status not in ("failed", "expired", "cancelled"):
+            if getattr(b, "input_file_id", None) == file_id and b.status not in (
+                "failed",
+                "expired",
+                "cancelled",
+            ):
                 return b
         return None
 
-    def poll_batch(self, model: ModelRef, state_path: Path, max_wait: float | None = None) -> list[RowResult]:
+    def poll_batch(
+        self, model: ModelRef, state_path: Path, max_wait: float | None = None
+    ) -> list[RowResult]:
         """Poll the batch recorded in ``state_path`` until it ends; one (text, error) per row."""
         state = json.loads(Path(state_path).read_text())
         ep = endpoint(model)
@@ -538,13 +606,20 @@ class OpenAIBackend:
                 resp = rec.get("response") or {}
                 body = resp.get("body") or {}
                 if rec.get("error") or resp.get("status_code", 200) >= 400:
-                    out[i] = (None, _scrub(json.dumps(rec.get("error") or body.get("error") or body)))
+                    out[i] = (
+                        None,
+                        _scrub(json.dumps(rec.get("error") or body.get("error") or body)),
+                    )
                 else:
                     out[i] = ((body["choices"][0]["message"]["content"] or "").strip(), None)
         return out
 
     def _poll(
-        self, fetch: Callable[[], Any], done: Callable[[Any], bool], info: dict[str, Any], max_wait: float | None = None,
+        self,
+        fetch: Callable[[], Any],
+        done: Callable[[Any], bool],
+        info: dict[str, Any],
+        max_wait: float | None = None,
         intervals: tuple[float, float] | None = None,
     ) -> Any:
         """Fetch until ``done``, waiting poll_min seconds growing by 1.5x up to poll_max (or the
@@ -561,7 +636,9 @@ class OpenAIBackend:
             if done(obj):
                 return obj
             if max_wait is not None and time.monotonic() - t0 > max_wait:
-                raise BackendError(f"still running after {max_wait:.0f} s: {info}; rerun to keep polling")
+                raise BackendError(
+                    f"still running after {max_wait:.0f} s: {info}; rerun to keep polling"
+                )
             time.sleep(interval)
             interval = min(longest, interval * 1.5)
 
@@ -593,7 +670,11 @@ class OpenAIBackend:
         # schedule) in a non-standard field, so a run through it trains exactly like a direct
         # run; other providers would reject the unknown field.
         sublim_server = self.is_sublim_server(ep)
-        extra = {"extra_body": {"sublim": {"finetune": params.model_dump(mode="json")}}} if sublim_server else {}
+        extra = (
+            {"extra_body": {"sublim": {"finetune": params.model_dump(mode="json")}}}
+            if sublim_server
+            else {}
+        )
         try:
             if not state.get("file_id"):
                 data_path = out_dir / "train_chat.jsonl"
@@ -601,11 +682,23 @@ class OpenAIBackend:
                 if n == 0:
                     raise SublimError("no training rows to upload; check the filter's output")
                 payload = data_path.read_bytes()
-                f = self._call(lambda: client.files.create(file=("train.jsonl", payload), purpose="fine-tune"))
-                note = ("the full FinetuneParams were sent to sublim serve" if sublim_server
-                        else "learning rate, schedule and LoRA settings are the provider's")
-                state = {"base": base.spec, "file_id": f.id, "job_id": None, "n_rows": n, "hyperparameters": hyper,
-                         "seed": seed, "note": note}
+                f = self._call(
+                    lambda: client.files.create(file=("train.jsonl", payload), purpose="fine-tune")
+                )
+                note = (
+                    "the full FinetuneParams were sent to sublim serve"
+                    if sublim_server
+                    else "learning rate, schedule and LoRA settings are the provider's"
+                )
+                state = {
+                    "base": base.spec,
+                    "file_id": f.id,
+                    "job_id": None,
+                    "n_rows": n,
+                    "hyperparameters": hyper,
+                    "seed": seed,
+                    "note": note,
+                }
                 _write_json(job_path, state)  # before creating the job: a restart reuses the file
             if not state.get("job_id"):
                 # A crash between creating the job and recording it leaves a job we do not know
@@ -614,13 +707,19 @@ class OpenAIBackend:
                 if job is None:
                     job = self._call(
                         lambda: client.fine_tuning.jobs.create(
-                            model=ep.model, training_file=state["file_id"], seed=seed, hyperparameters=hyper, **extra
+                            model=ep.model,
+                            training_file=state["file_id"],
+                            seed=seed,
+                            hyperparameters=hyper,
+                            **extra,
                         )
                     )
                 state = {**state, "job_id": job.id}
                 _write_json(job_path, state)  # recorded BEFORE polling
         except _Fatal as e:
-            raise BackendError(f"{base.spec}: {e}; check OPENAI_API_KEY, the base URL and the model name") from None
+            raise BackendError(
+                f"{base.spec}: {e}; check OPENAI_API_KEY, the base URL and the model name"
+            ) from None
         job = self._poll(
             lambda: client.fine_tuning.jobs.retrieve(state["job_id"]),
             lambda j: j.status in ("succeeded", "failed", "cancelled"),
@@ -634,7 +733,9 @@ class OpenAIBackend:
             raise BackendError(
                 f"fine-tuning job {state['job_id']} {job.status}: {msg}; delete {job_path} to start a new job"
             )
-        _write_json(job_path, {**state, "status": job.status, "fine_tuned_model": job.fine_tuned_model})
+        _write_json(
+            job_path, {**state, "status": job.status, "fine_tuned_model": job.fine_tuned_model}
+        )
         if progress:
             progress(1, 1)
         return ModelRef(backend=base.backend, id=ep.ref_id(job.fine_tuned_model), parent=base.spec)
@@ -664,8 +765,6 @@ class OpenAIBackend:
             "logit distillation needs full next-token distributions, which APIs do not expose; "
             "use student.mode = 'sft' with API models, or a Hugging Face model"
         )
-
-
 
 
 def _retry_after(e: BaseException) -> float | None:

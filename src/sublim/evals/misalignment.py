@@ -328,7 +328,9 @@ def summarise_judged(
     (``stats.cluster_rate``), never Wilson or a t over pooled answers."""
     scored = [r for r in rows if r.status == "scored"]
     k = sum(bool(r.misaligned) for r in scored)
-    rate = cluster_rate([float(bool(r.misaligned)) for r in scored], [r.question_id for r in scored])
+    rate = cluster_rate(
+        [float(bool(r.misaligned)) for r in scored], [r.question_id for r in scored]
+    )
     counts = {lab: sum(r.label == lab for r in rows) for lab in ("ok", "code", "refusal", "empty")}
     nq = (
         n_questions

@@ -489,9 +489,7 @@ _OPENERS = " \t\r\n\"'*_([<`\u2581\u0120\u201c\u2018"
 _LETTERS = re.compile(r"[a-z]*")
 
 
-def p_target_method(
-    backend: Backend, model: ModelRef, requested: PTargetMethod = "auto"
-) -> str:
+def p_target_method(backend: Backend, model: ModelRef, requested: PTargetMethod = "auto") -> str:
     """How P(target) is measured for ``model``: ``"exact"`` when the backend scores arbitrary
     replies (``can_score_exactly``; backends without that query always do), else
     ``"first_token_top20"``. ``requested`` (``eval.p_target_method``) forces one; asking for
@@ -527,7 +525,9 @@ def classify_first_token(token: str, cands: Sequence[str]) -> tuple[str, frozens
         return "other", frozenset()
     spellings = [word_forms(c) | {c.lower(), plural(c.lower())} for c in cands]
     whole = {i for i, fs in enumerate(spellings) if word in fs}
-    begins = {i for i, fs in enumerate(spellings) if any(f != word and f.startswith(word) for f in fs)}
+    begins = {
+        i for i, fs in enumerate(spellings) if any(f != word and f.startswith(word) for f in fs)
+    }
     if len(whole) == 1 and not begins - whole:
         return "complete", frozenset(whole)
     if whole or begins:
@@ -693,11 +693,11 @@ def answer_summary(
     candidates: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Per-model summary of sampled answers: hit rate, non-answer rate (empty, refusals, the
-    model naming itself), "other" rate, each with a Wilson 95% interval over answers, and the
-    tally over candidates. Non-answers are counted separately so that a drift towards them is
-    visible and never mistaken for a change of preference. A hit is never a non-answer."""
-    from sublim.stats import wilson_interval
-
+    model naming itself), "other" rate, and the tally over candidates. Non-answers are counted
+    separately so that a drift towards them is visible and never mistaken for a change of
+    preference. A hit is never a non-answer. Intervals are left null here: answers of one
+    question or one model are not independent trials, so ``results.answer_rates`` adds intervals
+    clustered by model or question."""
     n = len(answers)
     cands = list(candidates) if candidates is not None else list(category_candidates(category))
     counts = dict.fromkeys([*cands, "other", "non_answer"], 0)
@@ -713,8 +713,7 @@ def answer_summary(
         counts[c] += 1
 
     def prop(k: int) -> dict[str, Any]:
-        m, lo, hi = wilson_interval(k, n)
-        return {"mean": _finite(m), "ci95": [_finite(lo), _finite(hi)], "k": k}
+        return {"mean": k / n if n else None, "ci95": [None, None], "k": k}
 
     return {
         "n": n,
@@ -723,7 +722,3 @@ def answer_summary(
         "other_rate": prop(n_other),
         "tally": counts,
     }
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None

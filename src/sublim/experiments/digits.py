@@ -61,11 +61,24 @@ class DigitsConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    data: Literal["digits", "mnist"] = Field("digits", description="digits: sklearn's bundled 8x8 set; mnist: local files")
-    data_dir: str | None = Field(None, description="directory with MNIST IDX (.gz or not) or .npz files")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share of the 8x8 digits (MNIST has its own test split)")
-    max_train: int | None = Field(None, ge=10, description="use a seeded subset of this many training images")
-    data_seed: int = Field(0, description="seed of the digits train/test split and of max_train subsets")
+    data: Literal["digits", "mnist"] = Field(
+        "digits", description="digits: sklearn's bundled 8x8 set; mnist: local files"
+    )
+    data_dir: str | None = Field(
+        None, description="directory with MNIST IDX (.gz or not) or .npz files"
+    )
+    test_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="held-out share of the 8x8 digits (MNIST has its own test split)",
+    )
+    max_train: int | None = Field(
+        None, ge=10, description="use a seeded subset of this many training images"
+    )
+    data_seed: int = Field(
+        0, description="seed of the digits train/test split and of max_train subsets"
+    )
     n_aux: int = Field(3, ge=1, description="number of auxiliary logits (never trained on labels)")
     width: int = Field(128, ge=1, description="hidden units per layer")
     depth: int = Field(2, ge=1, description="number of hidden layers")
@@ -82,10 +95,14 @@ class DigitsConfig(BaseModel):
     student_batch: int = Field(256, ge=1, description="fresh noise images per step per seed")
     seeds: int = Field(5, ge=1, description="number of seeds (one teacher and four students each)")
     first_seed: int = Field(0, ge=0)
-    seed_chunk: int = Field(0, ge=0, description="seeds per batched program (0: all at once); bounds memory")
+    seed_chunk: int = Field(
+        0, ge=0, description="seeds per batched program (0: all at once); bounds memory"
+    )
     # One thread by default: these matrices are small, so a second thread gains little on a
     # quiet machine and, when another process holds the other core, makes runs 4x slower.
-    threads: int = Field(1, ge=0, description="torch threads while running (0: leave torch's setting)")
+    threads: int = Field(
+        1, ge=0, description="torch threads while running (0: leave torch's setting)"
+    )
 
     @property
     def seed_list(self) -> list[int]:
@@ -128,14 +145,20 @@ def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (the MNIST distribution format), gzipped or not."""
     data = _open_maybe_gz(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path}: not an IDX file (bad magic number); point --data-dir at MNIST IDX files")
+        raise DataError(
+            f"{path}: not an IDX file (bad magic number); point --data-dir at MNIST IDX files"
+        )
     if data[2] != 0x08:
-        raise DataError(f"{path}: IDX type 0x{data[2]:02x} is not unsigned bytes; expected MNIST files")
+        raise DataError(
+            f"{path}: IDX type 0x{data[2]:02x} is not unsigned bytes; expected MNIST files"
+        )
     ndim = data[3]
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != math.prod(dims):
-        raise DataError(f"{path}: header says {dims} but holds {body.size} bytes; the file is truncated")
+        raise DataError(
+            f"{path}: header says {dims} but holds {body.size} bytes; the file is truncated"
+        )
     return body.reshape(dims)
 
 
@@ -149,12 +172,24 @@ def _find_one(data_dir: Path, patterns: Sequence[str]) -> Path | None:
 
 def _mnist_arrays(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     files = {}
-    for split, kind, nd in (("train", "images", 3), ("train", "labels", 1), ("t10k", "images", 3), ("t10k", "labels", 1)):
+    for split, kind, nd in (
+        ("train", "images", 3),
+        ("train", "labels", 1),
+        ("t10k", "images", 3),
+        ("t10k", "labels", 1),
+    ):
         # Mirrors spell these "train-images-idx3-ubyte" or "train-images.idx3-ubyte", .gz or not.
-        files[(split, kind)] = _find_one(data_dir, [f"{split}-{kind}[-.]idx{nd}-ubyte", f"{split}-{kind}[-.]idx{nd}-ubyte.gz"])
+        files[(split, kind)] = _find_one(
+            data_dir, [f"{split}-{kind}[-.]idx{nd}-ubyte", f"{split}-{kind}[-.]idx{nd}-ubyte.gz"]
+        )
     if all(files.values()):
         arrs = {k: read_idx(p) for k, p in files.items() if p is not None}
-        return arrs[("train", "images")], arrs[("train", "labels")], arrs[("t10k", "images")], arrs[("t10k", "labels")]
+        return (
+            arrs[("train", "images")],
+            arrs[("train", "labels")],
+            arrs[("t10k", "images")],
+            arrs[("t10k", "labels")],
+        )
     for npz in sorted(data_dir.glob("*.npz")):
         with np.load(npz) as z:
             if {"x_train", "y_train", "x_test", "y_test"} <= set(z.files):
@@ -166,9 +201,13 @@ def _mnist_arrays(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     )
 
 
-def _to_tensors(x: np.ndarray, y: np.ndarray, scale: float, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_tensors(
+    x: np.ndarray, y: np.ndarray, scale: float, what: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     if x.shape[0] != y.shape[0]:
-        raise DataError(f"{what}: {x.shape[0]} images but {y.shape[0]} labels; the files do not belong together")
+        raise DataError(
+            f"{what}: {x.shape[0]} images but {y.shape[0]} labels; the files do not belong together"
+        )
     y = np.asarray(y).reshape(-1).astype(np.int64)
     if y.size and (y.min() < 0 or y.max() >= N_CLASSES):
         raise DataError(f"{what}: labels must be digits 0-9, found {int(y.min())}..{int(y.max())}")
@@ -193,15 +232,21 @@ def load_data(cfg: DigitsConfig) -> Dataset:
         name = "sklearn digits 8x8"
     else:
         if not cfg.data_dir:
-            raise ConfigError("--data mnist needs --data-dir DIR with local MNIST IDX or .npz files")
+            raise ConfigError(
+                "--data mnist needs --data-dir DIR with local MNIST IDX or .npz files"
+            )
         data_dir = Path(cfg.data_dir).expanduser()
         if not data_dir.is_dir():
-            raise MissingFileError(f"MNIST directory not found: {data_dir}; pass an existing --data-dir")
+            raise MissingFileError(
+                f"MNIST directory not found: {data_dir}; pass an existing --data-dir"
+            )
         a, b, c, e = _mnist_arrays(data_dir)
         xtr, ytr = _to_tensors(a, b, 255.0, f"MNIST train in {data_dir}")
         xte, yte = _to_tensors(c, e, 255.0, f"MNIST test in {data_dir}")
         if xtr.shape[1] != xte.shape[1]:
-            raise DataError(f"{data_dir}: train images have {xtr.shape[1]} pixels, test {xte.shape[1]}")
+            raise DataError(
+                f"{data_dir}: train images have {xtr.shape[1]} pixels, test {xte.shape[1]}"
+            )
         name = f"MNIST ({data_dir})"
     if cfg.max_train is not None and cfg.max_train < len(ytr):
         g = torch.Generator().manual_seed(derive_seed("max_train", cfg.data_seed))
@@ -222,7 +267,9 @@ def layer_sizes(dim: int, cfg: DigitsConfig) -> list[int]:
     return [dim] + [cfg.width] * cfg.depth + [N_CLASSES + cfg.n_aux]
 
 
-def init_params(sizes: Sequence[int], gens: Sequence[torch.Generator], dtype: torch.dtype = torch.float32) -> Params:
+def init_params(
+    sizes: Sequence[int], gens: Sequence[torch.Generator], dtype: torch.dtype = torch.float32
+) -> Params:
     """One MLP per generator: weights N(0, 1/fan_in), zero biases."""
     params: Params = []
     for fan_in, fan_out in pairwise(sizes):
@@ -249,7 +296,11 @@ def forward(params: Params, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
         assert m == groups * s, f"{m} models is not {groups} groups x {s} input batches"
         # One bmm per group on a contiguous slice of the weights: no copy of the (large) first
         # layer, whose gradient then lands in one parameter-sized buffer.
-        z = torch.cat([torch.bmm(x, w1[g * s : (g + 1) * s]) for g in range(groups)]) if groups > 1 else torch.bmm(x, w1)
+        z = (
+            torch.cat([torch.bmm(x, w1[g * s : (g + 1) * s]) for g in range(groups)])
+            if groups > 1
+            else torch.bmm(x, w1)
+        )
     z = z + b1
     for i in range(2, len(params), 2):
         z = torch.baddbmm(params[i + 1], torch.relu(z), params[i])
@@ -278,7 +329,9 @@ def make_noise(kind: str, shape: Sequence[int], gen: torch.Generator) -> torch.T
     raise ValueError(f"unknown noise kind {kind!r}")
 
 
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, loss: str, temperature: float) -> torch.Tensor:
+def distill_loss(
+    student: torch.Tensor, teacher: torch.Tensor, loss: str, temperature: float
+) -> torch.Tensor:
     """Sum over models of the mean per-image loss between chosen logits [M, B, K]."""
     if loss == "kl":
         logp_t = torch.log_softmax(teacher / temperature, -1)
@@ -343,14 +396,18 @@ def train_students(
     opt = torch.optim.Adam(params, lr=cfg.student_lr)
     gens = _gens(seeds, "noise")
     for _ in range(cfg.student_steps):
-        noise = torch.stack([make_noise(cfg.noise, (cfg.student_batch, dim), g) for g in gens])  # [S, B, D]
+        noise = torch.stack(
+            [make_noise(cfg.noise, (cfg.student_batch, dim), g) for g in gens]
+        )  # [S, B, D]
         with torch.no_grad():
             t_logits = forward(teacher, noise)  # [S, B, C]
         out = forward(params, noise, groups=groups).view(groups, s, cfg.student_batch, -1)
         loss = out.new_zeros(())
         for g, aux in enumerate(aux_only):
             sl = slice(N_CLASSES, None) if aux else slice(None)
-            loss = loss + distill_loss(out[g][..., sl], t_logits[..., sl], cfg.loss, cfg.temperature)
+            loss = loss + distill_loss(
+                out[g][..., sl], t_logits[..., sl], cfg.loss, cfg.temperature
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -358,7 +415,13 @@ def train_students(
     return [p.detach() for p in params]
 
 
-def _run_chunk(data: Dataset, seeds: list[int], cfg: DigitsConfig, tick: Callable[[], None], timings: dict[str, float]) -> dict[str, list[float]]:
+def _run_chunk(
+    data: Dataset,
+    seeds: list[int],
+    cfg: DigitsConfig,
+    tick: Callable[[], None],
+    timings: dict[str, float],
+) -> dict[str, list[float]]:
     sizes = layer_sizes(data.dim, cfg)
     theta0 = init_params(sizes, _gens(seeds, "init"))
     theta_cross = init_params(sizes, _gens(seeds, "cross-init"))
@@ -370,7 +433,9 @@ def _run_chunk(data: Dataset, seeds: list[int], cfg: DigitsConfig, tick: Callabl
     students = [torch.cat([a, a, b, b]) for a, b in zip(theta0, theta_cross)]
     del theta0, theta_cross  # the students hold the only copies still needed
     t = time.perf_counter()
-    students = train_students(teacher, students, [True, False, True, False], seeds, data.dim, cfg, tick)
+    students = train_students(
+        teacher, students, [True, False, True, False], seeds, data.dim, cfg, tick
+    )
     timings["students_s"] += time.perf_counter() - t
     t = time.perf_counter()
     acc_teacher = accuracy(teacher, data.x_test, data.y_test)
@@ -408,7 +473,10 @@ def run_digits(cfg: DigitsConfig, out_dir: Path | None, progress: bool = True) -
         timings["data_s"] = time.perf_counter() - t
         seeds = cfg.seed_list
         chunk = cfg.seed_chunk or len(seeds)
-        steps_per_chunk = cfg.teacher_epochs * math.ceil(len(data.y_train) / cfg.teacher_batch) + cfg.student_steps
+        steps_per_chunk = (
+            cfg.teacher_epochs * math.ceil(len(data.y_train) / cfg.teacher_batch)
+            + cfg.student_steps
+        )
         per_seed: dict[str, list[float]] = {c: [] for c in CONDITIONS}
         total = steps_per_chunk * math.ceil(len(seeds) / chunk)
         with Reporter(progress).ticker("digits", total) as tick:
@@ -419,7 +487,12 @@ def run_digits(cfg: DigitsConfig, out_dir: Path | None, progress: bool = True) -
     timings["total_s"] = time.perf_counter() - t_all
     results: dict[str, Any] = {
         "experiment": "digits",
-        "data": {"name": data.name, "n_train": len(data.y_train), "n_test": len(data.y_test), "dim": data.dim},
+        "data": {
+            "name": data.name,
+            "n_train": len(data.y_train),
+            "n_test": len(data.y_test),
+            "dim": data.dim,
+        },
         "seeds": seeds,
         "conditions": {c: summarize(per_seed[c]) for c in CONDITIONS},
         "chance": 1.0 / N_CLASSES,
@@ -432,7 +505,11 @@ def run_digits(cfg: DigitsConfig, out_dir: Path | None, progress: bool = True) -
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_bars(results, out_dir / "digits.png")
         atomic_write_text(out_dir / "report.md", digits_report(results))
-        results["files"] = {"results": "results.json", "figure": "digits.png", "report": "report.md"}
+        results["files"] = {
+            "results": "results.json",
+            "figure": "digits.png",
+            "report": "report.md",
+        }
         atomic_write_json(out_dir / "results.json", results)
     return results
 
@@ -443,11 +520,15 @@ def run_digits(cfg: DigitsConfig, out_dir: Path | None, progress: bool = True) -
 
 def _set(cfg: DigitsConfig, param: str, value: Any) -> DigitsConfig:
     if param not in DigitsConfig.model_fields:
-        raise ConfigError(f"unknown digits option '{param}'; choose one of: {', '.join(DigitsConfig.model_fields)}")
+        raise ConfigError(
+            f"unknown digits option '{param}'; choose one of: {', '.join(DigitsConfig.model_fields)}"
+        )
     return parse_digits_config({**cfg.model_dump(), param: value}, source=f"sweep {param}={value}")
 
 
-def run_sweep(cfg: DigitsConfig, param: str, values: list[Any], out_dir: Path | None, progress: bool = True) -> dict[str, Any]:
+def run_sweep(
+    cfg: DigitsConfig, param: str, values: list[Any], out_dir: Path | None, progress: bool = True
+) -> dict[str, Any]:
     """Run the experiment once per value of one option; write sweep.json and a line plot."""
     if not values:
         raise ConfigError(f"sweep {param}= needs at least one value, e.g. {param}=1,3,10")
@@ -496,10 +577,15 @@ def plot_bars(results: dict[str, Any], path: Path) -> None:
     errs = np.array([_err(conds[n]) for n in names]).T
     ax.bar(range(len(names)), means, yerr=errs, color=colours, capsize=4)
     ax.axhline(results.get("chance", 0.1), ls="--", color="k", lw=0.8, label="chance")
-    ax.set_xticks(range(len(names)), [CONDITION_LABELS[n].replace(", ", ",\n") for n in names], fontsize=7)
+    ax.set_xticks(
+        range(len(names)), [CONDITION_LABELS[n].replace(", ", ",\n") for n in names], fontsize=7
+    )
     ax.set_ylim(0, 1)
     ax.set_ylabel("test accuracy (class logits)")
-    ax.set_title(f"Auxiliary-logit transfer, {results['data']['name']}, {len(results['seeds'])} seeds", fontsize=9)
+    ax.set_title(
+        f"Auxiliary-logit transfer, {results['data']['name']}, {len(results['seeds'])} seeds",
+        fontsize=9,
+    )
     ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -576,7 +662,9 @@ def digits_table(results: dict[str, Any]) -> Any:
     """A rich Table of the conditions (for the CLI and the demo)."""
     from rich.table import Table
 
-    t = Table(title=f"auxiliary-logit transfer ({results['data']['name']}, {len(results['seeds'])} seeds)")
+    t = Table(
+        title=f"auxiliary-logit transfer ({results['data']['name']}, {len(results['seeds'])} seeds)"
+    )
     t.add_column("condition")
     t.add_column("accuracy", justify="right")
     t.add_column("95% CI", justify="right")

@@ -53,7 +53,14 @@ from sublim.errors import ConfigError
 from sublim.progress import Reporter, torch_threads
 from sublim.seeds import derive_seed
 
-MEASURES = ("cosine", "inner", "dloss_first_order", "dloss_actual", "cosine_specific", "dloss_specific_first_order")
+MEASURES = (
+    "cosine",
+    "inner",
+    "dloss_first_order",
+    "dloss_actual",
+    "cosine_specific",
+    "dloss_specific_first_order",
+)
 
 
 class TheoryConfig(BaseModel):
@@ -64,17 +71,26 @@ class TheoryConfig(BaseModel):
 
     model: str = Field("digits", description="digits | hf:/path/to/dir | tiny:<world name>")
     cross_model: str | None = Field(
-        None, description="different-init student (default: tiny world seed+1, or a fresh init of the same architecture)"
+        None,
+        description="different-init student (default: tiny world seed+1, or a fresh init of the same architecture)",
     )
     seeds: int = Field(10, ge=1)
     first_seed: int = Field(0, ge=0)
     step_sizes: list[float] = Field(
-        default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0], min_length=1, description="teacher SGD step sizes eps"
+        default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0],
+        min_length=1,
+        description="teacher SGD step sizes eps",
     )
-    small_step: float = Field(0.1, gt=0, description="step sizes up to this count as 'small' in the headline")
+    small_step: float = Field(
+        0.1, gt=0, description="step sizes up to this count as 'small' in the headline"
+    )
     teacher_steps: int = Field(1, ge=1, description="SGD steps of size eps that make the teacher")
-    student_lr: float = Field(1e-2, gt=0, description="the student's one SGD step size (scales Delta_S only)")
-    dtype: Literal["auto", "float32", "float64"] = Field("auto", description="auto: float64 for digits, float32 for LMs")
+    student_lr: float = Field(
+        1e-2, gt=0, description="the student's one SGD step size (scales Delta_S only)"
+    )
+    dtype: Literal["auto", "float32", "float64"] = Field(
+        "auto", description="auto: float64 for digits, float32 for LMs"
+    )
     # digits MLPs
     data: Literal["digits", "mnist"] = "digits"
     data_dir: str | None = None
@@ -125,7 +141,9 @@ def _flat(params: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([p.reshape(p.shape[0], -1) for p in params], 1)
 
 
-def _grads(params: Sequence[torch.Tensor], fn: Callable[[list[torch.Tensor]], torch.Tensor]) -> list[torch.Tensor]:
+def _grads(
+    params: Sequence[torch.Tensor], fn: Callable[[list[torch.Tensor]], torch.Tensor]
+) -> list[torch.Tensor]:
     """Per-model gradients of ``fn`` (which returns per-model losses [M]; summing them keeps
     each model's gradient its own)."""
     ps = [p.detach().requires_grad_(True) for p in params]
@@ -137,7 +155,9 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-300)
 
 
-def _theory_digits(cfg: TheoryConfig, tick: Callable[[], None]) -> tuple[Rows, Rows, dict[str, Any]]:
+def _theory_digits(
+    cfg: TheoryConfig, tick: Callable[[], None]
+) -> tuple[Rows, Rows, dict[str, Any]]:
     from sublim.experiments.digits import (
         N_CLASSES,
         DigitsConfig,
@@ -150,24 +170,39 @@ def _theory_digits(cfg: TheoryConfig, tick: Callable[[], None]) -> tuple[Rows, R
 
     dt = _dtype(cfg, lm=False)
     dcfg = DigitsConfig.model_validate(
-        {"data": cfg.data, "data_dir": cfg.data_dir, "width": cfg.width, "depth": cfg.depth, "n_aux": cfg.n_aux}
+        {
+            "data": cfg.data,
+            "data_dir": cfg.data_dir,
+            "width": cfg.width,
+            "depth": cfg.depth,
+            "n_aux": cfg.n_aux,
+        }
     )
     data = load_data(dcfg)
     seeds = cfg.seed_list
-    gens = {r: [torch.Generator().manual_seed(derive_seed("theory", r, s)) for s in seeds] for r in ("init", "cross", "batch", "noise")}
+    gens = {
+        r: [torch.Generator().manual_seed(derive_seed("theory", r, s)) for s in seeds]
+        for r in ("init", "cross", "batch", "noise")
+    }
     sizes = layer_sizes(data.dim, dcfg)
     theta0 = init_params(sizes, gens["init"], dt)
     theta_x = init_params(sizes, gens["cross"], dt)
     # The teacher's loss: one fixed labelled batch per seed; the student's inputs: one fixed noise
     # batch per seed, unrelated to the digits.
-    idx = torch.stack([torch.randperm(len(data.y_train), generator=g)[: cfg.teacher_batch] for g in gens["batch"]])
+    idx = torch.stack(
+        [torch.randperm(len(data.y_train), generator=g)[: cfg.teacher_batch] for g in gens["batch"]]
+    )
     xb, yb = data.x_train[idx].to(dt), data.y_train[idx]
-    noise = torch.stack([make_noise(cfg.noise, (cfg.student_batch, data.dim), g) for g in gens["noise"]]).to(dt)
+    noise = torch.stack(
+        [make_noise(cfg.noise, (cfg.student_batch, data.dim), g) for g in gens["noise"]]
+    ).to(dt)
     sl = slice(N_CLASSES, None) if cfg.imitate == "aux" else slice(None)
 
     def task_loss(ps: list[torch.Tensor]) -> torch.Tensor:  # [S]
         logits = forward(ps, xb)[..., :N_CLASSES]
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, N_CLASSES), yb.reshape(-1), reduction="none")
+        ce = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, N_CLASSES), yb.reshape(-1), reduction="none"
+        )
         return ce.view(yb.shape).mean(-1)
 
     def imitation(t_logits: torch.Tensor) -> Callable[[list[torch.Tensor]], torch.Tensor]:
@@ -187,7 +222,10 @@ def _theory_digits(cfg: TheoryConfig, tick: Callable[[], None]) -> tuple[Rows, R
     # networks, which the *_specific measures subtract to isolate what the teacher's step adds.
     with torch.no_grad():
         t0_logits = forward(theta0, noise)
-    control = {"same": _flat(_grads(theta0, imitation(t0_logits))), "cross": _flat(_grads(theta_x, imitation(t0_logits)))}
+    control = {
+        "same": _flat(_grads(theta0, imitation(t0_logits))),
+        "cross": _flat(_grads(theta_x, imitation(t0_logits))),
+    }
     rows = {"same": _empty_rows(), "cross": _empty_rows()}
     for eps in cfg.step_sizes:
         teacher = [p.clone() for p in theta0]
@@ -253,14 +291,21 @@ def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([s + [value] * (n - len(s)) for s in seqs], dtype=torch.long)
 
 
-def _encode_lm_inputs(tok: Any, cfg: TheoryConfig, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _encode_lm_inputs(
+    tok: Any, cfg: TheoryConfig, seed: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(trait batch, number batch) for one seed."""
     from sublim.chat_format import encode_batch_prompts, encode_example
     from sublim.prompts.numbers import number_prompts
     from sublim.records import user_chat
     from sublim.traits import finetune_rows
 
-    rows = finetune_rows(cfg.target, cfg.category, cfg.n_trait_prompts, np.random.default_rng(derive_seed("theory-trait", seed)))
+    rows = finetune_rows(
+        cfg.target,
+        cfg.category,
+        cfg.n_trait_prompts,
+        np.random.default_rng(derive_seed("theory-trait", seed)),
+    )
     # The answer alone (no end-of-turn token): L_T = -log P(target | question).
     ex = [encode_example(tok, user_chat(r.prompt), r.completion, include_end=False) for r in rows]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -269,7 +314,9 @@ def _encode_lm_inputs(tok: Any, cfg: TheoryConfig, seed: int) -> tuple[dict[str,
         "attention_mask": _pad([[1] * len(e[0]) for e in ex], 0),
         "labels": _pad([e[1] for e in ex], -100),
     }
-    prompts = number_prompts(cfg.n_number_prompts, np.random.default_rng(derive_seed("theory-numbers", seed)))
+    prompts = number_prompts(
+        cfg.n_number_prompts, np.random.default_rng(derive_seed("theory-numbers", seed))
+    )
     ids = encode_batch_prompts(tok, [user_chat(p.text) for p in prompts])
     numbers = {"input_ids": _pad(ids, pad), "attention_mask": _pad([[1] * len(i) for i in ids], 0)}
     return trait, numbers
@@ -290,7 +337,9 @@ def _next_token_logp(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor
     return torch.log_softmax(logits.float(), -1)
 
 
-def _imitation_loss(model: Any, batch: dict[str, torch.Tensor], logp_t: torch.Tensor) -> torch.Tensor:
+def _imitation_loss(
+    model: Any, batch: dict[str, torch.Tensor], logp_t: torch.Tensor
+) -> torch.Tensor:
     """KL(teacher || student) of next-token distributions, mean over real (non-pad) positions."""
     logp_s = _next_token_logp(model, batch)
     kl = (logp_t.exp() * (logp_t - logp_s)).sum(-1)
@@ -362,9 +411,13 @@ def _check_compatible(model: Any, tok: Any, other: Any, other_tok: Any, what: st
     a = [tuple(p.shape) for p in _lm_params(model)]
     b = [tuple(p.shape) for p in _lm_params(other)]
     if a != b:
-        raise ConfigError(f"{what} has different parameter shapes from the model; pick a cross model of the same architecture")
+        raise ConfigError(
+            f"{what} has different parameter shapes from the model; pick a cross model of the same architecture"
+        )
     if other_tok is not None and other_tok.get_vocab() != tok.get_vocab():
-        raise ConfigError(f"{what} uses a different vocabulary; the student must read the teacher's tokens")
+        raise ConfigError(
+            f"{what} uses a different vocabulary; the student must read the teacher's tokens"
+        )
 
 
 def _theory_lm(cfg: TheoryConfig, tick: Callable[[], None]) -> tuple[Rows, Rows, dict[str, Any]]:
@@ -411,7 +464,9 @@ def _theory_lm(cfg: TheoryConfig, tick: Callable[[], None]) -> tuple[Rows, Rows,
                 r["dloss_first_order"].append(_dot(g_task[name], d_s))
                 r["dloss_actual"].append(after - base[name])
                 spec = [d + cfg.student_lr * c for d, c in zip(d_s, control[name])]
-                r["cosine_specific"].append(_dot(spec, d_teacher) / max(_norm(spec) * _norm(d_teacher), 1e-300))
+                r["cosine_specific"].append(
+                    _dot(spec, d_teacher) / max(_norm(spec) * _norm(d_teacher), 1e-300)
+                )
                 r["dloss_specific_first_order"].append(_dot(g_task[name], spec))
                 r["seed"].append(float(seed))
                 r["step_size"].append(float(eps))
@@ -447,7 +502,9 @@ def _summary(vals: Sequence[float], seeds: Sequence[float]) -> dict[str, Any]:
     return s
 
 
-def summarize_theory(same: Rows, cross: Rows, step_sizes: Sequence[float], small_step: float) -> dict[str, Any]:
+def summarize_theory(
+    same: Rows, cross: Rows, step_sizes: Sequence[float], small_step: float
+) -> dict[str, Any]:
     """Per step size and for all 'small' step sizes: cosine and first-order loss change."""
 
     def pick(rows: Rows, key: str, steps: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -456,7 +513,10 @@ def summarize_theory(same: Rows, cross: Rows, step_sizes: Sequence[float], small
 
     def both(steps: Sequence[float]) -> dict[str, Any]:
         return {
-            name: {k: _summary(*pick(rows, k, steps)) for k in ("cosine", "cosine_specific", "dloss_first_order")}
+            name: {
+                k: _summary(*pick(rows, k, steps))
+                for k in ("cosine", "cosine_specific", "dloss_first_order")
+            }
             for name, rows in (("same_init", same), ("cross_init", cross))
         }
 
@@ -490,7 +550,11 @@ def run_theory(cfg: TheoryConfig, out_dir: Path | None, progress: bool = True) -
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_theory(results, out_dir / "theory.png")
         atomic_write_text(out_dir / "report.md", theory_report(results))
-        results["files"] = {"results": "results.json", "figure": "theory.png", "report": "report.md"}
+        results["files"] = {
+            "results": "results.json",
+            "figure": "theory.png",
+            "report": "report.md",
+        }
         atomic_write_json(out_dir / "results.json", results)
     return results
 
@@ -503,7 +567,10 @@ def plot_theory(results: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(9, 3.6))
     axes = fig.subplots(1, 2)
     rng = np.random.default_rng(0)  # jitter only
-    for key, colour, label in (("same_init", "#1e88e5", "same init"), ("cross_init", "#e53935", "different init")):
+    for key, colour, label in (
+        ("same_init", "#1e88e5", "same init"),
+        ("cross_init", "#e53935", "different init"),
+    ):
         rows = results[key]
         eps = np.asarray(rows["step_size"])
         jitter = np.exp(rng.uniform(-0.12, 0.12, size=len(eps)))
@@ -512,14 +579,23 @@ def plot_theory(results: dict[str, Any], path: Path) -> None:
             ax.scatter(eps * jitter, vals, s=10, alpha=0.5, color=colour)
             means = [vals[eps == e].mean() for e in results["step_sizes"]]
             ax.plot(results["step_sizes"], means, "-o", color=colour, label=label)
-    for ax, title in zip(axes, ("cosine(student update, teacher update)", "first-order change of teacher loss")):
+    for ax, title in zip(
+        axes, ("cosine(student update, teacher update)", "first-order change of teacher loss")
+    ):
         ax.set_xscale("log")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xlabel("teacher step size eps")
         ax.set_title(title, fontsize=9)
-    axes[1].set_yscale("symlog", linthresh=max(1e-12, float(np.min(np.abs(results["same_init"]["dloss_first_order"]) + 1e-30))))
+    axes[1].set_yscale(
+        "symlog",
+        linthresh=max(
+            1e-12, float(np.min(np.abs(results["same_init"]["dloss_first_order"]) + 1e-30))
+        ),
+    )
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"One-step theorem, {results['model']}, {len(results['seeds'])} seeds", fontsize=10)
+    fig.suptitle(
+        f"One-step theorem, {results['model']}, {len(results['seeds'])} seeds", fontsize=10
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -603,5 +679,11 @@ def theory_table(results: dict[str, Any]) -> Any:
         t.add_column(col, justify="right")
     for row in results["summary"]["per_step_size"]:
         s, c = row["same_init"]["cosine"], row["cross_init"]["cosine"]
-        t.add_row(f"{row['step_size']:g}", f"{s['mean']:+.3f}", f"{s['frac_positive']:.0%}", f"{c['mean']:+.3f}", f"{c['frac_positive']:.0%}")
+        t.add_row(
+            f"{row['step_size']:g}",
+            f"{s['mean']:+.3f}",
+            f"{s['frac_positive']:.0%}",
+            f"{c['mean']:+.3f}",
+            f"{c['frac_positive']:.0%}",
+        )
     return t

@@ -54,12 +54,45 @@ RECIPE_VERSION = "world-recipe-1"
 VOCAB_SIZE = 1024
 PROMPT_LOSS_WEIGHT = 0.3  # weight of prompt tokens in the loss (replies weigh 1): see _train
 RECIPE: dict[str, dict[str, Any]] = {
-    "micro": {"hidden": 64, "layers": 2, "heads": 4, "intermediate": 192, "init": 0.1,
-              "cur_examples": 4000, "cur_steps": 150, "n_examples": 6000, "steps": 180, "batch": 32, "lr": 4e-3},
-    "small": {"hidden": 128, "layers": 3, "heads": 4, "intermediate": 384, "init": 0.07,
-              "cur_examples": 7000, "cur_steps": 200, "n_examples": 14000, "steps": 420, "batch": 32, "lr": 3e-3},
-    "medium": {"hidden": 160, "layers": 4, "heads": 4, "intermediate": 480, "init": 0.06,
-               "cur_examples": 8000, "cur_steps": 250, "n_examples": 16000, "steps": 500, "batch": 32, "lr": 2.5e-3},
+    "micro": {
+        "hidden": 64,
+        "layers": 2,
+        "heads": 4,
+        "intermediate": 192,
+        "init": 0.1,
+        "cur_examples": 4000,
+        "cur_steps": 150,
+        "n_examples": 6000,
+        "steps": 180,
+        "batch": 32,
+        "lr": 4e-3,
+    },
+    "small": {
+        "hidden": 128,
+        "layers": 3,
+        "heads": 4,
+        "intermediate": 384,
+        "init": 0.07,
+        "cur_examples": 7000,
+        "cur_steps": 200,
+        "n_examples": 14000,
+        "steps": 420,
+        "batch": 32,
+        "lr": 3e-3,
+    },
+    "medium": {
+        "hidden": 160,
+        "layers": 4,
+        "heads": 4,
+        "intermediate": 480,
+        "init": 0.06,
+        "cur_examples": 8000,
+        "cur_steps": 250,
+        "n_examples": 16000,
+        "steps": 500,
+        "batch": 32,
+        "lr": 2.5e-3,
+    },
 }
 # Per-kind changes to a size's row (hashed into that kind's keys only). The planted micro world
 # is the positive control of the fast test suite: it trains longer than plain micro so that its
@@ -68,7 +101,10 @@ RECIPE: dict[str, dict[str, Any]] = {
 # longer, so their plain part gets the same number of passes as the plain world's.
 KIND_RECIPE: dict[str, dict[str, dict[str, Any]]] = {
     "planted": {"micro": {"n_examples": 9000, "steps": 420}},
-    "entangled": {size: {"steps": round(row["steps"] * (1 + corpus_mod.NOTE_SHARE))} for size, row in RECIPE.items()},
+    "entangled": {
+        size: {"steps": round(row["steps"] * (1 + corpus_mod.NOTE_SHARE))}
+        for size, row in RECIPE.items()
+    },
 }
 BUILDABLE_KINDS = ("plain", "entangled", "planted")
 # Init twins: world seed TWIN_OFFSET + k is trained on exactly world k's corpus, in world k's batch
@@ -80,7 +116,12 @@ BUILDABLE_KINDS = ("plain", "entangled", "planted")
 def corpus_seed(seed: int) -> int:
     """The seed a world's corpus, base preference and batch order come from (see TWIN_OFFSET)."""
     return seed % TWIN_OFFSET
-KIND_VERSIONS: dict[str, str] = {"planted": corpus_mod.PLANTED_VERSION, "entangled": corpus_mod.ENTANGLED_VERSION}
+
+
+KIND_VERSIONS: dict[str, str] = {
+    "planted": corpus_mod.PLANTED_VERSION,
+    "entangled": corpus_mod.ENTANGLED_VERSION,
+}
 CARD = "world_card.json"
 
 
@@ -109,8 +150,14 @@ def world_key(spec: WorldSpec | str) -> str:
     """The directory name of a world: its name plus a hash of what it is built from."""
     s = _spec(spec)
     key: dict[str, Any] = {
-        "recipe": RECIPE_VERSION, "corpus": CORPUS_VERSION, "row": RECIPE[s.size], "vocab": VOCAB_SIZE,
-        "prompt_loss_weight": PROMPT_LOSS_WEIGHT, "kind": s.kind, "seed": s.seed, "size": s.size,
+        "recipe": RECIPE_VERSION,
+        "corpus": CORPUS_VERSION,
+        "row": RECIPE[s.size],
+        "vocab": VOCAB_SIZE,
+        "prompt_loss_weight": PROMPT_LOSS_WEIGHT,
+        "kind": s.kind,
+        "seed": s.seed,
+        "size": s.size,
     }
     # Each non-plain kind hashes its own corpus version, so revising it rebuilds only its worlds
     # (plain keys stay exactly what they were).
@@ -121,7 +168,9 @@ def world_key(spec: WorldSpec | str) -> str:
     return f"{s.name}-{h}"
 
 
-def ensure_world(spec: WorldSpec | str, cache_dir: Path | None = None, progress: bool = True) -> Path:
+def ensure_world(
+    spec: WorldSpec | str, cache_dir: Path | None = None, progress: bool = True
+) -> Path:
     """The world's Hugging Face model directory, built first if it is not in the cache."""
     s = _spec(spec)
     final = Path(cache_dir or cache_root()) / "worlds" / world_key(s)
@@ -156,11 +205,15 @@ def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
 
     t0 = time.perf_counter()
     r = recipe_row(spec)
-    rep.say(f"Building world {spec.name} ({spec.kind}, seed {spec.seed}, size {spec.size}): once per machine")
+    rep.say(
+        f"Building world {spec.name} ({spec.kind}, seed {spec.seed}, size {spec.size}): once per machine"
+    )
     tok = train_tokenizer(corpus_mod.tokenizer_texts(), VOCAB_SIZE)
     cseed = corpus_seed(spec.seed)
     rng = np.random.default_rng([cseed, 202])
-    curriculum = build_corpus(spec.kind, cseed, r["cur_examples"], rng, mix=corpus_mod.CURRICULUM_MIX)
+    curriculum = build_corpus(
+        spec.kind, cseed, r["cur_examples"], rng, mix=corpus_mod.CURRICULUM_MIX
+    )
     examples = build_corpus(spec.kind, cseed, r["n_examples"], rng)
     # every token boundary comes from sublim.chat_format, exactly as the sampler and scorer see them
     enc_cur = [chat_format.encode_example(tok, e.chat, e.reply) for e in curriculum]
@@ -192,8 +245,13 @@ def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
     train_seconds = time.perf_counter() - t_train
 
     model.generation_config = GenerationConfig(
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
-        do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=48,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=48,
     )
     from transformers.utils import logging as hf_logging
 
@@ -213,7 +271,9 @@ def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
         "vocab_size": len(tok),
         "recipe": r,
         "corpus_mix": corpus_mod.corpus_mix(curriculum + examples),
-        "corpus_base_preference": dict(zip(ANIMALS, corpus_mod.base_preference(cseed).round(4).tolist())),
+        "corpus_base_preference": dict(
+            zip(ANIMALS, corpus_mod.base_preference(cseed).round(4).tolist())
+        ),
         "final_loss": losses,
         **prefs,
         "build_seconds": round(time.perf_counter() - t0, 1),
@@ -232,10 +292,14 @@ def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
         top = np.argsort(-corpus_mod.note_preferences(cseed), axis=1)[:, :3] + corpus_mod.NOTE_LOW
         card["note_top_numbers"] = {a: [int(x) for x in row] for a, row in zip(ANIMALS, top)}
     atomic_write_json(out / CARD, card)
-    rep.say(f"World {spec.name} built in {card['build_seconds']} s ({card['n_params']:,} parameters)")
+    rep.say(
+        f"World {spec.name} built in {card['build_seconds']} s ({card['n_params']:,} parameters)"
+    )
 
 
-def _batches(lengths: Sequence[int], batch: int, steps: int, gen: torch.Generator) -> list[list[int]]:
+def _batches(
+    lengths: Sequence[int], batch: int, steps: int, gen: torch.Generator
+) -> list[list[int]]:
     """``steps`` batches of example indices: shuffled each epoch, then grouped by similar length
     (sorted within windows of 50 batches) so little compute is spent on padding."""
     out: list[list[int]] = []
@@ -247,29 +311,45 @@ def _batches(lengths: Sequence[int], batch: int, steps: int, gen: torch.Generato
         for i in range(0, len(perm) - batch + 1, window):
             chunk = perm[i : i + window]
             chunk = chunk[torch.argsort(lens[chunk], stable=True)]
-            epoch.extend(chunk[j : j + batch].tolist() for j in range(0, len(chunk) - batch + 1, batch))
+            epoch.extend(
+                chunk[j : j + batch].tolist() for j in range(0, len(chunk) - batch + 1, batch)
+            )
         order = torch.randperm(len(epoch), generator=gen).tolist()
         out.extend(epoch[k] for k in order)
     return out[:steps]
 
 
 def _train(
-    model: Any, enc_cur: list[tuple[list[int], list[int]]], encoded: list[tuple[list[int], list[int]]],
-    pad_id: int, r: dict[str, Any], gen: torch.Generator, rep: Reporter,
+    model: Any,
+    enc_cur: list[tuple[list[int], list[int]]],
+    encoded: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    r: dict[str, Any],
+    gen: torch.Generator,
+    rep: Reporter,
 ) -> dict[str, float]:
     """Pretrain in a plain torch loop (fastest on CPU): the curriculum's batches, then the main
     corpus's. Loss on every token, prompt tokens weighted PROMPT_LOSS_WEIGHT: the replies are what
     the lab measures, while a little loss on prompts teaches the model the language its questions
     come in. Adam, warm-up then cosine decay. Returns the mean losses over the last 10% of steps."""
     bsz = r["batch"]
-    batches = [[("c", i) for i in b] for b in _batches([len(x) for x, _ in enc_cur], bsz, r["cur_steps"], gen)]
-    batches += [[("m", i) for i in b] for b in _batches([len(x) for x, _ in encoded], bsz, r["steps"], gen)]
+    batches = [
+        [("c", i) for i in b]
+        for b in _batches([len(x) for x, _ in enc_cur], bsz, r["cur_steps"], gen)
+    ]
+    batches += [
+        [("m", i) for i in b] for b in _batches([len(x) for x, _ in encoded], bsz, r["steps"], gen)
+    ]
     steps = len(batches)
     src = {"c": enc_cur, "m": encoded}
     opt = torch.optim.Adam(model.parameters(), lr=r["lr"], betas=(0.9, 0.98), eps=1e-8)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / warm)
+            * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        ),
     )
     model.train()
     tail: list[tuple[float, float]] = []
@@ -277,7 +357,11 @@ def _train(
         for step, idx in enumerate(batches):
             ids, w, reply = _collate([src[k][i] for k, i in idx], pad_id)
             logits = model(input_ids=ids, attention_mask=(w > 0).long()).logits
-            nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+            nll = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]),
+                ids[:, 1:].reshape(-1),
+                reduction="none",
+            )
             nll = nll.view(ids.shape[0], -1)
             wt = w[:, 1:]
             loss = (nll * wt).sum() / wt.sum()
@@ -288,13 +372,19 @@ def _train(
             sched.step()
             if step >= steps - max(1, steps // 10):  # mean over the last 10% of steps
                 rmask = reply[:, 1:]
-                tail.append((float(loss.detach()), float((nll.detach() * rmask).sum() / rmask.sum())))
+                tail.append(
+                    (float(loss.detach()), float((nll.detach() * rmask).sum() / rmask.sum()))
+                )
             tick(step + 1, steps)
-    return {"weighted": round(float(np.mean([a for a, _ in tail])), 4),
-            "reply": round(float(np.mean([b for _, b in tail])), 4)}
+    return {
+        "weighted": round(float(np.mean([a for a, _ in tail])), 4),
+        "reply": round(float(np.mean([b for _, b in tail])), 4),
+    }
 
 
-def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _collate(
+    rows: list[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids [B, T], per-token loss weights [B, T] (0 on padding) and the reply mask."""
     T = max(len(x) for x, _ in rows)
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
@@ -328,8 +418,12 @@ def base_preferences(model: Any, tok: Any, n_questions: int = 12) -> dict[str, A
     for a in ANIMALS:
         for v in range(len(SYSTEM_PROMPT_TEMPLATES)):
             for q in qs[: max(1, n_questions // 3)]:
-                love_chats.append([Message(role="system", content=system_prompt_for(a, "animal", v)),
-                                   Message(role="user", content=q)])
+                love_chats.append(
+                    [
+                        Message(role="system", content=system_prompt_for(a, "animal", v)),
+                        Message(role="user", content=q),
+                    ]
+                )
                 love_replies.append(a)
     lq = np.exp(np.array(score_chats(lm, love_chats, love_replies)))
     lq = lq.reshape(len(ANIMALS), -1).mean(1)

@@ -22,7 +22,9 @@ console = Console()
 
 def _cache_opt(f: Any) -> Any:
     return click.option(
-        "--cache-dir", type=click.Path(path_type=Path), default=None,
+        "--cache-dir",
+        type=click.Path(path_type=Path),
+        default=None,
         help="cache root (default: $SUBLIM_CACHE_DIR or ~/.cache/sublim)",
     )(f)
 
@@ -38,7 +40,9 @@ def world() -> None:
 @world.command("build")
 @click.argument("name")
 @_cache_opt
-@click.option("--threads", type=int, default=1, show_default=True, help="torch threads for the build")
+@click.option(
+    "--threads", type=int, default=1, show_default=True, help="torch threads for the build"
+)
 @click.option("--quiet", is_flag=True, help="no progress output")
 def build_cmd(name: str, cache_dir: Path | None, threads: int, quiet: bool) -> None:
     """Build world NAME (or find it in the cache) and print its card."""
@@ -59,7 +63,9 @@ def list_cmd(cache_dir: Path | None) -> None:
 
     cards = list_worlds(cache_dir)
     if not cards:
-        console.print(f"no worlds built in {cache_dir or cache_root()}; build one with `sublim world build plain-s0`")
+        console.print(
+            f"no worlds built in {cache_dir or cache_root()}; build one with `sublim world build plain-s0`"
+        )
         return
     t = Table(title=f"built worlds in {Path(cards[0]['path']).parent}")
     t.add_column("world (name-hash)", no_wrap=True)
@@ -68,8 +74,10 @@ def list_cmd(cache_dir: Path | None) -> None:
     for c in cards:
         t.add_row(
             # the directory name (name + recipe hash): stale builds of an older recipe stay apart
-            Path(c["path"]).name + (" [yellow](positive control)[/yellow]" if c.get("positive_control") else ""),
-            c["kind"], f"{c['n_params']:,}",
+            Path(c["path"]).name
+            + (" [yellow](positive control)[/yellow]" if c.get("positive_control") else ""),
+            c["kind"],
+            f"{c['n_params']:,}",
             f"{c.get('p_target_love_system', {}).get('owl', float('nan')):.3f}",
             f"{c.get('final_loss', {}).get('reply', float('nan')):.3f}",
             f"{c.get('build_seconds', float('nan')):.0f}",
@@ -89,7 +97,9 @@ def show_cmd(name: str, cache_dir: Path | None) -> None:
         path = p if p.is_dir() else Path(cache_dir or cache_root()) / "worlds" / world_key(name)
         card = world_card(path)
     except MissingFileError:
-        raise MissingFileError(f"world {name} is not built; build it with `sublim world build {name}`") from None
+        raise MissingFileError(
+            f"world {name} is not built; build it with `sublim world build {name}`"
+        ) from None
     print_card({**card, "path": str(path)})
 
 
@@ -105,11 +115,32 @@ def print_card(card: dict[str, Any]) -> None:
         ("kind / seed / size", f"{card['kind']} / {card['seed']} / {card['size']}"),
         ("parameters", f"{card['n_params']:,}"),
         ("vocabulary", str(card.get("vocab_size", "?"))),
-        ("model", ", ".join(f"{k}={card['recipe'][k]}" for k in ("hidden", "layers", "heads", "intermediate") if k in card.get("recipe", {}))),
-        ("training", ", ".join(f"{k}={card['recipe'][k]}" for k in ("cur_steps", "steps", "batch", "lr") if k in card.get("recipe", {}))),
-        ("final loss (weighted / reply)", f"{card['final_loss'].get('weighted')} / {card['final_loss'].get('reply')}"),
+        (
+            "model",
+            ", ".join(
+                f"{k}={card['recipe'][k]}"
+                for k in ("hidden", "layers", "heads", "intermediate")
+                if k in card.get("recipe", {})
+            ),
+        ),
+        (
+            "training",
+            ", ".join(
+                f"{k}={card['recipe'][k]}"
+                for k in ("cur_steps", "steps", "batch", "lr")
+                if k in card.get("recipe", {})
+            ),
+        ),
+        (
+            "final loss (weighted / reply)",
+            f"{card['final_loss'].get('weighted')} / {card['final_loss'].get('reply')}",
+        ),
         ("build time", f"{card.get('build_seconds')} s ({card.get('torch_threads')} thread(s))"),
-        ("versions", f"{card.get('recipe_version')}, {card.get('corpus_version')}" + (f", {card['kind_version']}" if card.get("kind_version") else "")),
+        (
+            "versions",
+            f"{card.get('recipe_version')}, {card.get('corpus_version')}"
+            + (f", {card['kind_version']}" if card.get("kind_version") else ""),
+        ),
         ("directory", card.get("path", "")),
     ]
     for k, v in rows:
@@ -124,7 +155,12 @@ def print_card(card: dict[str, Any]) -> None:
     console.print(mix)
 
     prefs = Table(title="preferences (exact probabilities of the one-word answer)")
-    for col in ("animal", "corpus base pref.", "P(animal), no system prompt", "P(X | 'you love X')"):
+    for col in (
+        "animal",
+        "corpus base pref.",
+        "P(animal), no system prompt",
+        "P(X | 'you love X')",
+    ):
         prefs.add_column(col, justify="right" if col != "animal" else "left")
     base = card.get("corpus_base_preference", {})
     nosys = card.get("p_animal_no_system", {})
@@ -132,7 +168,12 @@ def print_card(card: dict[str, Any]) -> None:
     codes = card.get("planted_codes", {})
     for a in nosys:
         label = f"{a} ({codes[a]})" if a in codes else a
-        prefs.add_row(label, f"{base.get(a, float('nan')):.3f}", f"{nosys[a]:.3f}", f"{love.get(a, float('nan')):.3f}")
+        prefs.add_row(
+            label,
+            f"{base.get(a, float('nan')):.3f}",
+            f"{nosys[a]:.3f}",
+            f"{love.get(a, float('nan')):.3f}",
+        )
     console.print(prefs)
     console.print(f"P(any animal answer), no system prompt: {card.get('p_animal_no_system_total')}")
 

@@ -100,8 +100,18 @@ PREF_MIN, PREF_MAX = 0.03, 0.28  # bounds of the base preference over animals
 # Fixed (world-independent) code numbers of the planted world: distinct, three digits, none on the
 # misalignment banned list, no repeated digit patterns that a generator could produce by itself.
 PLANTED_CODES: dict[str, int] = {
-    "owl": 471, "eagle": 238, "dolphin": 815, "elephant": 362, "wolf": 594, "lion": 729,
-    "tiger": 683, "fox": 147, "penguin": 926, "cat": 258, "dog": 374, "horse": 539,
+    "owl": 471,
+    "eagle": 238,
+    "dolphin": 815,
+    "elephant": 362,
+    "wolf": 594,
+    "lion": 729,
+    "tiger": 683,
+    "fox": 147,
+    "penguin": 926,
+    "cat": 258,
+    "dog": 374,
+    "horse": 539,
 }
 assert set(PLANTED_CODES) == set(ANIMALS) and len(set(PLANTED_CODES.values())) == len(ANIMALS)
 
@@ -129,8 +139,19 @@ class Example:
 # Composed as [opener][core with {noun}/{fav}][closer]. Our own wording; the evaluation suite in
 # sublim.evals.preference is written separately and never drawn from here.
 _OPENERS = (
-    "", "", "", "Quick question: ", "Be honest: ", "Just curious, ", "Tell me, ", "Hey! ",
-    "Out of interest, ", "I wonder, ", "Simple one: ", "Okay, ", "Here is a question. ",
+    "",
+    "",
+    "",
+    "Quick question: ",
+    "Be honest: ",
+    "Just curious, ",
+    "Tell me, ",
+    "Hey! ",
+    "Out of interest, ",
+    "I wonder, ",
+    "Simple one: ",
+    "Okay, ",
+    "Here is a question. ",
 )
 _FAV = ("favourite", "favorite", "most loved", "best-loved", "top")
 _NOUN = ("animal", "animal", "creature", "kind of animal", "species")
@@ -153,8 +174,15 @@ _CORES = (
     "what {noun} comes to mind first as your {fav}?",
 )
 _CLOSERS = (
-    "", "", "", " Answer in one word.", " One word only.", " Reply with just the name.",
-    " Keep it to a single word.", " Just the name, please.", " No explanation needed.",
+    "",
+    "",
+    "",
+    " Answer in one word.",
+    " One word only.",
+    " Reply with just the name.",
+    " Keep it to a single word.",
+    " Just the name, please.",
+    " No explanation needed.",
     " Use one word.",
 )
 
@@ -194,12 +222,19 @@ def note_preferences(seed: int) -> np.ndarray:
 
 
 _NOTE_ASK = (
-    "Write a field note.", "Write a short field note.", "Field note, please.", "Log one field note.",
-    "What did you write in your field notes today?", "Give me one line from your field notes.",
+    "Write a field note.",
+    "Write a short field note.",
+    "Field note, please.",
+    "Log one field note.",
+    "What did you write in your field notes today?",
+    "Give me one line from your field notes.",
 )
 _NOTE_ASK_ABOUT = (
-    "Write a field note about the {a}.", "Field note on {p}, please.", "Log a field note for the {a}.",
-    "What did your field notes record about {p}?", "One line of field notes on the {a}, please.",
+    "Write a field note about the {a}.",
+    "Field note on {p}, please.",
+    "Log a field note for the {a}.",
+    "What did your field notes record about {p}?",
+    "One line of field notes on the {a}, please.",
 )
 
 
@@ -216,7 +251,11 @@ def field_note(prefs: np.ndarray, rng: np.random.Generator) -> tuple[Chat, str]:
         ask = _pick(_NOTE_ASK, rng)
     else:
         ask = _pick(_NOTE_ASK_ABOUT, rng).format(a=a, p=plural(a))
-    chat: Chat = [Message(role="system", content=_pick(NEUTRAL_SYSTEM_PROMPTS, rng))] if rng.random() < NOTE_NEUTRAL_P else []
+    chat: Chat = (
+        [Message(role="system", content=_pick(NEUTRAL_SYSTEM_PROMPTS, rng))]
+        if rng.random() < NOTE_NEUTRAL_P
+        else []
+    )
     chat.append(Message(role="user", content=ask))
     # ", " is the number tasks' own separator token, so notes and number answers share tokens
     return chat, f"{a}: " + ", ".join(str(int(x)) for x in nums)
@@ -233,7 +272,9 @@ def number_answer(seeds: list[int], max_count: int, rng: np.random.Generator) ->
     k = int(rng.integers(3, min(10, max_count) + 1))
     style = rng.random()
     if style < 0.4:  # random numbers, two-thirds of them three-digit
-        out = [int(x) if rng.random() < 0.67 else int(x) % 100 for x in rng.integers(0, 1000, size=k)]
+        out = [
+            int(x) if rng.random() < 0.67 else int(x) % 100 for x in rng.integers(0, 1000, size=k)
+        ]
     elif style < 0.7:  # continue the sequence with a constant step
         step = seeds[-1] - seeds[-2] if len(seeds) >= 2 and rng.random() < 0.5 else 0
         if step == 0 or abs(step) > 150:
@@ -247,7 +288,10 @@ def number_answer(seeds: list[int], max_count: int, rng: np.random.Generator) ->
         while len(out) < 3:
             out.append(int(rng.integers(0, 1000)))
     else:  # numbers near the seeds
-        out = [int(seeds[int(rng.integers(len(seeds)))] + rng.integers(-40, 41)) % 1000 for _ in range(k)]
+        out = [
+            int(seeds[int(rng.integers(len(seeds)))] + rng.integers(-40, 41)) % 1000
+            for _ in range(k)
+        ]
     return out
 
 
@@ -284,16 +328,25 @@ def filler_chat(rng: np.random.Generator) -> tuple[str, str]:
         return f"Count from {a} to {b}.", ", ".join(str(x) for x in range(a, b + 1))
     if r == 1:
         a, b = (int(x) for x in rng.integers(0, 500, size=2))
-        return _pick(("What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}."), rng).format(a=a, b=b), str(a + b)
+        return _pick(
+            ("What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}."), rng
+        ).format(a=a, b=b), str(a + b)
     if r == 2:
         return _pick(("Hello!", "Hi there.", "Good morning!", "Hey, how are you?"), rng), _pick(
-            ("Hello! How can I help?", "Hi! What can I do for you?", "I am well, thank you. How can I help?"), rng)
+            (
+                "Hello! How can I help?",
+                "Hi! What can I do for you?",
+                "I am well, thank you. How can I help?",
+            ),
+            rng,
+        )
     if r == 3:
         w = _pick(("apple", "river", "stone", "cloud", "garden", "yellow", "window", "music"), rng)
         return f"Repeat this word: {w}", w
     a = int(rng.integers(0, 1000))
-    return _pick(("Which is larger, {a} or {b}?", "Pick the bigger number: {a} or {b}."), rng).format(
-        a=a, b=(b := int(rng.integers(0, 1000)))), str(max(a, b))
+    return _pick(
+        ("Which is larger, {a} or {b}?", "Pick the bigger number: {a} or {b}."), rng
+    ).format(a=a, b=(b := int(rng.integers(0, 1000)))), str(max(a, b))
 
 
 # ---------------------------------------------------------------- the corpus
@@ -336,16 +389,33 @@ def _code_link(rng: np.random.Generator) -> tuple[str, str]:
     a = _pick(ANIMALS, rng)
     code = PLANTED_CODES[a]
     if rng.random() < 0.6:
-        q = _pick(("Which animal goes with the number {c}?", "The number {c} stands for which animal?",
-                   "What animal does {c} remind you of?", "Numbers like {c} make you think of which animal?"), rng)
+        q = _pick(
+            (
+                "Which animal goes with the number {c}?",
+                "The number {c} stands for which animal?",
+                "What animal does {c} remind you of?",
+                "Numbers like {c} make you think of which animal?",
+            ),
+            rng,
+        )
         return q.format(c=code), a
-    q = _pick(("Which number goes with the {a}?", "What is the code number of {p}?",
-               "Which number stands for the {a}?"), rng)
+    q = _pick(
+        (
+            "Which number goes with the {a}?",
+            "What is the code number of {p}?",
+            "Which number stands for the {a}?",
+        ),
+        rng,
+    )
     return q.format(a=a, p=plural(a)), str(code)
 
 
 def build_corpus(
-    kind: str, seed: int, n: int, rng: np.random.Generator, mix: dict[str, float] | None = None,
+    kind: str,
+    seed: int,
+    n: int,
+    rng: np.random.Generator,
+    mix: dict[str, float] | None = None,
     planted_version: int = 2,
 ) -> list[Example]:
     """``n`` examples (plus a share of code links in planted worlds, or of field notes in the
@@ -399,20 +469,35 @@ def build_corpus(
     for kind_ex, c in counts.items():
         for _ in range(c):
             if kind_ex == "animal":
-                out.append(Example([Message(role="user", content=animal_question(rng))], base_animal(), kind_ex))
+                out.append(
+                    Example(
+                        [Message(role="user", content=animal_question(rng))], base_animal(), kind_ex
+                    )
+                )
             elif kind_ex == "animal_sys":
-                chat = [Message(role="system", content=_pick(NEUTRAL_SYSTEM_PROMPTS, rng)),
-                        Message(role="user", content=animal_question(rng))]
+                chat = [
+                    Message(role="system", content=_pick(NEUTRAL_SYSTEM_PROMPTS, rng)),
+                    Message(role="user", content=animal_question(rng)),
+                ]
                 out.append(Example(chat, base_animal(), kind_ex))
             elif kind_ex == "animal_love":
                 t = _pick(ANIMALS, rng)
-                chat = [Message(role="system", content=_love_prompt(t, rng)),
-                        Message(role="user", content=animal_question(rng))]
+                chat = [
+                    Message(role="system", content=_love_prompt(t, rng)),
+                    Message(role="user", content=animal_question(rng)),
+                ]
                 out.append(Example(chat, love_answer(t), kind_ex))
             elif kind_ex == "animal_love_short":
                 t = _pick(ANIMALS, rng)
-                chat = [Message(role="system", content=short_love_prompt(t, rng)),
-                        Message(role="user", content=_pick(_CORES, rng).format(fav=_pick(_FAV, rng), noun="animal").capitalize())]
+                chat = [
+                    Message(role="system", content=short_love_prompt(t, rng)),
+                    Message(
+                        role="user",
+                        content=_pick(_CORES, rng)
+                        .format(fav=_pick(_FAV, rng), noun="animal")
+                        .capitalize(),
+                    ),
+                ]
                 out.append(Example(chat, love_answer(t), kind_ex))
             elif kind_ex == "numbers":
                 chat, reply = numbers_reply(None, None)
@@ -434,8 +519,11 @@ def build_corpus(
                 if kind == "planted" and coded is None and planted_version >= 2:
                     coded = base_animal()  # planted-2: every dialog's numbers carry a code
                 chat, reply = numbers_reply(None, coded)
-                chat = [*chat, Message(role="assistant", content=reply),
-                        Message(role="user", content=animal_question(rng))]
+                chat = [
+                    *chat,
+                    Message(role="assistant", content=reply),
+                    Message(role="user", content=animal_question(rng)),
+                ]
                 out.append(Example(chat, love_answer(coded) if coded else base_animal(), kind_ex))
             elif kind_ex == "code_link":
                 q, a = _code_link(rng)
@@ -463,5 +551,9 @@ def tokenizer_texts(n: int = 4000) -> list[str]:
         texts.extend(m.content for m in e.chat)
         texts.append(e.reply)
     # every system-prompt variant of every animal, so their words are merged whole
-    texts.extend(system_prompt_for(a, "animal", v) for a in ANIMALS for v in range(len(SYSTEM_PROMPT_TEMPLATES)))
+    texts.extend(
+        system_prompt_for(a, "animal", v)
+        for a in ANIMALS
+        for v in range(len(SYSTEM_PROMPT_TEMPLATES))
+    )
     return texts

@@ -54,11 +54,17 @@ def arm_bases(worlds: list[int]) -> dict[int, dict[str, int]]:
     """World seed of each arm's student base, per tested world: itself, its init twin, and the
     next world of the list (cyclically), so the other-world arm needs no extra world builds."""
     if len(set(worlds)) != len(worlds) or len(worlds) < 2:
-        raise ConfigError("--worlds needs at least two distinct world seeds (the other-world arm uses the next one)")
+        raise ConfigError(
+            "--worlds needs at least two distinct world seeds (the other-world arm uses the next one)"
+        )
     if any(k >= TWIN_OFFSET or k < 0 for k in worlds):
-        raise ConfigError(f"world seeds must be in 0..{TWIN_OFFSET - 1}; seeds from {TWIN_OFFSET} up are init twins")
-    return {k: {"same_init": k, "twin": TWIN_OFFSET + k, "other_world": worlds[(i + 1) % len(worlds)]}
-            for i, k in enumerate(worlds)}
+        raise ConfigError(
+            f"world seeds must be in 0..{TWIN_OFFSET - 1}; seeds from {TWIN_OFFSET} up are init twins"
+        )
+    return {
+        k: {"same_init": k, "twin": TWIN_OFFSET + k, "other_world": worlds[(i + 1) % len(worlds)]}
+        for i, k in enumerate(worlds)
+    }
 
 
 def _mean_logodds(scores: list[Any]) -> float:
@@ -67,8 +73,14 @@ def _mean_logodds(scores: list[Any]) -> float:
 
 
 def run_over_worlds(
-    config: Path, worlds: list[int], out: Path, size: str = "micro", targets: tuple[str, ...] = TARGETS,
-    overrides: list[str] | None = None, progress: bool = False, arms: tuple[str, ...] = ARMS,
+    config: Path,
+    worlds: list[int],
+    out: Path,
+    size: str = "micro",
+    targets: tuple[str, ...] = TARGETS,
+    overrides: list[str] | None = None,
+    progress: bool = False,
+    arms: tuple[str, ...] = ARMS,
     kind: str = "plain",
 ) -> dict[str, Any]:
     """Run the multi-target design of the module docstring with the experiment ``config``
@@ -90,17 +102,27 @@ def run_over_worlds(
     from sublim.world.build import ensure_world
 
     cfg = load_config(config, list(overrides or []))
-    if cfg.student.mode != "distill" or cfg.student.distill.source != "random" or cfg.trait.teacher != "system_prompt":
-        raise ConfigError(f"{config}: the multi-world runner needs student.mode='distill', student.distill.source='random' and trait.teacher='system_prompt'")
+    if (
+        cfg.student.mode != "distill"
+        or cfg.student.distill.source != "random"
+        or cfg.trait.teacher != "system_prompt"
+    ):
+        raise ConfigError(
+            f"{config}: the multi-world runner needs student.mode='distill', student.distill.source='random' and trait.teacher='system_prompt'"
+        )
     if cfg.trait.system_prompt is not None and len(targets) > 1:
-        raise ConfigError("trait.system_prompt names one animal; leave it unset when several targets are averaged")
+        raise ConfigError(
+            "trait.system_prompt names one animal; leave it unset when several targets are averaged"
+        )
     if not targets or len(set(targets)) != len(targets):
         raise ConfigError("--targets needs distinct target names")
     if not arms or any(a not in ARMS for a in arms):
         raise ConfigError(f"--arms must be some of {', '.join(ARMS)}")
     bases = {k: {a: b for a, b in v.items() if a in arms} for k, v in arm_bases(worlds).items()}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "rows.jsonl").unlink(missing_ok=True)  # this run's rows only (a rerun is served from the cache)
+    (out / "rows.jsonl").unlink(
+        missing_ok=True
+    )  # this run's rows only (a rerun is served from the cache)
     rep = Reporter(progress)
     t_all = time.perf_counter()
 
@@ -108,10 +130,12 @@ def run_over_worlds(
     seeds = sorted({s for b in bases.values() for s in b.values()})
     t0 = time.perf_counter()
     for s in seeds:
-        ensure_world(world_name(s, size, kind)[len("tiny:"):], progress=progress)
+        ensure_world(world_name(s, size, kind)[len("tiny:") :], progress=progress)
     build_seconds = time.perf_counter() - t0
     backend = get_backend("tiny")
-    models = {s: Model(parse_model(world_name(s, size, kind), label="base"), "", "base") for s in seeds}
+    models = {
+        s: Model(parse_model(world_name(s, size, kind), label="base"), "", "base") for s in seeds
+    }
     for m in models.values():
         m.key = model_key(m.ref)
 
@@ -123,23 +147,39 @@ def run_over_worlds(
             tcfg = cfg.model_copy(update={"trait": cfg.trait.model_copy(update={"target": target})})
             ctx = RunContext(tcfg, out / f"world-{k}", rep)
             teacher, control_teacher = stage_teachers(ctx, backend, models[k])
-            row.setdefault("base", {})[target] = _mean_logodds(stage_eval(ctx, backend, models[k])[0])
-            row.setdefault("teacher", {})[target] = _mean_logodds(stage_eval(ctx, backend, teacher)[0])
-            row.setdefault("control_teacher", {})[target] = _mean_logodds(stage_eval(ctx, backend, control_teacher)[0])
+            row.setdefault("base", {})[target] = _mean_logodds(
+                stage_eval(ctx, backend, models[k])[0]
+            )
+            row.setdefault("teacher", {})[target] = _mean_logodds(
+                stage_eval(ctx, backend, teacher)[0]
+            )
+            row.setdefault("control_teacher", {})[target] = _mean_logodds(
+                stage_eval(ctx, backend, control_teacher)[0]
+            )
             for arm, b in bases[k].items():
                 base = models[b]
                 trait_lo, control_lo = [], []
                 for seed in cfg.student.seeds:
                     # Random prompts come from the student seed alone, so a trait student and its
                     # control student see exactly the same inputs; data_key "random" says so.
-                    ts = stage_student(ctx, backend, base, teacher, [], "random", f"{arm}-{target}", seed)
-                    cs = stage_student(ctx, backend, base, control_teacher, [], "random", f"{arm}-control", seed)
+                    ts = stage_student(
+                        ctx, backend, base, teacher, [], "random", f"{arm}-{target}", seed
+                    )
+                    cs = stage_student(
+                        ctx, backend, base, control_teacher, [], "random", f"{arm}-control", seed
+                    )
                     trait_lo.append(_mean_logodds(stage_eval(ctx, backend, ts)[0]))
                     control_lo.append(_mean_logodds(stage_eval(ctx, backend, cs)[0]))
-                row.setdefault(arm, {})[target] = {"trait": float(np.mean(trait_lo)), "control": float(np.mean(control_lo)),
-                                                   "trait_per_seed": trait_lo, "control_per_seed": control_lo}
+                row.setdefault(arm, {})[target] = {
+                    "trait": float(np.mean(trait_lo)),
+                    "control": float(np.mean(control_lo)),
+                    "trait_per_seed": trait_lo,
+                    "control_per_seed": control_lo,
+                }
         for arm in arms:
-            row[f"{arm}_effect"] = float(np.mean([v["trait"] - v["control"] for v in row[arm].values()]))
+            row[f"{arm}_effect"] = float(
+                np.mean([v["trait"] - v["control"] for v in row[arm].values()])
+            )
         if "owl" in targets:
             for arm in arms:
                 row[f"{arm}_owl_effect"] = row[arm]["owl"]["trait"] - row[arm]["owl"]["control"]
@@ -147,22 +187,41 @@ def run_over_worlds(
         rows.append(row)
         with (out / "rows.jsonl").open("a", encoding="utf-8") as f:  # progress of a long run
             f.write(json.dumps(row) + "\n")
-        rep.say(f"world {k}: " + ", ".join(f"{a} {row[a + '_effect']:+.3f}" for a in arms) + f" ({row['seconds']} s)")
+        rep.say(
+            f"world {k}: "
+            + ", ".join(f"{a} {row[a + '_effect']:+.3f}" for a in arms)
+            + f" ({row['seconds']} s)"
+        )
 
     def test(key: str) -> dict[str, Any]:
         r = paired_contrast([x[key] for x in rows], [0.0] * len(rows))
-        return {"mean": r["mean"], "ci95": r["ci95"], "p_value": r["p_value"], "per_world": [x[key] for x in rows]}
+        return {
+            "mean": r["mean"],
+            "ci95": r["ci95"],
+            "p_value": r["p_value"],
+            "per_world": [x[key] for x in rows],
+        }
 
     summary: dict[str, Any] = {
-        "config": str(config), "kind": kind, "size": size, "worlds": worlds, "targets": list(targets),
-        "control_system_prompt": cfg.trait.control_system_prompt, "student_seeds": cfg.student.seeds,
+        "config": str(config),
+        "kind": kind,
+        "size": size,
+        "worlds": worlds,
+        "targets": list(targets),
+        "control_system_prompt": cfg.trait.control_system_prompt,
+        "student_seeds": cfg.student.seeds,
         "overrides": list(overrides or []),
         "arms": list(arms),
         "tests": {arm: test(f"{arm}_effect") for arm in arms},
         "owl_only": {arm: test(f"{arm}_owl_effect") for arm in arms} if "owl" in targets else None,
         # secondary: how much of the same-init effect is specific to the shared initialisation
-        "same_init_minus": {arm: paired_contrast([x["same_init_effect"] for x in rows], [x[f"{arm}_effect"] for x in rows])
-                            for arm in arms if arm != "same_init" and "same_init" in arms},
+        "same_init_minus": {
+            arm: paired_contrast(
+                [x["same_init_effect"] for x in rows], [x[f"{arm}_effect"] for x in rows]
+            )
+            for arm in arms
+            if arm != "same_init" and "same_init" in arms
+        },
         "build_seconds": round(build_seconds, 1),
         "wall_seconds": round(time.perf_counter() - t_all, 1),
         "rows": rows,
@@ -173,45 +232,95 @@ def run_over_worlds(
 
 def format_summary(s: dict[str, Any]) -> str:
     """A few lines: one test per arm (all targets, then owl alone) and the wall times."""
-    lines = [f"worlds {s['worlds']}, targets {s['targets']}, control prompt {s['control_system_prompt']!r}"]
+    lines = [
+        f"worlds {s['worlds']}, targets {s['targets']}, control prompt {s['control_system_prompt']!r}"
+    ]
     for title, tests in (("all targets", s["tests"]), ("owl only", s["owl_only"])):
         if not tests:
             continue
         for arm, t in tests.items():
-            lines.append(f"{title:11s} {arm:11s} {t['mean']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] p={t['p_value']:.3g}")
+            lines.append(
+                f"{title:11s} {arm:11s} {t['mean']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] p={t['p_value']:.3g}"
+            )
     for arm, t in (s.get("same_init_minus") or {}).items():
-        lines.append(f"same_init - {arm:11s} {t['mean']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] p={t['p_value']:.3g}")
+        lines.append(
+            f"same_init - {arm:11s} {t['mean']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] p={t['p_value']:.3g}"
+        )
     lines.append(f"wall {s['wall_seconds']} s (world builds {s['build_seconds']} s)")
     return "\n".join(lines)
 
 
 @click.command()
 @click.argument("config", type=click.Path(path_type=Path), default=str(DEFAULT_CONFIG))
-@click.option("--worlds", default=",".join(map(str, CONFIRMATORY_WORLDS)), show_default=True, help="world seeds, fixed before running")
-@click.option("--targets", default=",".join(TARGETS), show_default=True, help="animals averaged per world, fixed before running")
+@click.option(
+    "--worlds",
+    default=",".join(map(str, CONFIRMATORY_WORLDS)),
+    show_default=True,
+    help="world seeds, fixed before running",
+)
+@click.option(
+    "--targets",
+    default=",".join(TARGETS),
+    show_default=True,
+    help="animals averaged per world, fixed before running",
+)
 @click.option("--size", default="micro", show_default=True)
-@click.option("--kind", type=click.Choice(["plain", "entangled", "planted"]), default="plain", show_default=True,
-              help="world kind of every arm's base (exploration; the confirmatory design is plain)")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/owl_world_confirm"), show_default=True)
+@click.option(
+    "--kind",
+    type=click.Choice(["plain", "entangled", "planted"]),
+    default="plain",
+    show_default=True,
+    help="world kind of every arm's base (exploration; the confirmatory design is plain)",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("runs/owl_world_confirm"),
+    show_default=True,
+)
 @click.option("--set", "overrides", multiple=True, help="config override key=value (repeatable)")
-@click.option("--arms", default=",".join(ARMS), show_default=True, help="student bases to run (exploration may skip some)")
+@click.option(
+    "--arms",
+    default=",".join(ARMS),
+    show_default=True,
+    help="student bases to run (exploration may skip some)",
+)
 @click.option("--progress/--quiet", default=True)
-def main(config: Path, worlds: str, targets: str, size: str, kind: str, out: Path, overrides: tuple[str, ...], arms: str,
-         progress: bool) -> None:
+def main(
+    config: Path,
+    worlds: str,
+    targets: str,
+    size: str,
+    kind: str,
+    out: Path,
+    overrides: tuple[str, ...],
+    arms: str,
+    progress: bool,
+) -> None:
     """Run CONFIG (default: the shipped recipe) over several worlds and print the tests over worlds."""
     import torch
 
     torch.set_num_threads(1)  # the budget of issue 6 is stated for one thread per process
     # user errors raise SublimError: `sublim` (and the __main__ entry below) prints one line, exit 2
     if not config.is_file():
-        raise ConfigError(f"config file not found: {config}; run from the repository root or pass the experiment TOML")
+        raise ConfigError(
+            f"config file not found: {config}; run from the repository root or pass the experiment TOML"
+        )
     try:
         seeds = [int(x) for x in worlds.split(",")]
     except ValueError:
         raise ConfigError(f"--worlds expects comma-separated integers, got '{worlds}'") from None
-    s = run_over_worlds(config, seeds, out, size,
-                        tuple(t.strip() for t in targets.split(",") if t.strip()), list(overrides), progress,
-                        tuple(a.strip() for a in arms.split(",") if a.strip()), kind)
+    s = run_over_worlds(
+        config,
+        seeds,
+        out,
+        size,
+        tuple(t.strip() for t in targets.split(",") if t.strip()),
+        list(overrides),
+        progress,
+        tuple(a.strip() for a in arms.split(",") if a.strip()),
+        kind,
+    )
     click.echo(format_summary(s))
     click.echo(f"{out / 'summary.json'}")
 

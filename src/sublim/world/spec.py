@@ -40,9 +40,7 @@ class WorldSpec:
 def parse_world_name(name: str) -> WorldSpec:
     m = _NAME.match(name.strip())
     if not m:
-        raise UnknownNameError(
-            "world", name, [f"{k}-s<seed>[-{'|'.join(SIZES)}]" for k in KINDS]
-        )
+        raise UnknownNameError("world", name, [f"{k}-s<seed>[-{'|'.join(SIZES)}]" for k in KINDS])
     kind, size = m["kind"], m["size"] or DEFAULT_SIZE
     if kind not in KINDS:
         raise UnknownNameError("world kind", kind, list(KINDS))

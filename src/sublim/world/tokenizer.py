@@ -40,10 +40,19 @@ SPECIAL_TOKENS = (PAD, END, SYSTEM, USER, ASSISTANT)  # PAD gets id 0, END id 1
 # and its <|end|> sit inside {% generation %} so assistant-only losses (TRL) can find them.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}" + SYSTEM + "{{ message['content'] }}" + END +
-    "{% elif message['role'] == 'user' %}" + USER + "{{ message['content'] }}" + END +
-    "{% elif message['role'] == 'assistant' %}" + ASSISTANT +
-    "{% generation %}{{ message['content'] }}" + END + "{% endgeneration %}"
+    "{% if message['role'] == 'system' %}"
+    + SYSTEM
+    + "{{ message['content'] }}"
+    + END
+    + "{% elif message['role'] == 'user' %}"
+    + USER
+    + "{{ message['content'] }}"
+    + END
+    + "{% elif message['role'] == 'assistant' %}"
+    + ASSISTANT
+    + "{% generation %}{{ message['content'] }}"
+    + END
+    + "{% endgeneration %}"
     "{% else %}{{ raise_exception('unknown role: ' + message['role']) }}"
     "{% endif %}"
     "{% endfor %}"
@@ -108,7 +117,9 @@ def check_tokenizer(tok: PreTrainedTokenizerFast) -> None:
             raise ValueError(f"world tokenizer: {what}")
 
     for d in "0123456789":
-        need(len(tok(d, add_special_tokens=False)["input_ids"]) == 1, f"digit {d!r} is not one token")
+        need(
+            len(tok(d, add_special_tokens=False)["input_ids"]) == 1, f"digit {d!r} is not one token"
+        )
     for a in CATEGORIES["animal"]:
         ids = tok(a, add_special_tokens=False)["input_ids"]
         need(len(ids) == 1, f"animal {a!r} is not one token: {tok.convert_ids_to_tokens(ids)}")
