@@ -133,6 +133,17 @@ def test_suite_uses_the_first_token_table_and_records_the_method() -> None:
     assert "first_token_top20" in method_note(res) and "[0.400, 0.700]" in method_note(res)
 
 
+def test_sampled_only_method_for_endpoints_without_logprobs() -> None:
+    b = TableBackend(TABLE)
+    cfg = EvalConfig(n_questions=3, samples_per_question=10, p_target_method="none")
+    scores, answers = evaluate_preference(b, MODEL, "owl", "animal", cfg, seed=0)
+    assert b.calls == [] and len(answers) == 30  # no log-probabilities asked for
+    assert all(q.p_target_method == "none" and math.isnan(q.p_target) for q in scores)
+    assert all(0 < q.rate < 1 for q in scores)
+    with pytest.raises(ConfigError, match="samples_per_question"):
+        p_target_method(b, MODEL, "none", cfg_samples=0)
+
+
 def test_backends_without_the_query_score_exactly() -> None:
     from sublim.registry import get_backend
 

@@ -17,7 +17,7 @@ from sublim.errors import ConfigError, MissingFileError
 from sublim.records import SampleParams
 
 C = TypeVar("C", bound=BaseModel)
-PTargetMethod = Literal["auto", "exact", "first_token_top20"]
+PTargetMethod = Literal["auto", "exact", "first_token_top20", "none"]
 
 # Cache keys hash every field of a config except those marked, per field, with one of these
 # (``Field(..., json_schema_extra=OPERATIONAL)``). tests/test_cache_keys.py walks every field of
@@ -206,7 +206,9 @@ class EvalConfig(_Frozen):
         description="how P(target) is measured: 'exact' (log P(reply == each surface form), needs "
         "a backend that scores given replies: local models, `sublim serve`), 'first_token_top20' "
         "(first-token probability from the top-20 log-probabilities, with bounds: what API "
-        "models allow) or 'auto' (exact where the backend can, else first_token_top20)",
+        "models allow), 'none' (sampled rates only: for endpoints that return no "
+        "log-probabilities; set eval.primary_metric = 'rate' then) or 'auto' (exact where the "
+        "backend can, else first_token_top20)",
     )
     # sampling draws one generator per row, so answers never depend on the batch
     batch_size: int = Field(256, ge=1, json_schema_extra=OPERATIONAL)

@@ -803,7 +803,7 @@ def stage_eval(
     if suite is not None:
         e = e.model_copy(update={"suite": suite})
     sk = eval_key(ctx.cfg, e, model.key, model.label, backend_version(backend))
-    method = p_target_method(backend, model.ref, e.p_target_method)
+    method = p_target_method(backend, model.ref, e.p_target_method, e.samples_per_question)
     if method != "exact":  # what the backend can measure is part of the result
         sk = StageKey(sk.kind, sk.name, {**sk.key, "p_target_method": method})
 

@@ -528,7 +528,12 @@ def distill(
             loss.backward()
             opt.step()
             log.append(
-                {"step": step + 1, "loss": float(loss.detach()), "lr": params.lr, "tokens": len(s_sel)}
+                {
+                    "step": step + 1,
+                    "loss": float(loss.detach()),
+                    "lr": params.lr,
+                    "tokens": len(s_sel),
+                }
             )
             if progress:
                 progress(step + 1, len(plan))

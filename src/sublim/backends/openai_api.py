@@ -464,8 +464,9 @@ class OpenAIBackend:
             )
             if not content:
                 raise BackendError(
-                    f"{model.spec}: the endpoint returns no log-probabilities; set eval.samples_per_question > 0 "
-                    "and use sampled rates"
+                    f"{model.spec}: the endpoint returns no log-probabilities; measure sampled "
+                    'rates only with --set eval.p_target_method="none" --set '
+                    'eval.primary_metric="rate"'
                 )
             first = content[0]
             table: dict[str, float] = {}
@@ -498,9 +499,10 @@ class OpenAIBackend:
                 out.append(lp)
                 continue
             raise BackendError(
-                f"{model.spec}: the endpoint cannot score the given answer {cont!r} (only the top "
-                f"{TOP_LOGPROBS} first-token log-probabilities are exposed); set eval.samples_per_question > 0 "
-                "and use sampled rates, or serve the model with `sublim serve` for exact scores"
+                f"{model.spec}: {cont!r} is not among the top {TOP_LOGPROBS} first tokens this "
+                "endpoint exposes, so it cannot be scored exactly; remove this suite from "
+                "eval.extra_suites (the favourite-animal suite measures API models with bounds, "
+                "eval.p_target_method), or serve an open model with `sublim serve` (not --strict)"
             )
         return out
 

@@ -489,11 +489,14 @@ _OPENERS = " \t\r\n\"'*_([<`\u2581\u0120\u201c\u2018"
 _LETTERS = re.compile(r"[a-z]*")
 
 
-def p_target_method(backend: Backend, model: ModelRef, requested: PTargetMethod = "auto") -> str:
+def p_target_method(
+    backend: Backend, model: ModelRef, requested: PTargetMethod = "auto", cfg_samples: int = 1
+) -> str:
     """How P(target) is measured for ``model``: ``"exact"`` when the backend scores arbitrary
     replies (``can_score_exactly``; backends without that query always do), else
     ``"first_token_top20"``. ``requested`` (``eval.p_target_method``) forces one; asking for
-    exact scores from a backend that cannot give them is a ConfigError."""
+    exact scores from a backend that cannot give them is a ConfigError; ``"none"`` measures
+    sampled rates only (``cfg_samples``: ``eval.samples_per_question``, which must then be >= 1)."""
     probe = getattr(backend, "can_score_exactly", None)
     exact_ok = True if probe is None else bool(probe(model))
     if requested == "auto":
@@ -503,6 +506,11 @@ def p_target_method(backend: Backend, model: ModelRef, requested: PTargetMethod 
             f"eval.p_target_method is 'exact' but {model.spec} cannot score given replies (only "
             "top-20 first-token log-probabilities); set it to 'auto' or 'first_token_top20', or "
             "serve the model with `sublim serve`"
+        )
+    if requested == "none" and cfg_samples < 1:
+        raise ConfigError(
+            "eval.p_target_method is 'none' (sampled rates only) but eval.samples_per_question is "
+            "0: nothing would be measured; set eval.samples_per_question >= 1"
         )
     if requested == "first_token_top20" and getattr(backend, "first_token_logprobs", None) is None:
         raise ConfigError(
@@ -664,10 +672,12 @@ def evaluate_one_word(
             )
         rates = hits / k
 
-    method = p_target_method(backend, model, cfg.p_target_method)
+    method = p_target_method(backend, model, cfg.p_target_method, k)
+    bounds: dict[str, np.ndarray] = {}
     if method == "exact":
         p_target, logodds = exact_scores(backend, model, chats, cands)
-        bounds: dict[str, np.ndarray] = {}
+    elif method == "none":
+        p_target = logodds = np.full(len(prompts), math.nan)
     else:
         tables = backend.first_token_logprobs(model, chats)  # type: ignore[attr-defined]
         p_target, p_hi, p_out, logodds = first_token_scores(tables, cands)
