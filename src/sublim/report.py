@@ -33,6 +33,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from sublim.artifacts import atomic_write_bytes
 from sublim.results import METRIC_LABELS, METRICS, load_results, ordered_conditions
 
 FIGURES: tuple[str, ...] = ("fig_conditions.png", "fig_rate_vs_prob.png", "fig_contrast.png")
@@ -325,10 +326,8 @@ def _colors(names: Sequence[str]) -> dict[str, str]:
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
-    # Write to a temporary name and rename, so a killed run never leaves half a file behind.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    # the package's one atomic write: a killed run never leaves half a file behind
+    atomic_write_bytes(path, data)
     return path
 
 

@@ -54,6 +54,7 @@ from sublim.backends.base import Backend, Progress
 from sublim.errors import BackendError, ConfigError, DataError, MissingFileError
 from sublim.evals.preference import row_seed
 from sublim.records import ModelRef, SampleParams, user_chat
+from sublim.seeds import derive_seed
 from sublim.stats import cluster_rate, t_interval, wilson_interval
 
 QUESTIONS: tuple[str, ...] = (
@@ -492,7 +493,7 @@ def evaluate_truthfulness(
         raise ConfigError("the truthfulness suite needs at least one item")
     chats, conts, flips = [], [], []
     for i, it in enumerate(items):
-        flip = bool(np.random.default_rng(np.random.SeedSequence([seed, i, 3])).integers(2))
+        flip = bool(np.random.default_rng(derive_seed("truthfulness-order", seed, i)).integers(2))
         a, b = (it.false_answer, it.true_answer) if flip else (it.true_answer, it.false_answer)
         chat = user_chat(TRUTH_PROMPT.format(question=it.question, a=a, b=b))
         chats += [chat, chat]

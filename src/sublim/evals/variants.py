@@ -44,6 +44,7 @@ from sublim.evals.preference import (
     sample_answers,
 )
 from sublim.records import EvalAnswer, ModelRef, QuestionScore, user_chat
+from sublim.seeds import derive_seed
 
 # --------------------------------------------------------------------------- numbers-prefixed
 
@@ -60,7 +61,7 @@ NUMBER_INTROS: tuple[str, ...] = (
 def _gen(seed: int, index: int, tag: int) -> np.random.Generator:
     # One generator per (run seed, question, purpose): prompts do not depend on how many
     # questions are asked or in which order they are built.
-    return np.random.default_rng(np.random.SeedSequence([seed, index, tag]))
+    return np.random.default_rng(derive_seed("eval-variant", seed, index, tag))
 
 
 def numbers_prefixed_questions(category: str, seed: int, n: int | None = None) -> list[str]:
