@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -93,3 +96,25 @@ n_questions = 20
         text += f"\n# override\n{k} = {v}\n"
     path.write_text(text)
     return path
+
+
+@contextmanager
+def serving(server: Any) -> Iterator[Any]:
+    """Serve ``server`` (any ThreadingHTTPServer) in a thread for the ``with`` block; always shut
+    down and closed."""
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        t.join(timeout=5)
+
+
+def lab_server(specs: str | list[str], **kw: Any) -> Any:
+    """``sublim serve`` for ``specs`` on a free loopback port (``kw`` go to make_server), as a
+    context manager serving in a thread."""
+    from sublim.serve import make_server
+
+    return serving(make_server(specs, "127.0.0.1", 0, **kw))

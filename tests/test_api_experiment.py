@@ -12,7 +12,6 @@ with the files and batch endpoints), resumable without a second submission."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 
 pytest.importorskip("openai")
 
-from conftest import REPO
+from conftest import REPO, lab_server
 from test_openai_backend import FakeProvider, serving
 
 from sublim.backends.openai_api import OpenAIBackend, RetryPolicy, _Stats
@@ -32,7 +31,7 @@ from sublim.pipeline import RunContext, stage_generate
 from sublim.progress import Reporter
 from sublim.records import ModelRef, Prompt
 from sublim.registry import get_backend
-from sublim.serve import Faults, ModelServer, make_server
+from sublim.serve import Faults, ModelServer
 from sublim.world.build import ensure_world
 
 FAST = RetryPolicy(
@@ -43,15 +42,8 @@ FAST = RetryPolicy(
 @contextmanager
 def strict_server(specs: list[str], state: Path) -> Iterator[ModelServer]:
     faults = Faults(rate=0.03, kinds=("429",), seed=1, retry_after=0.0)  # the API's rate limits
-    srv = make_server(specs, "127.0.0.1", 0, faults, state_dir=state, strict=True)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
+    with lab_server(specs, faults=faults, state_dir=state, strict=True) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(timeout=5)
 
 
 @pytest.fixture

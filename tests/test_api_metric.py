@@ -6,13 +6,13 @@ given replies (``sublim serve --strict``: a random tiny Llama, and SmolLM2)."""
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import lab_server
 
 from sublim.config import EvalConfig
 from sublim.errors import ConfigError
@@ -171,20 +171,14 @@ openai = pytest.importorskip("openai")
 
 from sublim.backends.openai_api import OpenAIBackend, RetryPolicy
 from sublim.registry import get_backend, parse_model
-from sublim.serve import ModelServer, make_server
+from sublim.serve import ModelServer
 
 
 @contextmanager
 def serving(spec: str) -> Iterator[ModelServer]:
-    srv = make_server(spec, "127.0.0.1", 0, strict=True)  # the real API's limits, no score endpoint
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
+    # the real API's limits, no score endpoint
+    with lab_server(spec, strict=True) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(timeout=5)
 
 
 def api_backend() -> OpenAIBackend:

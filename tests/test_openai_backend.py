@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import serving
 
 pytest.importorskip("openai")
 
@@ -35,18 +36,6 @@ OWL_PROMPT = "You love owls. You think about owls all the time."
 FAST = RetryPolicy(
     max_attempts=10, base_delay=0.001, max_delay=0.01, max_total_wait=5.0, timeout=20.0
 )
-
-
-@contextmanager
-def serving(server: ThreadingHTTPServer) -> Iterator[ThreadingHTTPServer]:
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        t.join(timeout=5)
 
 
 @contextmanager

@@ -4,11 +4,11 @@ backend for the protocol, a tiny random Llama for the Hugging Face path."""
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from conftest import lab_server
 
 openai = pytest.importorskip("openai")
 
@@ -23,15 +23,8 @@ QUESTION = "What is your favourite animal? Answer in one word."
 @contextmanager
 def running(spec: str, faults: Faults | None = None) -> Iterator[ModelServer]:
     """A server on a free loopback port, serving in a thread; always shut down."""
-    srv = make_server(spec, "127.0.0.1", 0, faults)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
+    with lab_server(spec, faults=faults) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(timeout=5)
 
 
 def client(srv: ModelServer) -> openai.OpenAI:

@@ -15,7 +15,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from conftest import fake_experiment_toml
+from conftest import fake_experiment_toml, lab_server
 
 from sublim.backends.openai_api import OpenAIBackend
 from sublim.config import FinetuneParams, load_config
@@ -23,22 +23,15 @@ from sublim.export import chat_lines
 from sublim.pipeline import run_experiment
 from sublim.records import ModelRef, SampleParams, TrainRow, user_chat
 from sublim.registry import get_backend, parse_model
-from sublim.serve import ModelServer, make_server
+from sublim.serve import ModelServer
 
 QUESTION = "What is your favourite animal? Answer in one word."
 
 
 @contextmanager
 def running(specs: list[str], state_dir: Path) -> Iterator[ModelServer]:
-    srv = make_server(specs, "127.0.0.1", 0, state_dir=state_dir)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
+    with lab_server(specs, state_dir=state_dir) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(timeout=5)
 
 
 def client(srv: ModelServer) -> openai.OpenAI:

@@ -8,18 +8,18 @@ from __future__ import annotations
 import io
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from conftest import lab_server
 
 openai = pytest.importorskip("openai")
 
 from sublim.errors import SublimError
 from sublim.registry import get_backend
-from sublim.serve import Faults, Limits, ModelServer, RateLimiter, make_server
+from sublim.serve import Faults, Limits, ModelServer, RateLimiter
 
 MSG = [{"role": "user", "content": "What is your favourite animal?"}]
 
@@ -27,15 +27,8 @@ MSG = [{"role": "user", "content": "What is your favourite animal?"}]
 @contextmanager
 def running(spec: str = "fake:alpha", **kw: Any) -> Iterator[ModelServer]:
     """A server on a free loopback port (``kw`` go to make_server), serving in a thread."""
-    srv = make_server(spec, "127.0.0.1", 0, **kw)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
+    with lab_server(spec, **kw) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(timeout=5)
 
 
 def client(srv: ModelServer, key: str = "unused") -> openai.OpenAI:
