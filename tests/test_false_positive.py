@@ -52,36 +52,28 @@ def _arm(rep: int, arm: int) -> list[TrainRow]:
 @pytest.fixture(scope="module")
 def p_values(tmp_path_factory: pytest.TempPathFactory) -> list[float]:
     torch.set_num_threads(1)
-    cache = tmp_path_factory.mktemp("cache")
     work = tmp_path_factory.mktemp("students")
-    ensure_world("plain-s0-micro", cache_dir=cache, progress=False)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SUBLIM_CACHE_DIR", str(cache))
-    try:
-        base: ModelRef = parse_model("tiny:plain-s0-micro")
-        backend = get_backend(base.backend)
-        out = []
-        for rep in range(N_REPLICATES):
-            conditions: dict[str, list] = {"trait_student": [], "control_student": []}
-            for arm, cond in enumerate(conditions):
-                rows = _arm(rep, arm)
-                for seed in range(N_SEEDS):
-                    ref = backend.finetune(
-                        base, rows, PARAMS, work / f"r{rep}-a{arm}-s{seed}", seed
-                    )
-                    scores, _ = evaluate_preference(backend, ref, "owl", "animal", EVAL, 0)
-                    conditions[cond].append(scores)
-            res = build_results(
-                conditions,
-                {"name": f"placebo-{rep}", "target": "owl", "category": "animal"},
-                primary_metric="logodds",
-            )
-            head = res["contrast"]["trait_minus_control"]["by_metric"]["logodds"]
-            assert head["test"] == "welch_t" and head["over"] == "seeds"
-            assert not head.get("no_spread"), head  # micro-world students differ between seeds
-            out.append(float(head["p_value"]))
-    finally:
-        mp.undo()
+    ensure_world("plain-s0-micro", progress=False)  # the machine-wide cache: built once
+    base: ModelRef = parse_model("tiny:plain-s0-micro")
+    backend = get_backend(base.backend)
+    out = []
+    for rep in range(N_REPLICATES):
+        conditions: dict[str, list] = {"trait_student": [], "control_student": []}
+        for arm, cond in enumerate(conditions):
+            rows = _arm(rep, arm)
+            for seed in range(N_SEEDS):
+                ref = backend.finetune(base, rows, PARAMS, work / f"r{rep}-a{arm}-s{seed}", seed)
+                scores, _ = evaluate_preference(backend, ref, "owl", "animal", EVAL, 0)
+                conditions[cond].append(scores)
+        res = build_results(
+            conditions,
+            {"name": f"placebo-{rep}", "target": "owl", "category": "animal"},
+            primary_metric="logodds",
+        )
+        head = res["contrast"]["trait_minus_control"]["by_metric"]["logodds"]
+        assert head["test"] == "welch_t" and head["over"] == "seeds"
+        assert not head.get("no_spread"), head  # micro-world students differ between seeds
+        out.append(float(head["p_value"]))
     return out
 
 
