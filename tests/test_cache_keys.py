@@ -416,9 +416,8 @@ def test_a_replaced_hf_checkpoint_gets_a_new_model_key(
 def test_a_hub_model_key_is_its_resolved_revision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hub = pytest.importorskip("huggingface_hub")
-    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     repo = tmp_path / "models--org--tiny"
     for sha in (
         "a" * 40,
@@ -434,3 +433,34 @@ def test_a_hub_model_key_is_its_resolved_revision(
     (repo / "refs" / "main").write_text("b" * 40)  # the branch moved: another checkpoint
     assert model_key(ref) == "hf:org/tiny@rev:" + "b" * 40
     assert model_key(parse_model("hf:org/not-cached")).endswith("@unresolved")
+
+
+def test_an_online_hub_key_asks_the_hub_once_and_falls_back_to_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types as _types
+
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    asked: list[tuple[str, float]] = []
+
+    def answers(repo: str, timeout: float = 0) -> Any:
+        asked.append((repo, timeout))
+        return _types.SimpleNamespace(sha="c" * 40)
+
+    monkeypatch.setattr(huggingface_hub, "model_info", answers)
+    assert model_key(parse_model("hf:org/tiny")) == "hf:org/tiny@rev:" + "c" * 40
+    assert asked == [("org/tiny", 10.0)]  # one call, a short timeout (no retry loop)
+
+    def unreachable(repo: str, timeout: float = 0) -> Any:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    repo = tmp_path / "models--org--tiny"
+    (repo / "snapshots" / ("d" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("d" * 40) / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("d" * 40)
+    assert model_key(parse_model("hf:org/tiny")) == "hf:org/tiny@rev:" + "d" * 40

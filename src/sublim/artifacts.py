@@ -217,45 +217,15 @@ def _file_sha256(path: Path) -> str:
     return digest
 
 
-def hf_weights_key(ident: str) -> str:
-    """What identifies an ``hf:`` model's weights: for a local directory a hash of its weight and
-    config files; for a hub id the resolved commit sha (from the local cache when offline, from
-    the hub otherwise). A replaced checkpoint therefore gets a new key."""
-    local = Path(ident).expanduser()
-    if local.is_dir():
-        files = sorted(
-            p
-            for p in local.rglob("*")
-            if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json")
-        )
-        return "sha256:" + stable_hash(
-            {str(p.relative_to(local)): _file_sha256(p) for p in files}, 16
-        )
-    from huggingface_hub import snapshot_download
-
-    repo, _, revision = ident.partition("@")
-    sha = None if _hub_offline() else _hub_sha(repo, revision or None)
-    if sha:
-        return f"rev:{sha}"
-    try:  # the cached snapshot's directory is named by its commit sha
-        return f"rev:{Path(snapshot_download(repo, revision=revision or None, local_files_only=True)).name}"
-    except Exception:  # noqa: BLE001 (not a hub id, or not cached: loading reports the real error)
-        return "unresolved"
-
-
-def _hub_sha(repo: str, revision: str | None) -> str | None:
-    from huggingface_hub import HfApi
-
-    try:
-        return HfApi().model_info(repo, revision=revision).sha
-    except Exception:  # noqa: BLE001 (unreachable or unknown: the local cache answers instead)
-        return None
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
+def dir_content_key(local: Path) -> str:
+    """A content hash of a model directory's weight and config files (each file's sha256
+    remembered by path, size and mtime): a replaced checkpoint gets a new key."""
+    files = sorted(
+        p
+        for p in local.rglob("*")
+        if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json")
+    )
+    return "sha256:" + stable_hash({str(p.relative_to(local)): _file_sha256(p) for p in files}, 16)
 
 
 class StageDir:

@@ -175,9 +175,9 @@ def model_key(ref: ModelRef) -> str:
 
         return f"tiny:{ensure_world(ref.id, progress=False).name}"
     if ref.backend == "hf":
-        from sublim.artifacts import hf_weights_key
+        from sublim.backends.hf_models import weights_key
 
-        return f"{ref.spec}@{hf_weights_key(ref.id)}"
+        return f"{ref.spec}@{weights_key(ref.id)}"
     return ref.spec
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from sublim import chat_format
+from sublim.artifacts import dir_content_key
 from sublim.errors import BackendError, MissingExtraError, MissingFileError, SublimError
 from sublim.records import ModelRef
 
@@ -143,6 +144,28 @@ def _hub_source(repo_id: str) -> str:
             "the network, or download it first and set HF_HUB_OFFLINE=1 to use the local cache"
         ) from None
     return repo_id
+
+
+def weights_key(ident: str) -> str:
+    """What identifies an ``hf:`` model's weights in cache keys: for a local directory a content
+    hash of its weight and config files; for a hub id the resolved commit sha (asked of the hub
+    once, with a short timeout, unless offline; else the cached snapshot ``refs/main`` points to;
+    ``unresolved`` when neither answers: loading then reports the real error)."""
+    local = Path(ident).expanduser()
+    if local.is_dir():
+        return dir_content_key(local)
+    if not hub_offline():
+        from huggingface_hub import model_info
+
+        timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
+        try:
+            sha = model_info(ident, timeout=timeout).sha
+        except Exception:  # noqa: BLE001 (unreachable or unknown: the local cache answers instead)
+            sha = None
+        if sha:
+            return f"rev:{sha}"
+    snap = cached_snapshot(ident)
+    return f"rev:{snap.name}" if snap is not None else "unresolved"
 
 
 # ---------------------------------------------------------------------------------------------
