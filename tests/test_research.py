@@ -74,6 +74,71 @@ def test_runner_on_two_worlds_gives_three_tests_and_per_world_rows(tiny_worlds: 
     assert again["tests"] == s["tests"]
 
 
+SFT = [
+    "student.mode=sft",
+    "student.seeds=[0]",
+    "student.finetune.epochs=1",
+    "student.finetune.batch_size=4",
+    "data.n_prompts=24",
+    "data.subset=8",
+    "data.sampling.temperature=0",  # a greedy teacher: a config choice like any other
+    "data.sampling.max_new_tokens=8",
+    "eval.n_questions=3",
+    "eval.samples_per_question=0",
+]
+
+
+def test_sft_arm_learns_from_each_teachers_filtered_completions(
+    tiny_worlds: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Worlds trained for 3 steps write no valid number lists, so the filter here keeps every row:
+    # this checks the design (which rows reach which student), not the filter.
+    from sublim import filters
+    from sublim.records import FilterDecision
+
+    def keep_all(comps, rules):  # type: ignore[no-untyped-def]
+        return [
+            FilterDecision(
+                prompt_id=c.prompt_id,
+                prompt=c.prompt,
+                completion=c.completion,
+                kept=True,
+                reason="ok",
+            )
+            for c in comps
+        ]
+
+    monkeypatch.setattr(filters, "filter_completions", keep_all)
+    out = tiny_worlds / "run"
+    cfg = ROOT / "experiments" / "owl_numbers_tiny.toml"
+    extra = [*SFT, 'trait.control_system_prompt="You are a helpful assistant."']
+    s = research.run_over_worlds(cfg, [0, 1], out, "micro", ("owl", "cat"), extra)
+    assert s["student_mode"] == "sft" and s["sampling"]["temperature"] == 0
+    assert set(s["tests"]) == set(research.ARMS) and [r["world"] for r in s["rows"]] == [0, 1]
+    for r in s["rows"]:
+        assert set(r["pass_rate"]) == {"owl", "cat", "control"}
+    w0 = out / "world-0" / "stages"
+    # one generation per teacher (two targets + one control, shared by both targets) per world
+    assert len(list(w0.glob("generate-trait-*"))) == 2
+    assert len(list(w0.glob("generate-control-*"))) == 1
+    # every student trains on exactly data.subset rows of its own teacher's completions
+    trait_rows = {}
+    for d in w0.glob("student-same_init-*-s0-*"):
+        rows = [json.loads(x) for x in (d / "train.jsonl").read_text().splitlines()]
+        assert len(rows) == 8
+        trait_rows[d.name.split("-")[2]] = {x["completion"] for x in rows}
+    assert set(trait_rows) == {"owl", "cat", "control"}  # one control student for both targets
+    gen = {
+        f.parent.name: {json.loads(x)["completion"] for x in f.read_text().splitlines()}
+        for f in w0.glob("generate-*/completions.jsonl")
+    }
+    for name, comps in trait_rows.items():
+        assert any(comps <= g for g in gen.values()), name
+    # Every stage is cached: a rerun reads the same numbers without generating or training.
+    again = research.run_over_worlds(cfg, [0, 1], out, "micro", ("owl", "cat"), extra)
+    assert again["tests"] == s["tests"]
+
+
 def test_cli_rejects_a_recipe_the_runner_cannot_use(
     tiny_worlds: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -90,12 +155,12 @@ def test_cli_rejects_a_recipe_the_runner_cannot_use(
             "--out",
             str(tiny_worlds / "x"),
             "--set",
-            "student.mode=sft",
+            'trait.teacher="finetune"',
             "--quiet",
         ]
     )
     err = capsys.readouterr().err
-    assert rc == 2 and "student.mode='distill'" in err and "Traceback" not in err
+    assert rc == 2 and "trait.teacher='system_prompt'" in err and "Traceback" not in err
     rc = sublim_main(["world", "research", str(cfg), "--worlds", "0,x", "--quiet"])
     assert rc == 2 and "comma-separated integers" in capsys.readouterr().err
 

@@ -12,8 +12,15 @@ random-prompt distillation student never reads. For each world k of the list:
 - three student bases ("arms"): world k itself (**same init**), its init twin
   ``build.TWIN_OFFSET + k`` (same corpus and batch order, another initialisation: **twin**), and
   the next world of the list, cyclically (**other world**);
-- on every base, per student seed: one student per target teacher and one control student, all
-  distilled on the same random prompts (drawn from the student seed);
+- on every base, per student seed: one student per target teacher and one control student. With
+  random-prompt distillation (``student.mode = "distill"``, ``source = "random"``) all of them are
+  distilled on the same random prompts (drawn from the student seed). With data-borne students
+  (``student.mode = "sft"``, or distillation with ``source = "completions"``) every teacher of the
+  world writes completions of the same seeded prompts (``data.sampling``: temperature, top-p,
+  greedy at temperature 0), the strict filter keeps rows, and each student learns from a seeded
+  subset of ``data.subset`` kept rows of its own teacher (trait students from the target
+  teacher's rows, control students from the control teacher's rows, both arms the same size);
+  generation is the pipeline's chunked, resumable stage;
 - the effect of an arm in world k: the mean over targets and seeds of
   [log-odds of X for the X-student - log-odds of X for the control student].
 
@@ -67,6 +74,33 @@ def arm_bases(worlds: list[int]) -> dict[int, dict[str, int]]:
     }
 
 
+def teacher_rows(
+    ctx: Any, backend: Any, teacher: Any, role: str, row: dict[str, Any]
+) -> tuple[list[Any], str]:
+    """A teacher's training rows for data-borne students: completions of the experiment's seeded
+    prompts (the pipeline's generate and filter stages, cached and resumable), then a seeded
+    subset of exactly ``data.subset`` kept rows (an arm with fewer is a user error, so trait and
+    control students always learn from the same number of rows). The control teacher's stages do
+    not depend on the target, so they are computed once per world and reused. Records the pass
+    rate in ``row["pass_rate"]``."""
+    from sublim.pipeline import stage_filter, stage_generate, stage_prompts, stage_subset
+
+    prompts, prompts_key = stage_prompts(ctx)
+    comps, ckey = stage_generate(ctx, backend, teacher, prompts, prompts_key, role)
+    decisions, summary, fkey = stage_filter(ctx, comps, ckey, role)
+    kept = [d for d in decisions if d.kept]
+    name = role if role == "control" else ctx.cfg.trait.target
+    row.setdefault("pass_rate", {})[name] = summary["pass_rate"]
+    need = ctx.cfg.data.subset
+    if len(kept) < need:
+        raise ConfigError(
+            f"the filter kept {len(kept)} of {len(comps)} completions of the {name} teacher, fewer "
+            f"than data.subset = {need}; raise data.n_prompts (or lower data.subset)"
+        )
+    subsets, skey = stage_subset(ctx, {role: kept}, {role: fkey})
+    return subsets[role], f"{skey}/{role}"
+
+
 def _mean_logodds(scores: list[Any]) -> float:
     vals = [q.logodds for q in scores if q.logodds is not None]
     return float(np.mean(vals))
@@ -102,14 +136,12 @@ def run_over_worlds(
     from sublim.world.build import ensure_world
 
     cfg = load_config(config, list(overrides or []))
-    if (
-        cfg.student.mode != "distill"
-        or cfg.student.distill.source != "random"
-        or cfg.trait.teacher != "system_prompt"
-    ):
+    if cfg.trait.teacher != "system_prompt":
         raise ConfigError(
-            f"{config}: the multi-world runner needs student.mode='distill', student.distill.source='random' and trait.teacher='system_prompt'"
+            f"{config}: the multi-world runner needs trait.teacher='system_prompt' (a prompted "
+            "copy of each world teaches)"
         )
+    data_borne = not (cfg.student.mode == "distill" and cfg.student.distill.source == "random")
     if cfg.trait.system_prompt is not None and len(targets) > 1:
         raise ConfigError(
             "trait.system_prompt names one animal; leave it unset when several targets are averaged"
@@ -156,17 +188,33 @@ def run_over_worlds(
             row.setdefault("control_teacher", {})[target] = _mean_logodds(
                 stage_eval(ctx, backend, control_teacher)[0]
             )
+            # Random prompts come from the student seed alone, so a trait student and its control
+            # student see exactly the same inputs (data key "random"); data-borne students learn
+            # from their own teacher's filtered completions of the same prompts.
+            data: dict[str, tuple[list[Any], str]] = {
+                "trait": ([], "random"),
+                "control": ([], "random"),
+            }
+            if data_borne:
+                data = {
+                    "trait": teacher_rows(ctx, backend, teacher, "trait", row),
+                    "control": teacher_rows(ctx, backend, control_teacher, "control", row),
+                }
             for arm, b in bases[k].items():
                 base = models[b]
                 trait_lo, control_lo = [], []
                 for seed in cfg.student.seeds:
-                    # Random prompts come from the student seed alone, so a trait student and its
-                    # control student see exactly the same inputs; data_key "random" says so.
                     ts = stage_student(
-                        ctx, backend, base, teacher, [], "random", f"{arm}-{target}", seed
+                        ctx, backend, base, teacher, *data["trait"], f"{arm}-{target}", seed
                     )
                     cs = stage_student(
-                        ctx, backend, base, control_teacher, [], "random", f"{arm}-control", seed
+                        ctx,
+                        backend,
+                        base,
+                        control_teacher,
+                        *data["control"],
+                        f"{arm}-control",
+                        seed,
                     )
                     trait_lo.append(_mean_logodds(stage_eval(ctx, backend, ts)[0]))
                     control_lo.append(_mean_logodds(stage_eval(ctx, backend, cs)[0]))
@@ -210,6 +258,10 @@ def run_over_worlds(
         "targets": list(targets),
         "control_system_prompt": cfg.trait.control_system_prompt,
         "student_seeds": cfg.student.seeds,
+        "student_mode": cfg.student.mode
+        if not data_borne or cfg.student.mode == "sft"
+        else "distill-completions",
+        "sampling": cfg.data.sampling.model_dump() if data_borne else None,
         "overrides": list(overrides or []),
         "arms": list(arms),
         "tests": {arm: test(f"{arm}_effect") for arm in arms},
