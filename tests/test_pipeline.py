@@ -237,3 +237,51 @@ def test_manifests_name_the_source_tree_and_only_sublims(
     subprocess.run(["git", "init", "-q", str(other)], check=True)
     monkeypatch.setattr(artifacts, "__file__", str(other / "lib" / "sublim" / "artifacts.py"))
     assert artifacts.git_commit() is None and artifacts.git_dirty() is None
+
+
+def test_a_large_generation_interrupted_midway_resumes_to_identical_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20,000 prompts (79 chunks) through the fake teacher: interrupted after 30 chunks, the rerun
+    writes only the missing chunks and ends with exactly the rows of an uninterrupted run."""
+    from sublim.artifacts import StageDir
+    from sublim.pipeline import Model, RunContext, model_key, stage_generate, stage_prompts
+    from sublim.progress import Reporter
+    from sublim.registry import get_backend, parse_model
+
+    cfg = load_config(fake_experiment_toml(tmp_path / "exp.toml"), ["data.n_prompts=20000"])
+    backend = get_backend("fake")
+    ref = parse_model("fake:alpha")
+    teacher = Model(ref.with_system("You love owls."), model_key(ref) + "|owl", "teacher")
+
+    def generate(out: Path) -> list[Any]:
+        ctx = RunContext(cfg, out, Reporter(False))
+        prompts, pkey = stage_prompts(ctx)
+        return stage_generate(ctx, backend, teacher, prompts, pkey, "trait")[0]
+
+    whole = generate(tmp_path / "whole")
+    real_write = StageDir.write_part
+    written: list[int] = []
+
+    def write_then_die(self: StageDir, index: int, rows: Any) -> None:
+        if len(written) == 30:
+            raise KeyboardInterrupt  # as a kill between two chunks
+        written.append(index)
+        real_write(self, index, rows)
+
+    monkeypatch.setattr(StageDir, "write_part", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "resumed")
+    (parts,) = (tmp_path / "resumed" / "stages").glob("generate-trait-*/parts")
+    assert len(list(parts.glob("part-*.jsonl"))) == 30
+    rewritten: list[int] = []
+
+    def count_write(self: StageDir, index: int, rows: Any) -> None:
+        rewritten.append(index)
+        real_write(self, index, rows)
+
+    monkeypatch.setattr(StageDir, "write_part", count_write)
+    resumed = generate(tmp_path / "resumed")
+    assert sorted(rewritten) == list(range(30, 79))  # only the chunks the kill left unwritten
+    assert len(whole) == 20000 and len({r.prompt_id for r in resumed}) == 20000
+    assert [r.model_dump() for r in resumed] == [r.model_dump() for r in whole]
