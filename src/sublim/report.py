@@ -649,7 +649,7 @@ def suite_rows(results: Mapping[str, Any]) -> list[list[str]]:
 ANSWER_HEADER = [
     "condition",
     "answers",
-    "target rate [Wilson 95%]",
+    "target rate [95% CI, clustered]",
     "non-answer rate",
     "other rate",
     "most frequent answers",
@@ -794,7 +794,9 @@ def extra_tables(results: Mapping[str, Any]) -> list[tuple[str, str, list[str], 
         out.append(
             (
                 "Answers and non-answers",
-                "Non-answers (empty replies, refusals, the model naming itself) are counted apart from other answers.",
+                "Non-answers (empty replies, refusals, the model naming itself) are counted apart "
+                "from other answers. Intervals are t-intervals over models (several seeds) or over "
+                "the questions of one model: answers of one question or model are not independent.",
                 ANSWER_HEADER,
                 answer_rows(results),
             )
