@@ -139,6 +139,22 @@ CONDITION_HEADER = [
     "P(target) [95% CI]",
     "log-odds [95% CI]",
 ]
+
+
+def p_target_label(results: Mapping[str, Any]) -> str:
+    """The P(target) column's title: what was measured (``meta.p_target_method``)."""
+    method = results.get("meta", {}).get("p_target_method", "exact")
+    if method == "first_token_top20":
+        return "P(target), first-token lower bound [95% CI]"
+    if method == "none":
+        return "P(target) (not measured)"
+    return "P(target) [95% CI]"
+
+
+def condition_header(results: Mapping[str, Any]) -> list[str]:
+    return [p_target_label(results) if h == "P(target) [95% CI]" else h for h in CONDITION_HEADER]
+
+
 CONTRAST_HEADER = [
     "contrast",
     "metric",
@@ -192,7 +208,7 @@ def summary_table(results: Mapping[str, Any]) -> Table:
     t.add_column("condition")
     t.add_column("n", justify="right")
     t.add_column("target rate [95% CI]", justify="right")
-    t.add_column("P(target) [95% CI]", justify="right")
+    t.add_column(p_target_label(results), justify="right")
     names = ordered_conditions(list(results["conditions"]))
     for i, name in enumerate(names):
         c = results["conditions"][name]
@@ -794,9 +810,12 @@ def extra_tables(results: Mapping[str, Any]) -> list[tuple[str, str, list[str], 
         out.append(
             (
                 "Answers and non-answers",
-                "Non-answers (empty replies, refusals, the model naming itself) are counted apart "
-                "from other answers. Intervals are t-intervals over models (several seeds) or over "
-                "the questions of one model: answers of one question or model are not independent.",
+                (
+                    "Non-answers (empty replies, refusals, the model naming itself) are counted "
+                    "apart from other answers. Intervals are t-intervals over models (several "
+                    "seeds) or over the questions of one model: answers of one question or model "
+                    "are not independent."
+                ),
                 ANSWER_HEADER,
                 answer_rows(results),
             )
@@ -906,7 +925,7 @@ def render_markdown(results: Mapping[str, Any], figures: Sequence[str]) -> str:
         "",
         "## Conditions",
         "",
-        _md_table(CONDITION_HEADER, condition_rows(results)),
+        _md_table(condition_header(results), condition_rows(results)),
         "",
         (
             "Intervals are 95% t-intervals across seeds; for a single model "
@@ -953,7 +972,7 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes]) -> str
         f"<style>{_CSS}</style></head><body>"
         f"<h1>{title}</h1>"
         f'<h2>What this means</h2><p class="meaning">{html.escape(meaning(results))}</p>'
-        f"<h2>Conditions</h2>{_html_table(CONDITION_HEADER, condition_rows(results))}"
+        f"<h2>Conditions</h2>{_html_table(condition_header(results), condition_rows(results))}"
         "<p>Intervals are 95% t-intervals across seeds; for a single model (interval over: questions) "
         "they are over its questions.</p>"
         f"<p>{html.escape(method_note(results))}</p>"
