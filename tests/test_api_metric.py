@@ -229,3 +229,17 @@ def test_smollm2_api_metric_against_the_exact_metric(smollm2_ref: ModelRef) -> N
     # most of the first token's mass, and the target's upper bound is far from vacuous
     assert np.mean([a.p_outside for a in api]) < 0.5
     assert all(a.p_target_hi < 1 for a in api)
+
+
+def test_an_unreachable_endpoint_is_an_error_not_a_remembered_capability() -> None:
+    from sublim.backends.openai_api import endpoint
+    from sublim.errors import BackendError
+
+    b = api_backend()
+    b.retry = RetryPolicy(
+        max_attempts=2, base_delay=0.001, max_delay=0.01, max_total_wait=1.0, timeout=2.0
+    )
+    ep = endpoint(parse_model("openai-compat:http://127.0.0.1:9/v1#m"))  # nothing listens
+    with pytest.raises(BackendError, match="could not list models"):
+        b.is_sublim_server(ep)
+    assert ep.base_url not in b._sublim_servers  # asked again next time, never switched silently

@@ -347,6 +347,13 @@ def test_micro_batch_is_operational_once_the_update_batch_is_fixed() -> None:
     ]
     for other in same:  # one update batch of 64, split differently
         assert _keys(other) == _keys(cfg)
+    # LoRA dropout draws its masks per forward pass: there the split changes the result
+    lora = {"method": "lora", "lora_dropout": 0.1, "effective_batch": 64}
+    a, b = (
+        ExperimentConfig.model_validate({"student": {"finetune": {**lora, "batch_size": n}}})
+        for n in (32, 8)
+    )
+    assert _keys(a) != _keys(b)
 
 
 def test_stage_and_backend_versions_enter_the_keys(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -450,9 +457,14 @@ def test_an_online_hub_key_asks_the_hub_once_and_falls_back_to_the_cache(
         asked.append((repo, timeout))
         return _types.SimpleNamespace(sha="c" * 40)
 
+    from sublim.backends import hf_models
+
+    hf_models._hub_info.cache_clear()
     monkeypatch.setattr(huggingface_hub, "model_info", answers)
     assert model_key(parse_model("hf:org/tiny")) == "hf:org/tiny@rev:" + "c" * 40
-    assert asked == [("org/tiny", 10.0)]  # one call, a short timeout (no retry loop)
+    assert model_key(parse_model("hf:org/tiny")) == "hf:org/tiny@rev:" + "c" * 40
+    assert asked == [("org/tiny", 10.0)]  # one call per process, a short timeout, no retries
+    hf_models._hub_info.cache_clear()
 
     def unreachable(repo: str, timeout: float = 0) -> Any:
         raise OSError("network is unreachable")

@@ -111,7 +111,9 @@ def test_aggregate_condition_over_seeds_and_over_questions() -> None:
 def test_results_schema_fields_and_types() -> None:
     res = build_results(conditions(), META)
     assert (
-        res["schema_version"] == 1 and res["meta"] == META and res["primary_metric"] == "p_target"
+        res["schema_version"] == 2
+        and res["meta"] == {**META, "p_target_method": "exact"}  # added from the scores
+        and res["primary_metric"] == "p_target"
     )
     for name in [
         "base",

@@ -327,6 +327,9 @@ def test_credentials_in_an_openai_compat_url_are_refused_unrecorded() -> None:
     with pytest.raises(SublimError, match="embeds credentials") as e:
         parse_model("openai-compat:https://alice:tok-s3cret@host.example/v1#m")
     assert "tok-s3cret" not in str(e.value) and "alice" not in str(e.value)
+    with pytest.raises(SublimError, match="query string") as e:
+        parse_model("openai-compat:https://host.example/v1?api_key=tok-s3cret#m")
+    assert "tok-s3cret" not in str(e.value)
     assert parse_model("openai-compat:https://host.example/v1#m").id == "https://host.example/v1#m"
 
 

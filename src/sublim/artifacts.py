@@ -174,6 +174,7 @@ def _tree_of(here: Path) -> Path | None:
     return None
 
 
+@functools.cache  # once per process: the code a process runs does not change
 def git_commit() -> str | None:
     """The commit of sublim's source tree, or None when sublim is not run from its repository."""
     root = _source_tree()
@@ -181,6 +182,7 @@ def git_commit() -> str | None:
     return out.strip() or None if out else None
 
 
+@functools.cache  # once per process: the code a process runs does not change
 def git_dirty() -> bool | None:
     """Whether sublim's source tree has uncommitted changes (None: not run from its repository)."""
     root = _source_tree()
@@ -191,10 +193,7 @@ def git_dirty() -> bool | None:
 def cache_dir() -> Path:
     """sublim's machine-wide cache: ``$SUBLIM_CACHE_DIR``, else ``~/.cache/sublim``."""
     env = os.environ.get("SUBLIM_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "sublim"
-
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "sublim"
 
 
 def _file_sha256(path: Path) -> str:
@@ -218,13 +217,12 @@ def _file_sha256(path: Path) -> str:
 
 
 def dir_content_key(local: Path) -> str:
-    """A content hash of a model directory's weight and config files (each file's sha256
-    remembered by path, size and mtime): a replaced checkpoint gets a new key."""
-    files = sorted(
-        p
-        for p in local.rglob("*")
-        if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json")
-    )
+    """A content hash of every file at the top of a model directory (weights, config, tokenizer,
+    chat template, generation config: what ``from_pretrained`` reads; each file's sha256
+    remembered by path, size and mtime, so a multi-GB file is hashed once): a replaced checkpoint
+    or tokenizer gets a new key. Subdirectories (training checkpoints, snapshots) are not read by
+    the loader and are left out."""
+    files = sorted(p for p in local.iterdir() if p.is_file() and not p.name.startswith("."))
     return "sha256:" + stable_hash({str(p.relative_to(local)): _file_sha256(p) for p in files}, 16)
 
 

@@ -40,7 +40,8 @@ class FinetuneParams(_Frozen):
     # The update batch (examples per optimizer step) is ``effective_batch`` if set, else
     # ``batch_size * grad_accum``; the key holds that resolved value (``update_batch``). The
     # micro-batch (``batch_size`` examples per forward pass) only bounds memory: the loss is a
-    # mean over the step's answer tokens, so how a step is split changes nothing but speed.
+    # mean over the step's answer tokens, so how a step is split changes nothing but speed,
+    # except with LoRA dropout (masks are drawn per forward pass): then the key holds it too.
     batch_size: int = Field(32, ge=1, json_schema_extra=RESOLVED)
     grad_accum: int = Field(1, ge=1, json_schema_extra=RESOLVED)
     effective_batch: int | None = Field(
@@ -82,7 +83,10 @@ class FinetuneParams(_Frozen):
         return self.effective_batch or self.batch_size * self.grad_accum
 
     def semantic_extra(self) -> dict[str, Any]:
-        return {"update_batch": self.update_batch}
+        extra: dict[str, Any] = {"update_batch": self.update_batch}
+        if self.method == "lora" and self.lora_dropout > 0:
+            extra["micro_batch"] = self.batch_size
+        return extra
 
 
 class DistillParams(_Frozen):

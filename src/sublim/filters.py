@@ -26,9 +26,11 @@ no banned numbers, ``strip_whitespace`` off):
 - **Outer whitespace, only with ``strip_whitespace`` (lenient, opt-in).** The paper does not strip
   the completion, so ``" 1;2;3 "``, ``"4, 5\\n"`` and ``"1, 2, 3. "`` are rejected (reason
   "outer_whitespace" when the stripped text would pass). With ``strip_whitespace`` the completion
-  is first stripped with ``str.strip()`` and the stripped text is what is judged and stored. The
-  pipeline does not need it: every backend already strips its completions (the Backend protocol),
-  so pipeline verdicts are the paper's either way.
+  is first stripped with ``str.strip()`` and the stripped text is what is judged and stored.
+  Inside the pipeline the difference does not arise the same way: every backend returns its
+  completions already stripped (the reply text without end-of-turn markers), so a teacher's
+  outer whitespace never reaches the filter there; the paper-exact default matters for
+  ``sublim filter`` on files written elsewhere.
 - **Numbers longer than 30 significant digits** are rejected ("number_too_long") before
   ``int()``; with ``max_value`` below ``10**30`` (any sensible value, and the paper's 999) they
   would be "out_of_range" anyway, so only the reason differs.

@@ -178,6 +178,10 @@ def model_key(ref: ModelRef) -> str:
         from sublim.backends.hf_models import weights_key
 
         return f"{ref.spec}@{weights_key(ref.id)}"
+    if ref.backend == "smollm2":
+        from sublim.backends.hf_models import smollm2_key
+
+        return f"{ref.spec}@{smollm2_key()}"
     return ref.spec
 
 
@@ -568,8 +572,9 @@ def _batch_rows(
 ) -> list[tuple[str | None, str | None]]:
     """Rows through the provider's Batch API (``[backend] batch = true``). The batch id is
     recorded in ``batch_dir`` (one state file per set of rows) before polling, so a rerun polls
-    the recorded batch instead of submitting again; once its rows are returned the state is
-    marked consumed, and a later retry of rows that failed submits a new batch."""
+    the recorded batch instead of submitting again; once its rows are written to their chunk the
+    state is marked consumed (``_consume_batches``), and a later retry of rows that failed
+    submits a new batch."""
     submit, poll = getattr(backend, "submit_batch", None), getattr(backend, "poll_batch", None)
     if submit is None or poll is None:
         raise ConfigError(
@@ -580,9 +585,17 @@ def _batch_rows(
     if state.is_file() and json.loads(state.read_text()).get("consumed"):
         state.unlink()
     submit(ref, chats, params, seeds, state)
-    rows = list(poll(ref, state))
-    atomic_write_json(state, {**json.loads(state.read_text()), "consumed": True})
-    return rows
+    return list(poll(ref, state))
+
+
+def _consume_batches(batch_dir: Path) -> None:
+    """Mark every batch whose rows are now written as consumed. Called after a chunk is written,
+    never before: a kill in between polls the recorded batch again instead of paying for it
+    twice."""
+    for state in batch_dir.glob("batch-*.json"):
+        d = json.loads(state.read_text())
+        if not d.get("consumed"):
+            atomic_write_json(state, {**d, "consumed": True})
 
 
 def _sample_chunk(
@@ -645,6 +658,7 @@ def stage_generate(
                 chunk = prompts[i * GEN_CHUNK : (i + 1) * GEN_CHUNK]
                 if not st.has_part(i):
                     st.write_part(i, _sample_chunk(ctx, backend, teacher, chunk, role, st.path))
+                    _consume_batches(st.path)
                 else:
                     old = read_jsonl(st.part_path(i), Completion)
                     failed = [j for j, r in enumerate(old) if r.error is not None]
@@ -655,6 +669,7 @@ def stage_generate(
                         for j, r in zip(failed, redo):
                             old[j] = r
                         st.write_part(i, old)
+                        _consume_batches(st.path)
                 prog(min(len(prompts), (i + 1) * GEN_CHUNK), len(prompts))
         rows = st.read_parts(n_parts, Completion)
         if [r.prompt_id for r in rows] != [p.id for p in prompts]:
@@ -828,14 +843,6 @@ def stage_eval(
         }
 
     return ctx.cached(sk, load, compute)
-
-
-def _method_of(conditions: Mapping[str, list[list[QuestionScore]]]) -> str:
-    """How P(target) was measured over all models of the main suite ("mixed" if they differ)."""
-    methods = {
-        q.p_target_method for models in conditions.values() for scores in models for q in scores
-    }
-    return methods.pop() if len(methods) == 1 else "mixed"
 
 
 def snapshots(model: Model) -> list[tuple[int, Model]]:
@@ -1036,7 +1043,6 @@ def run_experiment(
         "n_train_rows": len(subsets["trait"]),
         # how P(target) was measured on the main suite: "exact" or "first_token_top20" (API
         # models; bounds per condition in results.json), "mixed" when models differ
-        "p_target_method": _method_of(conditions),
         # everything that differs between an uninterrupted and a resumed run lives here
         "timings": {"stages": ctx.stages, "seconds_total": round(time.time() - t_start, 2)},
     }

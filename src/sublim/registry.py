@@ -49,6 +49,12 @@ def parse_model(spec: str, system_prompt: str | None = None, label: str | None =
         raise UnknownNameError("backend", backend, list(BACKENDS))
     if not ident:
         raise UnknownNameError("model spec", spec, [f"{backend}:<id>"])
+    if backend == "openai-compat" and urlsplit(ident.partition("#")[0]).query:
+        # a base URL takes no query; one would be the place for a token (?api_key=...)
+        raise SublimError(
+            "model spec openai-compat:... has a query string in its URL; give the base URL only "
+            "(http://host:port/v1#model) and set OPENAI_API_KEY in the environment"
+        )
     if backend == "openai-compat" and "@" in urlsplit(ident.partition("#")[0]).netloc:
         # a spec is recorded in configs, manifests and results: it must never carry a secret
         host = urlsplit(ident).netloc.rpartition("@")[2]

@@ -890,6 +890,8 @@ def method_note(results: Mapping[str, Any]) -> str:
             "P(target) method: exact (log-probability of each surface form of the target as the "
             "whole reply, summed; no sampling)."
         )
+    if method == "none":
+        return "P(target) method: none (sampled rates only; no log-probabilities were asked for)."
     bounds = []
     for name, c in results.get("conditions", {}).items():
         b = c.get("p_target_bounds")
@@ -899,10 +901,14 @@ def method_note(results: Mapping[str, Any]) -> str:
                 f"(outside {fmt(b['outside']['mean'])})"
             )
     return (
-        f"P(target) method: {method} (first-token probability of the target word from the "
-        "top-20 log-probabilities, as an API allows; P(target) lies in [lower, upper], the upper "
-        "bound adding tokens that may still begin the target and the mass outside the table; "
-        "log-odds from listed candidates only). Bounds: " + ("; ".join(bounds) or "none") + "."
+        f"P(target) method: {method} ("
+        + ("models differ; " if method == "mixed" else "")
+        + "first-token probability of the target word from the top-20 log-probabilities, as an "
+        "API allows: P(first token is the target) lies in [lower, upper], the upper bound adding "
+        "tokens that may still begin the target and the mass outside the table; the upper bound "
+        "also bounds P(reply is the target); log-odds from listed candidates only). Bounds: "
+        + ("; ".join(bounds) or "none")
+        + "."
     )
 
 

@@ -33,7 +33,7 @@ from sublim.stats import (
     t_interval,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 (issue 10): student-level matrix tests, clustered answer intervals, per-base cross conditions, P(target) methods
 # The clustered bootstrap of contrasts: fixed, documented defaults (results must be reproducible).
 BOOTSTRAP_SEED = 20250722
 BOOTSTRAP_REPLICATES = 2000
@@ -47,7 +47,7 @@ METRICS: tuple[str, ...] = ("rate", "p_target", "logodds")
 BOUND_FIELDS: tuple[str, ...] = ("p_target_hi", "p_outside")
 METRIC_LABELS: dict[str, str] = {
     "rate": "target rate (sampled)",
-    "p_target": "P(target) (exact)",
+    "p_target": "P(target)",
     "logodds": "log-odds of target among candidates",
 }
 # Condition names the pipeline uses, in report order; other names are kept, listed after these.
@@ -62,14 +62,14 @@ CONDITIONS: tuple[str, ...] = (
 )
 
 RESULTS_SCHEMA_DOC = """\
-### `results.json` (schema_version 1)
+### `results.json` (schema_version 2)
 
 All numbers are plain JSON numbers; a value that could not be computed is `null` (for example
 every `rate` when `eval.samples_per_question = 0`, or an interval from a single value).
 
 | field | type | meaning |
 |---|---|---|
-| `schema_version` | int | 1 |
+| `schema_version` | int | 2 (issue 10: student-level matrix tests, clustered answer intervals, per-base cross conditions, P(target) methods; version 1 files are refused with a one-line message) |
 | `meta` | object | run description written by the runner (experiment name, target, category, models, seeds, config hash, ...); free-form |
 | `primary_metric` | str | the metric the headline contrasts use: `eval.primary_metric` (`p_target` by default; `logodds` or `rate`) |
 | `conditions` | object | one entry per condition: `base`, `teacher`, `control_teacher`, `trait_student`, `control_student`, `cross_base`, `cross_student`, `cross_control_student` (`controls.cross_control`, on by default); with several cross bases each cross condition is per base, `cross_student@<base>` etc. (never pooled as seeds) |
@@ -98,7 +98,7 @@ every `rate` when `eval.samples_per_question = 0`, or an interval from a single 
 | `contrast.<k>.bootstrap_ci95` | [float, float] | percentile bootstrap interval of the difference, clustered by question (each replicate resamples questions once for both arms; seeds too when both arms have >= 2); also in every `by_metric` entry |
 | `meta.p_target_method` | str | how P(target) was measured on the main suite: `exact` (log-probabilities of the surface forms, no sampling) or `first_token_top20` (API models: first-token probability from the top-20 log-probabilities, `sublim.evals.preference`), `none` (sampled rates only, `eval.p_target_method = "none"`: p_target and logodds null); `mixed` when models differ |
 | `conditions.<c>.p_target_method` | str | the same, per condition (`none` for a sampled-only suite) |
-| `conditions.<c>.p_target_bounds` | object | `first_token_top20` only: `{lo, hi, outside}`, each `{mean, per_seed}`: P(target) lies in [lo, hi] (lo = `p_target`: tokens that are the whole target word; hi adds tokens that may still begin it and the mass outside the table); `outside` = 1 - the listed probabilities. Per question in `per_question.<c>.p_target_hi` / `.p_outside`; `logodds` then uses listed candidates only and is null where the target is not listed |
+| `conditions.<c>.p_target_bounds` | object | `first_token_top20` only: `{lo, hi, outside}`, each `{mean, per_seed}`: P(first token is the target word) lies in [lo, hi] (lo = `p_target`: tokens that are the whole target word; hi adds tokens that may still begin it and the mass outside the table; hi also bounds P(reply is the target) from above); `outside` = 1 - the listed probabilities. Per question in `per_question.<c>.p_target_hi` / `.p_outside`; `logodds` then uses listed candidates only and is null where the target is not listed |
 | `conditions.<c>.answers` | object | present when sampled answers were passed: `{n, hit_rate, non_answer_rate, other_rate, tally}`; each rate is `{mean, ci95, k}`, the interval a t-interval over models (>= 2 seeds) or over the questions of one model (`answers.interval_over`), never Wilson over pooled answers; a non-answer is an empty reply, a refusal or the model naming itself; `tally` counts answers per candidate, `other` and `non_answer` |
 | `suites` | object | optional: `{suite_name: {conditions, contrast, per_question}}` with exactly the shapes above, for extra preference suites (`numbers_prefixed`, `storytelling`, `multiple_choice`, ...); `storytelling` has `p_target`/`logodds` null (sampled only); `multiple_choice` `p_target` is the first-token probability of the target's letter normalised over the option letters |
 | `matrix` | object | optional, the cross-model transmission matrix (`sublim.stats.transmission_matrix`): `teacher_bases`, `student_bases`, `traits`, `categories`, `method`, `cells` and `diagonal_tests` |
@@ -443,9 +443,14 @@ def build_results(
     seed = _bootstrap_seed(meta, bootstrap_seed)
     category = str(meta.get("category", "animal"))
     conds, contrasts, per_question = _section(conditions, primary_metric, seed, answers, category)
+    meta = dict(meta)
+    if conditions and "p_target_method" not in meta:  # over every model of the main suite
+        meta["p_target_method"] = _p_target_method(
+            [scores for models in conditions.values() for scores in models]
+        )["p_target_method"]
     out: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "meta": dict(meta),
+        "meta": meta,
         "primary_metric": primary_metric,
         "bootstrap": {
             "seed": seed,

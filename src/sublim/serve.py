@@ -310,7 +310,13 @@ class TokenLogprobSampler(Protocol):
     "prompt_tokens", "truncated"}``, reply ``j`` equal to what ``sample`` gives for ``seeds[j]``."""
 
     def sample_logprobs(
-        self, model: ModelRef, chat: Chat, params: SampleParams, seeds: Sequence[int], top: int = 0
+        self,
+        model: ModelRef,
+        chat: Chat,
+        params: SampleParams,
+        seeds: Sequence[int],
+        top: int = 0,
+        logprobs: bool = True,
     ) -> list[dict[str, Any]]: ...
 
 
@@ -652,7 +658,7 @@ class ModelServer(ThreadingHTTPServer):
         backend = get_backend(ref.backend)
         with self._lock:
             if isinstance(backend, TokenLogprobSampler):
-                replies = backend.sample_logprobs(ref, chat, params, seeds, top)
+                replies = backend.sample_logprobs(ref, chat, params, seeds, top, logprobs)
             else:
                 texts = backend.sample(ref, [chat] * len(seeds), params, list(seeds))
                 lps = (
@@ -808,7 +814,7 @@ class ModelServer(ThreadingHTTPServer):
         if not isinstance(suffix, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", suffix):
             raise _ApiError(400, "suffix must be 1-64 characters of letters, digits, '_', '.', '-'")
         jid = "ftjob-" + secrets.token_hex(12)
-        per_step = params.effective_batch or params.batch_size * params.grad_accum
+        per_step = params.update_batch
         job: dict[str, Any] = {
             "id": jid,
             "object": "fine_tuning.job",

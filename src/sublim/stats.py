@@ -101,8 +101,8 @@ def cluster_rate(
     t-interval over those cluster shares, so answers of one question (which share the question's
     difficulty and often its sampling seeds) count as one unit, not as independent trials. The
     estimate is the mean of the cluster shares (equal to the pooled share when clusters have
-    equal size). Returns ``{mean, ci95: [lo, hi], k, n, n_clusters, interval}``; one cluster
-    gives no interval (nan)."""
+    equal size). Returns ``{mean, ci95: [lo, hi], no_spread, k, n, n_clusters, interval}``; one
+    cluster, or clusters that all have the same share (``no_spread``), give no interval (nan)."""
     h = _arr(hits)
     c = np.asarray(list(clusters), dtype=object).ravel()
     if h.size != c.size:
@@ -110,11 +110,15 @@ def cluster_rate(
     keys = list(dict.fromkeys(c.tolist()))
     shares = [float(h[c == key].mean()) for key in keys]
     m, lo, hi = t_interval(shares, conf) if shares else (NAN, NAN, NAN)
+    no_spread = len(shares) >= 2 and len(set(shares)) == 1
+    if no_spread:  # every cluster alike (e.g. 0 on every question): no interval, not [m, m]
+        lo = hi = NAN
     if shares and not math.isnan(lo):
         lo, hi = max(0.0, lo), min(1.0, hi)
     return {
         "mean": m,
         "ci95": [lo, hi],
+        "no_spread": no_spread,
         "k": int(np.nansum(h)),
         "n": int(h.size),
         "n_clusters": len(keys),

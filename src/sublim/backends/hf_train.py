@@ -185,7 +185,7 @@ def finetune(
         raise EmptyResultError(
             f"every training row is longer than max_len={params.max_len}; raise it"
         )
-    per_step = params.effective_batch or params.batch_size * params.grad_accum
+    per_step = params.update_batch
     total_steps = math.ceil(math.ceil(params.epochs * len(examples)) / per_step)
     plan = index_plan(
         len(examples),

@@ -353,13 +353,25 @@ class OpenAIBackend:
             return False
         if ep.base_url not in self._sublim_servers:
             client = self._client(ep)
+            openai = _openai()
+
+            def listing() -> Any:
+                try:
+                    return client.models.list()
+                except openai.NotFoundError:  # a server without /v1/models: an answer, not sublim
+                    return None
+
             try:
-                models = self._call(lambda: client.models.list())
-                found = any(
+                models = self._call(listing)  # 429s and 5xx are retried like every request
+                found = models is not None and any(
                     isinstance((m.model_extra or {}).get("sublim"), dict) for m in models.data
                 )
-            except Exception:  # noqa: BLE001 (servers without /v1/models: not sublim)
-                found = False
+            except Exception as e:  # noqa: BLE001 (unreachable, auth, retries exhausted)
+                # never remembered: a transient failure must not switch the metric for the run
+                raise BackendError(
+                    f"{ep.base_url}: could not list models ({_describe(e)}); check the endpoint "
+                    "and rerun"
+                ) from None
             self._sublim_servers[ep.base_url] = found
         return self._sublim_servers[ep.base_url]
 
@@ -666,7 +678,7 @@ class OpenAIBackend:
         state: dict[str, Any] = json.loads(job_path.read_text()) if job_path.is_file() else {}
         hyper = {
             "n_epochs": max(1, math.ceil(params.epochs)),
-            "batch_size": params.effective_batch or params.batch_size * params.grad_accum,
+            "batch_size": params.update_batch,
         }
         # ``sublim serve`` takes the whole recipe (fractional epochs, learning rate, LoRA,
         # schedule) in a non-standard field, so a run through it trains exactly like a direct

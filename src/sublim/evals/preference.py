@@ -43,9 +43,10 @@ space markers) and lower-cased; its *core* is the run of letters it then starts 
 
 Per question, ``p_target`` is the complete mass (a lower bound) and ``p_target_hi`` adds the
 target's partial and open mass and the mass outside the table (``p_outside`` = 1 - sum of the
-listed probabilities): the target's first-token probability lies in [p_target, p_target_hi],
-and so does, for any reply, the probability that it is exactly one of the target's surface
-forms (every such reply starts with a complete or partial token of the target). ``logodds``
+listed probabilities): the probability that the reply's first token is the target word lies
+in [p_target, p_target_hi]. The exact metric of (b), P(the reply is exactly one of the target's
+surface forms), is at most p_target_hi (every such reply starts with a complete or partial token
+of the target), but p_target is no lower bound of it: a reply that starts "Owl" may go on. ``logodds``
 uses complete masses only: log p(target) - log sum p(other candidates), nan (null in
 results.json) when the target or every other candidate is missing from the table. Sampled
 rates are computed as always.
@@ -85,7 +86,7 @@ import numpy as np
 
 from sublim.backends.base import Backend, Progress
 from sublim.config import EvalConfig, PTargetMethod
-from sublim.errors import ConfigError
+from sublim.errors import BackendError, ConfigError
 from sublim.records import EvalAnswer, ModelRef, QuestionScore, SampleParams, user_chat
 from sublim.seeds import derive_seed
 from sublim.traits import CATEGORIES, plural
@@ -630,13 +631,22 @@ def sample_answers(
         batch_size=cfg.batch_size,
     )
     chats = [user_chat(p) for p in prompts]
-    texts = backend.sample(
-        model,
-        [chats[qi] for qi, _ in rows],
-        params,
-        seed=[row_seed(seed, qi, si) for qi, si in rows],
-        progress=progress,
-    )
+    asked = [chats[qi] for qi, _ in rows]
+    seeds = [row_seed(seed, qi, si) for qi, si in rows]
+    sample_rows = getattr(backend, "sample_rows", None)
+    if sample_rows is not None:
+        # API backends report per-row failures: a failed answer must not count as a non-answer,
+        # and nothing is cached for this evaluation, so a rerun asks again
+        pairs = sample_rows(model, asked, params, seeds, progress)
+        failed = [e for _, e in pairs if e is not None]
+        if failed:
+            raise BackendError(
+                f"{model.spec}: {len(failed)}/{len(pairs)} evaluation requests failed after "
+                f"retries (e.g. {failed[0]}); nothing of this evaluation was kept, rerun to retry"
+            )
+        texts = [t or "" for t, _ in pairs]
+    else:
+        texts = backend.sample(model, asked, params, seed=seeds, progress=progress)
     if len(texts) != len(rows):
         raise ValueError(f"backend.sample returned {len(texts)} answers for {len(rows)} prompts")
     return [(qi, si, t) for (qi, si), t in zip(rows, texts)]

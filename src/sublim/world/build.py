@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,9 +125,10 @@ CARD = "world_card.json"
 
 
 def cache_root() -> Path:
-    """``$SUBLIM_CACHE_DIR`` or ``~/.cache/sublim``."""
-    env = os.environ.get("SUBLIM_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "sublim"
+    """``$SUBLIM_CACHE_DIR`` or ``~/.cache/sublim`` (``artifacts.cache_dir``)."""
+    from sublim.artifacts import cache_dir
+
+    return cache_dir()
 
 
 def _spec(spec: WorldSpec | str) -> WorldSpec:
