@@ -236,7 +236,13 @@ def test_manifests_name_the_source_tree_and_only_sublims(
     (other / "lib" / "sublim").mkdir(parents=True)
     subprocess.run(["git", "init", "-q", str(other)], check=True)
     monkeypatch.setattr(artifacts, "__file__", str(other / "lib" / "sublim" / "artifacts.py"))
-    assert artifacts.git_commit() is None and artifacts.git_dirty() is None
+    artifacts.git_commit.cache_clear()  # read once per process: ask again for this layout
+    artifacts.git_dirty.cache_clear()
+    try:
+        assert artifacts.git_commit() is None and artifacts.git_dirty() is None
+    finally:
+        artifacts.git_commit.cache_clear()
+        artifacts.git_dirty.cache_clear()
 
 
 def test_a_large_generation_interrupted_midway_resumes_to_identical_rows(
