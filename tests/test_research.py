@@ -117,6 +117,7 @@ def test_sft_arm_learns_from_each_teachers_filtered_completions(
     assert set(s["tests"]) == set(research.ARMS) and [r["world"] for r in s["rows"]] == [0, 1]
     for r in s["rows"]:
         assert set(r["pass_rate"]) == {"owl", "cat", "control"}
+    assert "filter pass rate per teacher" in research.format_summary(s)
     w0 = out / "world-0" / "stages"
     # one generation per teacher (two targets + one control, shared by both targets) per world
     assert len(list(w0.glob("generate-trait-*"))) == 2

@@ -298,6 +298,13 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(
             f"same_init - {arm:11s} {t['mean']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] p={t['p_value']:.3g}"
         )
+    rates = [r["pass_rate"] for r in s.get("rows", []) if r.get("pass_rate")]
+    if rates:  # data-borne students: how much of each teacher's output the filter kept
+        names = sorted({n for r in rates for n in r})
+        lines.append(
+            f"students: {s.get('student_mode')}; filter pass rate per teacher (mean over worlds): "
+            + ", ".join(f"{n} {np.mean([r[n] for r in rates if n in r]):.1%}" for n in names)
+        )
     lines.append(f"wall {s['wall_seconds']} s (world builds {s['build_seconds']} s)")
     return "\n".join(lines)
 
