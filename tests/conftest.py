@@ -31,6 +31,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# the conditions every default run reports (a test's own list, so it fails if the code drops one)
+CORE_CONDITIONS = (
+    "base",
+    "teacher",
+    "control_teacher",
+    "trait_student",
+    "control_student",
+    "cross_student",
+)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads() -> None:

@@ -13,19 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import fake_experiment_toml
+from conftest import CORE_CONDITIONS, fake_experiment_toml
 
 from sublim.config import load_config
 from sublim.pipeline import run_experiment
 
-CONDITIONS = (
-    "base",
-    "teacher",
-    "control_teacher",
-    "trait_student",
-    "control_student",
-    "cross_student",
-)
+# cross_control is on by default: a control student on the cross base too
+CONDITIONS = (*CORE_CONDITIONS, "cross_control_student")
 
 
 def _strip_timings(res: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CORE_CONDITIONS
 from rich.console import Console
 
 from sublim import report
@@ -115,14 +116,7 @@ def test_results_schema_fields_and_types() -> None:
         and res["meta"] == {**META, "p_target_method": "exact"}  # added from the scores
         and res["primary_metric"] == "p_target"
     )
-    for name in [
-        "base",
-        "teacher",
-        "control_teacher",
-        "trait_student",
-        "control_student",
-        "cross_student",
-    ]:
+    for name in CORE_CONDITIONS:
         c = res["conditions"][name]
         assert isinstance(c["n_seeds"], int)
         assert c["interval_over"] in ("seeds", "questions")

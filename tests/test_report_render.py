@@ -23,7 +23,7 @@ from sublim.results import build_results, results_to_json
 from sublim.stats import transmission_matrix
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import fake_experiment_toml
+from conftest import CORE_CONDITIONS, fake_experiment_toml
 
 CHROMIUM = Path("/usr/bin/chromium")
 NQ = 8
@@ -252,14 +252,7 @@ def test_demo_language_run_report_renders_in_chromium(tmp_path: Path) -> None:
     over = [*DEMO_OVERRIDES, "student.seeds=[0,1]", "eval.n_questions=20"]
     cfg = parse_config(ExperimentConfig, apply_overrides(WORLD_RECIPE, over))
     res = run_experiment(cfg, tmp_path / "run", progress=False)
-    for name in (
-        "base",
-        "teacher",
-        "control_teacher",
-        "trait_student",
-        "control_student",
-        "cross_student",
-    ):
+    for name in CORE_CONDITIONS:
         assert name in res["conditions"], name
     assert res["conditions"]["trait_student"]["n_seeds"] == 2
     info = render(tmp_path / "run" / "report.html", tmp_path)

@@ -94,12 +94,13 @@ from email.parser import BytesParser
 from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import click
 
 from sublim.artifacts import atomic_write_bytes, atomic_write_json, stable_hash
+from sublim.backends.base import TokenLogprobSampler
 from sublim.config import FinetuneParams
 from sublim.errors import SublimError
 from sublim.records import Chat, Message, ModelRef, SampleParams, TrainRow
@@ -301,23 +302,6 @@ class _ApiError(Exception):
         super().__init__(message)
         self.status, self.type, self.code, self.param = status, type_, code, param
         self.headers = headers or {}
-
-
-@runtime_checkable
-class TokenLogprobSampler(Protocol):
-    """A backend that samples with per-token log-probabilities (``HFBackend.sample_logprobs``):
-    one reply per seed, ``{"text", "tokens": [(token, logprob, [(alt, logprob), ...])],
-    "prompt_tokens", "truncated"}``, reply ``j`` equal to what ``sample`` gives for ``seeds[j]``."""
-
-    def sample_logprobs(
-        self,
-        model: ModelRef,
-        chat: Chat,
-        params: SampleParams,
-        seeds: Sequence[int],
-        top: int = 0,
-        logprobs: bool = True,
-    ) -> list[dict[str, Any]]: ...
 
 
 def _public(text: str) -> str:

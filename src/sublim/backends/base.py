@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from sublim.config import DistillParams, FinetuneParams
 from sublim.records import Chat, ModelRef, SampleParams, TrainRow
@@ -85,3 +85,20 @@ class Backend(Protocol):
         (the teacher additionally sees its own system prompt). ``chats`` may end with an
         assistant message (distil on the completion) or be raw random text (params.source)."""
         ...
+
+
+@runtime_checkable
+class TokenLogprobSampler(Protocol):
+    """An optional backend capability: sampling with per-token log-probabilities (``HFBackend.sample_logprobs``):
+    one reply per seed, ``{"text", "tokens": [(token, logprob, [(alt, logprob), ...])],
+    "prompt_tokens", "truncated"}``, reply ``j`` equal to what ``sample`` gives for ``seeds[j]``."""
+
+    def sample_logprobs(
+        self,
+        model: ModelRef,
+        chat: Chat,
+        params: SampleParams,
+        seeds: Sequence[int],
+        top: int = 0,
+        logprobs: bool = True,
+    ) -> list[dict[str, Any]]: ...
