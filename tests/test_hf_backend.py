@@ -10,6 +10,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -813,3 +814,38 @@ def test_unknown_hub_id_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "model_info", not_found)
     with pytest.raises(MissingFileError, match="no model 'org/typo' on the Hugging Face hub"):
         hf_models.resolve(ModelRef(backend="hf", id="org/typo"))
+
+
+def test_lean_llama_path_matches_transformers_forward(ref, monkeypatch):
+    """The lean decoding path (fast_llama) computes what transformers' forward computes: the same
+    replies, and logits equal to float rounding, with the prefill split into several chunks and
+    finished rows compacted away mid-batch."""
+    from sublim.backends import fast_llama
+
+    lm = hf.get_loaded(ref)
+    assert fast_llama.supports(lm.model)
+    prompts = [chat_format.encode_prompt(lm.tokenizer, c) for c in CHATS] * 3
+    prompts.sort(key=len)
+    monkeypatch.setattr(hf, "PREFILL_TOKENS", 2 * max(map(len, prompts)))  # chunks of 2 rows
+
+    def run(mode: str, params: SampleParams) -> tuple[list[list[int]], list[Any]]:
+        monkeypatch.setenv("SUBLIM_FAST_DECODE", mode)
+        steps: list[Any] = []
+        gens = [torch.Generator().manual_seed(100 + i) for i in range(len(prompts))]
+        out = hf.decode_batch(
+            lm, prompts, gens, params, lambda r, t, lg: steps.append((r, t.clone(), lg.clone()))
+        )
+        return out, steps
+
+    for params in (
+        SampleParams(temperature=1.0, top_p=0.9, max_new_tokens=16),
+        SampleParams(temperature=0.0, max_new_tokens=16),
+    ):
+        slow, slow_steps = run("0", params)
+        fast, fast_steps = run("1", params)
+        assert fast == slow
+        assert len({len(x) for x in fast}) > 1  # rows finish at different steps
+        assert len(fast_steps) == len(slow_steps)
+        for (r1, t1, l1), (r2, t2, l2) in zip(slow_steps, fast_steps, strict=True):
+            assert r1 == r2 and torch.equal(t1, t2)
+            torch.testing.assert_close(l1, l2, rtol=0, atol=1e-4)

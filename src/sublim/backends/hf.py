@@ -61,14 +61,62 @@ def _pick(
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 
-def _prefill(
-    lm: Loaded, prompts: list[list[int]]
-) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-    """One forward pass over left-padded ``prompts``: (last-position logits [n, V], the KV cache,
-    the attention mask, the position ids). Positions count real tokens only, so a row sees the
-    positions it would see alone, whatever its padding."""
-    from transformers import DynamicCache
+class _HFSteps:
+    """Decoding steps through transformers' own forward and ``DynamicCache`` (any model)."""
 
+    def __init__(self, lm: Loaded) -> None:
+        self.lm = lm
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        lm = self.lm
+        self.cache = DynamicCache(config=lm.model.config)
+        self.mask = mask
+        return lm.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            logits_to_keep=1,
+            use_cache=True,
+            **{lm.cache_kw: self.cache},
+        ).logits[:, -1, :]
+
+    def step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        return self.lm.model(
+            input_ids=tok.unsqueeze(-1),
+            attention_mask=self.mask,
+            position_ids=pos,
+            use_cache=True,
+            **{self.lm.cache_kw: self.cache},
+        ).logits[:, -1, :]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
+
+
+# tokens per prefill chunk of the lean path: activations of ~1k tokens of a small model stay in
+# cache (measured fastest on the built-in worlds, benchmarks/sampling.md)
+PREFILL_TOKENS = 1024
+
+
+def _steps(lm: Loaded, n_rows: int, max_len: int) -> Any:
+    """The decoding-step implementation for ``lm``: the lean Llama path where it applies (the
+    same logits, bit for bit on CPU), else transformers' forward."""
+    from sublim.backends import fast_llama
+
+    if fast_llama.supports(lm.model):
+        return fast_llama.LlamaDecoder(lm.model, n_rows, max_len)
+    return _HFSteps(lm)
+
+
+def _left_pad(
+    lm: Loaded, prompts: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded ids, attention mask and position ids of ``prompts``. Positions count real
+    tokens only, so a row sees the positions it would see alone, whatever its padding."""
     n, width = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((n, width), lm.tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
@@ -77,16 +125,17 @@ def _prefill(
         mask[i, width - len(p) :] = 1
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=lm.model.config)
-    logits = lm.model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=pos,
-        logits_to_keep=1,
-        use_cache=True,
-        **{lm.cache_kw: cache},
-    ).logits[:, -1, :]
-    return logits, cache, mask, pos
+    return ids, mask, pos
+
+
+def _prefill(
+    lm: Loaded, prompts: list[list[int]]
+) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """One transformers forward pass over left-padded ``prompts``: (last-position logits
+    [n, V], the ``DynamicCache``, the attention mask, the position ids)."""
+    ids, mask, pos = _left_pad(lm, prompts)
+    steps = _HFSteps(lm)
+    return steps.prefill(ids, mask, pos), steps.cache, mask, pos
 
 
 @torch.inference_mode()
@@ -99,41 +148,57 @@ def decode_batch(
 ) -> list[list[int]]:
     """Generated ids (without the stop token) for each prompt, in one left-padded batch.
     ``on_step(rows, tokens, logits)``, if given, sees each step's picked tokens and untempered
-    logits of the rows still generating (``rows``: their prompt indices)."""
-    model, dev = lm.model, lm.device
+    logits of the rows still generating (``rows``: their prompt indices).
+
+    Finished rows stay in the batch (their outputs ignored) until at most 3/4 of it is still
+    generating, then the batch is compacted: a row's arithmetic never depends on its batch mates,
+    so this changes the cost, not the outputs."""
+    dev = lm.device
     n, T = len(prompts), params.max_new_tokens
     # each row's whole uniform stream, drawn up front from its own generator (CPU, float64)
     uniforms = torch.stack([torch.rand(T, generator=g, dtype=torch.float64) for g in generators])
-    logits, cache, mask, pos = _prefill(lm, prompts)
+    width = max(len(p) for p in prompts)
+    steps = _steps(lm, n, width + T)
+    if isinstance(steps, _HFSteps):
+        ids, mask, pos = _left_pad(lm, prompts)
+        logits = steps.prefill(ids, mask, pos)
+    else:  # prefill in chunks of about PREFILL_TOKENS tokens (prompts arrive sorted by length)
+        parts, pos_parts, start = [], [], 0
+        while start < n:
+            stop_at = start + max(1, PREFILL_TOKENS // width)
+            ids, mask, pos = _left_pad(lm, prompts[start:stop_at])
+            parts.append(steps.prefill(ids, mask, pos, width, row0=start))
+            pos_parts.append(pos[:, -1:])
+            start = stop_at
+        logits, pos = torch.cat(parts), torch.cat(pos_parts)
     stop = torch.tensor(sorted(lm.stop_ids), device=dev)
     out: list[list[int]] = [[] for _ in range(n)]
-    alive = torch.arange(n)  # original row index of each row still in the batch
+    slot_row = torch.arange(n)  # original row index of each batch slot
+    active = torch.ones(n, dtype=torch.bool)  # slots still generating (CPU)
     next_pos = pos[:, -1:] + 1
     for t in range(T):
-        tok = _pick(logits.float(), uniforms[alive, t], params.temperature, params.top_p)
+        tok = _pick(logits.float(), uniforms[slot_row, t], params.temperature, params.top_p)
+        live = active.nonzero().squeeze(-1)
         if on_step is not None:
-            on_step(alive.tolist(), tok, logits)
-        done = torch.isin(tok, stop)
-        tok_cpu, done_cpu = tok.tolist(), done.tolist()
-        for j, row in enumerate(alive.tolist()):
-            if not done_cpu[j]:
-                out[row].append(tok_cpu[j])
-        keep = (~done).nonzero().squeeze(-1)
-        if keep.numel() == 0 or t == T - 1:
+            idx = live.to(dev)
+            on_step(slot_row[live].tolist(), tok[idx], logits[idx])
+        done = torch.isin(tok, stop).cpu() | ~active
+        tok_cpu = tok.tolist()
+        for j in live.tolist():
+            if not done[j]:
+                out[int(slot_row[j])].append(tok_cpu[j])
+        active = ~done
+        n_live = int(active.sum())
+        if n_live == 0 or t == T - 1:
             break
-        if keep.numel() < done.numel():
-            # drop finished rows: later steps only pay for rows still generating
-            cache.batch_select_indices(keep)
-            tok, mask, next_pos = tok[keep], mask[keep], next_pos[keep]
-            alive = alive[keep.cpu()]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        logits = model(
-            input_ids=tok.unsqueeze(-1),
-            attention_mask=mask,
-            position_ids=next_pos,
-            use_cache=True,
-            **{lm.cache_kw: cache},
-        ).logits[:, -1, :]
+        if n_live <= active.numel() * 3 // 4:
+            # compact: later steps only pay for rows still generating
+            keep = active.nonzero().squeeze(-1)
+            steps.keep(keep.to(dev))
+            kd = keep.to(dev)
+            tok, next_pos = tok[kd], next_pos[kd]
+            slot_row, active = slot_row[keep], active[keep]
+        logits = steps.step(tok, next_pos)
         next_pos = next_pos + 1
     return out
 
@@ -309,8 +374,10 @@ class HFBackend:
 
     name = "hf"
     # enters the keys of every stage this backend computes (pipeline.backend_version): bump it
-    # when sampling, scoring, fine-tuning or distillation changes what it computes
-    algorithm_version = "1"
+    # when sampling, scoring, fine-tuning or distillation changes what it computes. "2": the lean
+    # Llama decoding path (fast_llama), whose logits differ from transformers' forward in the
+    # last float bits, so a near-tie could in principle sample differently
+    algorithm_version = "2"
 
     def __init__(self) -> None:
         self.last_train_stats: dict[str, Any] = {}
