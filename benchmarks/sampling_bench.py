@@ -9,6 +9,10 @@ prompts (``sublim.prompts.numbers``), measured side by side in one run:
 - (b) a plain ``transformers`` loop, ``model.generate(do_sample=True)`` one prompt at a time
   (temperature 1, no top-k, the same stop tokens): what most users would write;
 - (c) ``HFBackend.sample`` batched, at every batch size of ``--batches`` (the best one is quoted);
+  for plain Llama models it decodes through the lean path (``sublim.backends.fast_llama``);
+- (c0) the same call at the largest batch size through transformers' own forward and
+  ``DynamicCache`` (``SUBLIM_FAST_DECODE=0``): the lean path's gain, side by side, and a check that
+  both give the same replies;
 - (d) ``model.generate`` batched (left padding) with transformers' ``StaticCache``
   (``cache_implementation="static"``) and with the default cache, for reference: the backend does
   not expose cache or attention options, so these are not backend rows.
@@ -327,6 +331,12 @@ def main() -> int:
                 out_b, dt = timed(partial(backend.sample, ref, chats, pb, seed=seeds))
                 keep(f"c{b}", dt, backend.last_sample_stats.get("tokens", 0))
                 same = same and out_b[:k] == single_out
+                if b == max(batches):  # the same call through transformers' forward
+                    os.environ["SUBLIM_FAST_DECODE"] = "0"
+                    out_s, dt = timed(partial(backend.sample, ref, chats, pb, seed=seeds))
+                    os.environ.pop("SUBLIM_FAST_DECODE")
+                    keep("c0", dt, backend.last_sample_stats.get("tokens", 0))
+                    same = same and out_s == out_b
                 if not gen_lens:
                     tok = lm.tokenizer
                     gen_lens = {
@@ -344,6 +354,16 @@ def main() -> int:
         rows.append(("(b)", "transformers generate(), one at a time", th, 1, k, *best["b"]))
         for b in batches:
             rows.append(("(c)", "backend, batched", th, b, args.n, *best[f"c{b}"]))
+        rows.append(
+            (
+                "(c0)",
+                "backend, batched, transformers forward (SUBLIM_FAST_DECODE=0)",
+                th,
+                max(batches),
+                args.n,
+                *best["c0"],
+            )
+        )
         if not args.no_generate_batched:
             b = max(batches)
             rows.append(("(d)", "generate(), batched, default cache", th, b, args.n, *best["d0"]))
@@ -399,7 +419,9 @@ def main() -> int:
             f"| {lab} | {mode} | {th} | {b} | {n} | {dt:.2f} | {sps:.1f} | {tps:,.0f} | "
             f"{ra:.1f} | {rb:.1f} | {share} |"
         )
-    print(f"\nshared rows identical, one at a time vs batched: {same}")
+    print(
+        f"\nshared rows identical, one at a time vs batched, lean path vs transformers forward: {same}"
+    )
     tmp.cleanup()
     return 0 if same else 1
 

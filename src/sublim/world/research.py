@@ -116,6 +116,7 @@ def run_over_worlds(
     progress: bool = False,
     arms: tuple[str, ...] = ARMS,
     kind: str = "plain",
+    only: list[int] | None = None,
 ) -> dict[str, Any]:
     """Run the multi-target design of the module docstring with the experiment ``config``
     (``student.mode = "distill"``, ``source = "random"``, a system-prompt teacher) on every world
@@ -151,10 +152,14 @@ def run_over_worlds(
     if not arms or any(a not in ARMS for a in arms):
         raise ConfigError(f"--arms must be some of {', '.join(ARMS)}")
     bases = {k: {a: b for a, b in v.items() if a in arms} for k, v in arm_bases(worlds).items()}
+    if only is not None:
+        if not only or any(k not in bases for k in only):
+            raise ConfigError(f"--only must name worlds of --worlds ({worlds})")
+        bases = {k: bases[k] for k in worlds if k in only}
+        worlds = [k for k in worlds if k in only]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "rows.jsonl").unlink(
-        missing_ok=True
-    )  # this run's rows only (a rerun is served from the cache)
+    if only is None:  # this run's rows only (a rerun is served from the cache)
+        (out / "rows.jsonl").unlink(missing_ok=True)
     rep = Reporter(progress)
     t_all = time.perf_counter()
 
@@ -344,6 +349,11 @@ def format_summary(s: dict[str, Any]) -> str:
     show_default=True,
     help="student bases to run (exploration may skip some)",
 )
+@click.option(
+    "--only",
+    default=None,
+    help="compute only these worlds of --worlds (split one design across processes sharing --out)",
+)
 @click.option("--progress/--quiet", default=True)
 def main(
     config: Path,
@@ -354,6 +364,7 @@ def main(
     out: Path,
     overrides: tuple[str, ...],
     arms: str,
+    only: str | None,
     progress: bool,
 ) -> None:
     """Run CONFIG (default: the shipped recipe) over several worlds and print the tests over worlds."""
@@ -369,6 +380,10 @@ def main(
         seeds = [int(x) for x in worlds.split(",")]
     except ValueError:
         raise ConfigError(f"--worlds expects comma-separated integers, got '{worlds}'") from None
+    try:
+        only_seeds = [int(x) for x in only.split(",")] if only else None
+    except ValueError:
+        raise ConfigError(f"--only expects comma-separated integers, got '{only}'") from None
     s = run_over_worlds(
         config,
         seeds,
@@ -379,6 +394,7 @@ def main(
         progress,
         tuple(a.strip() for a in arms.split(",") if a.strip()),
         kind,
+        only_seeds,
     )
     click.echo(format_summary(s))
     click.echo(f"{out / 'summary.json'}")
