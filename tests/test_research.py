@@ -140,6 +140,28 @@ def test_sft_arm_learns_from_each_teachers_filtered_completions(
     assert again["tests"] == s["tests"]
 
 
+def test_only_splits_one_design_across_runs_that_share_the_directory(tiny_worlds: Path) -> None:
+    cfg = ROOT / "experiments" / "owl_numbers_world.toml"
+    arms = ("same_init", "other_world")  # no twins: two world builds in all
+
+    def run(out: Path, only: list[int] | None = None) -> dict:  # type: ignore[type-arg]
+        return research.run_over_worlds(
+            cfg, [0, 1], out, "micro", ("owl",), TINY, arms=arms, only=only
+        )
+
+    split = tiny_worlds / "split"
+    a = run(split, [1])
+    assert [r["world"] for r in a["rows"]] == [1]
+    assert a["rows"][0]["bases"]["other_world"] == 0  # the arms of the full list
+    run(split, [0])
+    stages = {p.name for p in split.glob("world-*/stages/*")}
+    whole = run(split)
+    assert {p.name for p in split.glob("world-*/stages/*")} == stages  # all read from the cache
+    assert whole["tests"] == run(tiny_worlds / "direct")["tests"]
+    with pytest.raises(ConfigError, match="--only"):
+        run(split, [5])
+
+
 def test_cli_rejects_a_recipe_the_runner_cannot_use(
     tiny_worlds: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
