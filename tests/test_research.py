@@ -208,3 +208,28 @@ def test_shipped_file_holds_the_confirmed_recipe() -> None:
     assert cfg.student.seeds == [0] and cfg.eval.samples_per_question == 0
     assert research.CONFIRMATORY_WORLDS == tuple(range(20, 28))
     assert research.TARGETS == ("owl", "cat", "wolf", "eagle")
+
+
+def test_curve_plots_each_arm_against_a_recipe_knob(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sublim.cli import main as sublim_main
+
+    paths = []
+    for rows, shift in ((1000, 0.0), (10000, 0.2)):
+        per_world = [shift + d for d in (-0.1, 0.0, 0.1)]
+        t = paired_contrast(per_world, [0.0] * 3)
+        test = {
+            "mean": t["mean"],
+            "ci95": t["ci95"],
+            "p_value": t["p_value"],
+            "per_world": per_world,
+        }
+        s = {"recipe": {"rows": rows}, "tests": {"same_init": test, "twin": test}}
+        paths.append(tmp_path / f"s{rows}.json")
+        paths[-1].write_text(json.dumps(s))
+    out = tmp_path / "curve.png"
+    assert sublim_main(["world", "curve", *map(str, paths), "--out", str(out)]) in (0, None)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = CliRunner().invoke(research.curve, [*map(str, paths), "--x", "epochs", "--out", str(out)])
+    assert res.exit_code != 0 and "no recipe value 'epochs'" in str(res.exception)

@@ -179,9 +179,11 @@ def print_card(card: dict[str, Any]) -> None:
 
 
 def _register_research() -> None:
+    from sublim.world.research import curve as research_curve
     from sublim.world.research import main as research_main
 
     world.add_command(research_main, "research")
+    world.add_command(research_curve, "curve")
 
 
 _register_research()

@@ -267,6 +267,18 @@ def run_over_worlds(
         if not data_borne or cfg.student.mode == "sft"
         else "distill-completions",
         "sampling": cfg.data.sampling.model_dump() if data_borne else None,
+        # the recipe's main knobs, flat (``sublim world curve`` plots effects against them)
+        "recipe": {
+            "rows": cfg.data.subset if data_borne else None,
+            "prompts": cfg.data.n_prompts if data_borne else None,
+            "teacher_temperature": cfg.data.sampling.temperature if data_borne else None,
+            "epochs": cfg.student.finetune.epochs if cfg.student.mode == "sft" else None,
+            "lr": cfg.student.finetune.lr if cfg.student.mode == "sft" else cfg.student.distill.lr,
+            "method": cfg.student.finetune.method
+            if cfg.student.mode == "sft"
+            else cfg.student.distill.method,
+            "steps": cfg.student.distill.steps if cfg.student.mode == "distill" else None,
+        },
         "overrides": list(overrides or []),
         "arms": list(arms),
         "tests": {arm: test(f"{arm}_effect") for arm in arms},
@@ -312,6 +324,70 @@ def format_summary(s: dict[str, Any]) -> str:
         )
     lines.append(f"wall {s['wall_seconds']} s (world builds {s['build_seconds']} s)")
     return "\n".join(lines)
+
+
+def plot_curve(summaries: list[dict[str, Any]], x: str, out: Path) -> None:
+    """Each arm's effect over worlds (mean and 95% interval; one dot per world) against the
+    recipe knob ``x`` (a key of ``summary["recipe"]``, e.g. ``rows``), written as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pts = sorted(((s["recipe"][x], s) for s in summaries), key=lambda t: t[0])
+    arms = [a for a in ARMS if all(a in s["tests"] for _, s in pts)]
+    fig = Figure(figsize=(6.0, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for j, arm in enumerate(arms):
+        xs = np.array([float(v) for v, _ in pts]) * (1 + 0.04 * (j - (len(arms) - 1) / 2))
+        t = [s["tests"][arm] for _, s in pts]
+        mean = np.array([v["mean"] for v in t])
+        lo = mean - np.array([v["ci95"][0] for v in t])
+        hi = np.array([v["ci95"][1] for v in t]) - mean
+        ax.errorbar(xs, mean, yerr=[lo, hi], marker="o", capsize=3, label=arm.replace("_", " "))
+        for xi, v in zip(xs, t, strict=True):
+            ax.scatter([xi] * len(v["per_world"]), v["per_world"], s=8, alpha=0.4, color="grey")
+    ax.axhline(0.0, color="black", lw=0.8)
+    if all(float(v) > 0 for v, _ in pts):
+        ax.set_xscale("log")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel("trait - control log-odds (mean over worlds, 95% CI)")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+
+
+@click.command("curve")
+@click.argument("summaries", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--x", "x", default="rows", show_default=True, help="recipe knob of the x axis")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG to write")
+def curve(summaries: tuple[Path, ...], x: str, out: Path) -> None:
+    """Plot (and print) the effect of each arm against a recipe knob over several research
+    summaries (summary.json files of `sublim world research` runs that differ in that knob)."""
+    from sublim.errors import MissingFileError
+
+    loaded = []
+    for p in summaries:
+        if not p.is_file():
+            raise MissingFileError(
+                f"summary not found: {p}; pass summary.json files of research runs"
+            )
+        s = json.loads(p.read_text(encoding="utf-8"))
+        if x not in (s.get("recipe") or {}) or s["recipe"][x] is None:
+            raise ConfigError(
+                f"{p} has no recipe value '{x}' (knobs: {', '.join(s.get('recipe') or {})})"
+            )
+        loaded.append(s)
+    plot_curve(loaded, x, out)
+    for s in sorted(loaded, key=lambda s: s["recipe"][x]):
+        click.echo(
+            f"{x} = {s['recipe'][x]}: "
+            + "; ".join(
+                f"{a} {t['mean']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] p={t['p_value']:.3g}"
+                for a, t in s["tests"].items()
+            )
+        )
+    click.echo(str(out))
 
 
 @click.command()
