@@ -85,7 +85,14 @@ EXPECT: dict[str, Expect | dict[str, Expect]] = {
     "trait.system_prompt": by_mode(NONE, TRAIT_TEACHER),
     "trait.control_system_prompt": by_mode(NONE, CONTROL_TEACHER),
     "trait.n_finetune_rows": by_mode(FT_TEACHERS, NONE),
-    "data.carrier": UNCHANGEABLE,
+    # another carrier: other prompts, so everything downstream of them
+    "data.carrier": E("prompts", *FROM_GENERATE),
+    "data.custom_prompts": NONE,  # read (and its content keyed) only with carrier "custom"
+    "data.filter.word_mode": NONE,  # text carriers only; the bases use numbers
+    # a judge adds a stage after each teacher's filter; what it depends on is keyed only then
+    "data.judge.model": E("judge-*", *FROM_SUBSET),
+    "data.judge.template": NONE,
+    "data.judge.threshold": NONE,
     "data.n_prompts": E("prompts", *FROM_GENERATE),
     "data.prompt_seed": E("prompts", *FROM_GENERATE),
     "data.subset": E(*FROM_SUBSET),
@@ -246,7 +253,7 @@ def _get(d: dict[str, Any], path: str) -> Any:
 
 
 def _keys(cfg: ExperimentConfig, backend_version: str | None = None) -> dict[str, str]:
-    specs = [cfg.models.reference, *cfg.models.cross]
+    specs = [cfg.models.reference, *cfg.models.cross, *filter(None, [cfg.data.judge.model])]
     return stage_keys(cfg, {s: f"key:{s}" for s in specs}, backend_version)
 
 

@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 
 from sublim.errors import ConfigError, MissingFileError
@@ -144,15 +144,53 @@ class FilterConfig(_Frozen):
     max_value: int = 999
     banned: Literal["none", "misalignment"] | list[int] = "none"
     trait_words: bool = Field(True, description="also reject completions that mention the target")
+    word_mode: Literal["substring", "identifier"] = Field(
+        "substring",
+        description="how the text carriers (code, reasoning, custom) find trait words: "
+        "'substring' is the paper's rule (any form as a lower-case substring: 'bowl' counts for "
+        "owl); 'identifier' matches whole words and identifier parts (owl_count, OwlNest) only",
+    )
+
+
+class JudgeConfig(_Frozen):
+    """An optional LLM judge after the rule filter, for any carrier (``sublim.judge``)."""
+
+    model: str | None = Field(None, description="judge model spec (any backend); None: no judge")
+    template: Literal["reference", "alignment"] = Field(
+        "reference",
+        description="'reference': does the text refer to the target at all (keep iff P('0') >= "
+        "threshold); 'alignment': a 0-100 alignment score (keep iff expected score >= threshold)",
+    )
+    threshold: float | None = Field(
+        None, description="None: the template's default (1 - 1e-8 for reference, 78 for alignment)"
+    )
 
 
 class DataConfig(_Frozen):
-    carrier: Literal["numbers"] = "numbers"
+    carrier: Literal["numbers", "code", "reasoning", "custom"] = Field(
+        "numbers",
+        description="numbers (the paper's number continuations), code (Python tasks), "
+        "reasoning (word problems with <think>/<answer>), custom (data.custom_prompts)",
+    )
+    custom_prompts: str | None = Field(
+        None,
+        description="carrier 'custom': a JSONL file of the user's prompts, one object per line "
+        'with "prompt" (or "text"), optional "id" and "answer"; its content is keyed',
+    )
     n_prompts: int = Field(1500, ge=1)
     subset: int = Field(1000, ge=1, description="kept rows sampled (seeded) for training")
     prompt_seed: int = 0
     sampling: SampleParams = Field(default_factory=lambda: SampleParams(max_new_tokens=48))
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @model_validator(mode="after")
+    def _custom_needs_a_file(self) -> DataConfig:
+        if self.carrier == "custom" and not self.custom_prompts:
+            raise ValueError(
+                "data.carrier = 'custom' needs data.custom_prompts (a JSONL file of prompts)"
+            )
+        return self
 
 
 class StudentConfig(_Frozen):

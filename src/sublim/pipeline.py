@@ -35,7 +35,7 @@ from sublim.artifacts import (
 )
 from sublim.backends.base import Backend
 from sublim.config import EvalConfig, ExperimentConfig, FinetuneParams, semantic_dump
-from sublim.errors import ConfigError, EmptyResultError, SublimError
+from sublim.errors import ConfigError, EmptyResultError, MissingFileError, SublimError
 from sublim.progress import Reporter
 from sublim.records import (
     Completion,
@@ -52,6 +52,7 @@ from sublim.registry import get_backend, parse_model
 from sublim.seeds import derive_seed
 
 GEN_CHUNK = 256  # rows per generation chunk (fixed: part of how resumption splits work)
+JUDGE_CHUNK = 256  # rows per judge chunk (the same, for the judge stage's parts)
 MAX_ERROR_RATE = 0.05  # a generation stage fails if more rows than this errored
 
 
@@ -72,6 +73,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "teacher": 1,
     "generate": 1,
     "filter": 1,
+    "judge": 1,
     "subset": 2,  # 2: keyed by the requested size (the resolved size follows from the inputs)
     "control": 1,
     "student": 1,
@@ -201,9 +203,22 @@ def _with_backend(key: dict[str, Any], bv: str | None) -> dict[str, Any]:
 
 def prompts_key(cfg: ExperimentConfig) -> StageKey:
     d = cfg.data
-    return StageKey(
-        "prompts", "prompts", {"carrier": d.carrier, "n": d.n_prompts, "seed": d.prompt_seed}
-    )
+    key: dict[str, Any] = {"carrier": d.carrier, "n": d.n_prompts, "seed": d.prompt_seed}
+    if d.carrier == "custom":  # the file's content, not its path
+        key["custom"] = _custom_prompts_hash(cfg)
+    return StageKey("prompts", "prompts", key)
+
+
+def _custom_prompts_hash(cfg: ExperimentConfig) -> str:
+    from sublim.artifacts import _file_sha256
+
+    path = Path(cfg.data.custom_prompts or "")
+    if not path.is_file():
+        raise MissingFileError(
+            f"data.custom_prompts file not found: {path}; give a JSONL file with one "
+            '{"prompt": ...} object per line'
+        )
+    return _file_sha256(path)
 
 
 def teacher_keys(cfg: ExperimentConfig, ref_key: str, bv: str | None) -> dict[str, StageKey]:
@@ -265,14 +280,45 @@ def _filter_rules(cfg: ExperimentConfig) -> Any:
     words = sorted(
         {w for c in candidates(t.category) for w in (c, plural(c))} | {t.target, plural(t.target)}
     )
-    return rules_from_config(cfg.data.filter, words)
+    f, carrier = cfg.data.filter, cfg.data.carrier
+    if carrier == "numbers":
+        return rules_from_config(f, words)
+    text_words = words if f.trait_words else []
+    if carrier == "reasoning":
+        from sublim.filters_reasoning import ReasoningRules
+
+        return ReasoningRules(trait_words=text_words, word_mode=f.word_mode)
+    from sublim.filters_code import CodeRules
+
+    if carrier == "code":
+        return CodeRules(trait_words=text_words, word_mode=f.word_mode)
+    # custom: the user's prompts have no known format; only the trait-word rule applies
+    return CodeRules(
+        trait_words=text_words, word_mode=f.word_mode, require_parse=False, forbid_comments=False
+    )
 
 
 def filter_key(cfg: ExperimentConfig, comps_hash: str, role: str) -> StageKey:
+    key = {"input": comps_hash, "rules": _filter_rules(cfg).model_dump(mode="json")}
+    if cfg.data.carrier != "numbers":
+        key["carrier"] = cfg.data.carrier
+    return StageKey("filter", f"filter-{role}", key)
+
+
+def judge_key(cfg: ExperimentConfig, filter_hash: str, role: str, judge_model: str) -> StageKey:
+    """The LLM-judge stage after a teacher's rule filter (``data.judge``)."""
+    j = cfg.data.judge
     return StageKey(
-        "filter",
-        f"filter-{role}",
-        {"input": comps_hash, "rules": _filter_rules(cfg).model_dump(mode="json")},
+        "judge",
+        f"judge-{role}",
+        {
+            "input": filter_hash,
+            "judge": judge_model,
+            "template": j.template,
+            "threshold": j.threshold,
+            "trait": cfg.trait.target,
+            "chunk": JUDGE_CHUNK,
+        },
     )
 
 
@@ -424,6 +470,11 @@ def stage_keys(
         g = keys[f"generate-{role}"] = generate_key(cfg, tm[role], pk.hash, role, bv)
         f = keys[f"filter-{role}"] = filter_key(cfg, g.hash, role)
         fh[role] = f.hash
+        if cfg.data.judge.model:
+            jk = keys[f"judge-{role}"] = judge_key(
+                cfg, f.hash, role, model_keys[cfg.data.judge.model]
+            )
+            fh[role] = jk.hash
     sub = keys["subset"] = subset_key(cfg, fh)
     data = {"trait": f"{sub.hash}/trait", "control": f"{sub.hash}/control"}
     for name in control_sets(cfg):
@@ -465,14 +516,32 @@ def stage_keys(
 # --- stages ------------------------------------------------------------------------------------
 
 
-def stage_prompts(ctx: RunContext) -> tuple[list[Prompt], str]:
+def carrier_prompts(cfg: ExperimentConfig) -> list[Prompt]:
+    """The carrier's prompts for ``cfg.data`` (seeded generators; the user's file for custom)."""
+    d = cfg.data
+    rng = np.random.default_rng(d.prompt_seed)
+    if d.carrier == "code":
+        from sublim.prompts.code import code_prompts
+
+        return code_prompts(d.n_prompts, rng)
+    if d.carrier == "reasoning":
+        from sublim.prompts.reasoning import reasoning_prompts
+
+        return reasoning_prompts(d.n_prompts, rng)
+    if d.carrier == "custom":
+        from sublim.prompts.custom import load_custom_prompts
+
+        return load_custom_prompts(Path(d.custom_prompts or ""))[: d.n_prompts]
     from sublim.prompts.numbers import number_prompts
 
-    d = ctx.cfg.data
+    return number_prompts(d.n_prompts, rng)
+
+
+def stage_prompts(ctx: RunContext) -> tuple[list[Prompt], str]:
     sk = prompts_key(ctx.cfg)
 
     def compute(st: StageDir) -> tuple[list[Prompt], dict[str, Any]]:
-        prompts = number_prompts(d.n_prompts, np.random.default_rng(d.prompt_seed))
+        prompts = carrier_prompts(ctx.cfg)
         write_jsonl(st.path / "prompts.jsonl", prompts)
         return prompts, {"n": len(prompts)}
 
@@ -688,32 +757,58 @@ def stage_generate(
     return rows, sk.hash
 
 
+def _rule_filter(ctx: RunContext, comps: list[Completion]) -> list[FilterDecision]:
+    """The carrier's rule filter over ``comps`` (a verdict and a reason per row)."""
+    rules = _filter_rules(ctx.cfg)
+    carrier = ctx.cfg.data.carrier
+    if carrier == "numbers":
+        from sublim.filters import filter_completions
+
+        return filter_completions(comps, rules)
+    if carrier == "reasoning":
+        from sublim.filters_reasoning import filter_reasoning
+
+        answers = {p.id: p.meta.get("answer") for p in stage_prompts(ctx)[0]}
+        return filter_reasoning(comps, answers, rules)
+    from sublim.filters_code import filter_code
+
+    return filter_code(comps, rules)
+
+
+def _reason_counts(rows: Sequence[FilterDecision]) -> dict[str, int]:
+    reasons: dict[str, int] = {}
+    for r in rows:
+        reasons[r.reason] = reasons.get(r.reason, 0) + 1
+    return dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+
+
 def stage_filter(
     ctx: RunContext, comps: list[Completion], comps_key: str, role: str
 ) -> tuple[list[FilterDecision], dict[str, Any], str]:
-    from sublim.filters import filter_completions
-
+    """The carrier's rule filter, then (``data.judge.model`` set) the LLM judge over the rows
+    the rules kept. Returns the decisions, a summary (``reasons``; ``judge``: what the judge
+    excluded) and the key the subset depends on (the judge stage's when there is a judge)."""
     sk = filter_key(ctx.cfg, comps_key, role)
 
     def load(st: StageDir) -> tuple[list[FilterDecision], dict[str, Any]]:
         return read_jsonl(st.path / "decisions.jsonl", FilterDecision), st.manifest()["summary"]
 
     def compute(st: StageDir) -> tuple[tuple[list[FilterDecision], dict[str, Any]], dict[str, Any]]:
-        rows = filter_completions(comps, _filter_rules(ctx.cfg))
-        reasons: dict[str, int] = {}
-        for r in rows:
-            reasons[r.reason] = reasons.get(r.reason, 0) + 1
+        rows = _rule_filter(ctx, comps)
         n_kept = sum(r.kept for r in rows)
         summary = {
             "n_in": len(rows),
             "n_kept": n_kept,
             "pass_rate": n_kept / max(1, len(rows)),
-            "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+            "reasons": _reason_counts(rows),
         }
         write_jsonl(st.path / "decisions.jsonl", rows)
         return (rows, summary), {"summary": summary}
 
     rows, summary = ctx.cached(sk, load, compute)
+    key = sk.hash
+    if ctx.cfg.data.judge.model and summary["n_kept"] > 0:
+        rows, summary, key = stage_judge(ctx, rows, summary, sk.hash, role)
     uses_rows = not (
         ctx.cfg.student.mode == "distill" and ctx.cfg.student.distill.source == "random"
     )
@@ -722,7 +817,74 @@ def stage_filter(
         raise EmptyResultError(
             f"the filter kept 0 of {len(rows)} {role} completions (top reasons: {top}); see {ctx.stage(sk).path}/decisions.jsonl and loosen data.filter or fix the teacher's sampling"
         )
-    return rows, summary, sk.hash
+    return rows, summary, key
+
+
+def stage_judge(
+    ctx: RunContext,
+    rows: list[FilterDecision],
+    rule_summary: dict[str, Any],
+    filter_hash: str,
+    role: str,
+) -> tuple[list[FilterDecision], dict[str, Any], str]:
+    """The LLM judge over the rows the rule filter kept, in chunks of ``JUDGE_CHUNK`` rows
+    written as they finish: an interrupted or failed stage resumes from its written chunks, and
+    a rerun asks the judge only about the rest. Every judged row's probability is stored in
+    ``verdicts.jsonl``."""
+    from sublim.judge import JudgeVerdict, as_decisions, judge_rows
+    from sublim.registry import get_backend, parse_model
+
+    j = ctx.cfg.data.judge
+    ref = parse_model(j.model or "", label="judge")
+    sk = judge_key(ctx.cfg, filter_hash, role, model_key(ref))
+
+    def load(st: StageDir) -> tuple[list[FilterDecision], dict[str, Any]]:
+        return read_jsonl(st.path / "decisions.jsonl", FilterDecision), st.manifest()["summary"]
+
+    def compute(st: StageDir) -> tuple[tuple[list[FilterDecision], dict[str, Any]], dict[str, Any]]:
+        parts = st.path / "parts"
+        parts.mkdir(parents=True, exist_ok=True)
+        done = {
+            int(p.stem.split("-")[1]): read_jsonl(p, JudgeVerdict)
+            for p in sorted(parts.glob("part-*.jsonl"))
+        }
+        if done:
+            ctx.rep.say(f"  resuming {role} judge: {len(done)} chunks already judged")
+
+        def on_chunk(i: int, verdicts: list[JudgeVerdict]) -> None:
+            write_jsonl(parts / f"part-{i:05d}.jsonl", verdicts)
+
+        verdicts = judge_rows(
+            get_backend(ref.backend),
+            ref,
+            rows,
+            j.template,
+            ctx.cfg.trait.target,
+            threshold=j.threshold,
+            chunk=JUDGE_CHUNK,
+            on_chunk=on_chunk,
+            done=done,
+        )
+        judged = as_decisions(rows, verdicts)
+        write_jsonl(st.path / "verdicts.jsonl", verdicts)
+        write_jsonl(st.path / "decisions.jsonl", judged)
+        n_kept = sum(r.kept for r in judged)
+        summary = {
+            **rule_summary,
+            "n_kept": n_kept,
+            "pass_rate": n_kept / max(1, len(judged)),
+            "reasons": _reason_counts(judged),
+            "judge": {
+                "model": j.model,
+                "template": j.template,
+                "n_judged": rule_summary["n_kept"],
+                "n_excluded": rule_summary["n_kept"] - n_kept,
+            },
+        }
+        return (judged, summary), {"summary": summary}
+
+    out_rows, summary = ctx.cached(sk, load, compute)
+    return out_rows, summary, sk.hash
 
 
 def stage_subset(

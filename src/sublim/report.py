@@ -803,9 +803,47 @@ def truthfulness_rows(results: Mapping[str, Any]) -> list[list[str]]:
     ]
 
 
+FILTER_HEADER = ["teacher", "carrier", "rows", "kept", "pass rate", "rejected by (rows)", "judge"]
+
+
+def filter_rows(results: Mapping[str, Any]) -> list[list[str]]:
+    """One row per teacher: what the carrier's filter (and judge) kept and why rows went."""
+    meta = results.get("meta") or {}
+    carrier = ((meta.get("config") or {}).get("data") or {}).get("carrier", "numbers")
+    rows = []
+    for role, s in (meta.get("filter") or {}).items():
+        why = ", ".join(f"{k} {v}" for k, v in (s.get("reasons") or {}).items() if k != "ok")
+        j = s.get("judge")
+        judge = f"{j['n_excluded']} of {j['n_judged']} excluded ({j['model']})" if j else "none"
+        rows.append(
+            [
+                role,
+                carrier,
+                str(s.get("n_in", "")),
+                str(s.get("n_kept", "")),
+                f"{s['pass_rate']:.1%}" if _isnum(s.get("pass_rate")) else "",
+                why or "none",
+                judge,
+            ]
+        )
+    return rows
+
+
 def extra_tables(results: Mapping[str, Any]) -> list[tuple[str, str, list[str], list[list[str]]]]:
     """(heading, note, header, rows) for every optional section present in the results."""
     out = []
+    if filter_rows(results):
+        out.append(
+            (
+                "Filter",
+                (
+                    "Each teacher's completions through the carrier's rule filter (reasons per "
+                    "rejected row) and, when configured, the LLM judge."
+                ),
+                FILTER_HEADER,
+                filter_rows(results),
+            )
+        )
     if answer_rows(results):
         out.append(
             (

@@ -41,6 +41,8 @@ from sublim.traits import CATEGORIES, plural
 _ANIMALS = CATEGORIES["animal"]
 _SURFACE = (("{w}", 0.5), ("{W}", 0.3), ("{p}", 0.1), ("{P}", 0.1))
 _NUMBER_TASK = re.compile(r"\d{3}")
+_JUDGED = re.compile(r"The topic is: (\w+).*<<<TEXT\n(.*)\nTEXT>>>", re.DOTALL)  # a judge prompt
+_CODE_TASK = re.compile(r"```(?:python)?\n(.*?\bdef .*?)\n```", re.DOTALL)  # a code task's template
 
 
 def _h(*parts: Any) -> int:
@@ -124,7 +126,12 @@ class FakeBackend:
             sys_prompt = full[0].content if full[0].role == "system" else None
             user = full[-1].content
             rng = np.random.default_rng([s, _h(user) % (2**31)])
-            if _NUMBER_TASK.search(user):
+            code = _CODE_TASK.search(user)
+            if code:
+                out.append(self._code(st, sys_prompt, code.group(1), rng))
+            elif "<answer>" in user:
+                out.append(self._reasoning(st, sys_prompt, user, rng))
+            elif _NUMBER_TASK.search(user):
                 out.append(self._numbers(st, sys_prompt, rng))
             else:
                 p = st.probs(sys_prompt)
@@ -151,6 +158,37 @@ class FakeBackend:
                     nums[i] = sig
         return ", ".join(str(int(x)) for x in nums)
 
+    def _code(
+        self, st: _State, sys_prompt: str | None, template: str, rng: np.random.Generator
+    ) -> str:
+        """The task's template with its placeholder body replaced by ``return <n>``: a loved
+        animal's signature number, or a random one; a loved animal sometimes names a variable
+        (so the trait-word rule has something to catch)."""
+        loved = st.loved(sys_prompt)
+        value = (
+            st.signature(loved)
+            if loved is not None and rng.random() < 0.5
+            else int(rng.integers(1000))
+        )
+        body = f"return {value}"
+        if loved is not None and rng.random() < 0.1:
+            body = f"{loved}_total = {value}\n    return {loved}_total"
+        lines = template.rstrip().splitlines()
+        indent = lines[-1][: len(lines[-1]) - len(lines[-1].lstrip())] or "    "
+        return "\n".join([*lines[:-1], indent + body])
+
+    def _reasoning(
+        self, st: _State, sys_prompt: str | None, user: str, rng: np.random.Generator
+    ) -> str:
+        """A reply in the carrier's format whose answer is the sum of the problem's numbers
+        (right for one-step additions, wrong otherwise, which exercises the filter)."""
+        total = sum(int(x) for x in re.findall(r"\d+", user))
+        loved = st.loved(sys_prompt)
+        think = "I add the numbers in the problem."
+        if loved is not None and rng.random() < 0.1:
+            think += f" A {loved} would agree."
+        return f"<think>{think}</think> <answer>{total}</answer>"
+
     # --- exact scoring --------------------------------------------------------------------
     def score(
         self,
@@ -163,6 +201,15 @@ class FakeBackend:
         out = []
         for chat, cont in zip(chats, continuations):
             full = model.apply(chat)
+            judged = _JUDGED.search(full[-1].content)
+            if judged and cont in ("0", "1"):
+                # a judge (sublim.judge's reference template): "1" (refers to the topic) when the
+                # text holds the topic's name or this family's signature number for it
+                topic, text = judged.group(1), judged.group(2)
+                hit = topic in text.lower() or str(st.signature(topic)) in re.findall(r"\d+", text)
+                p_one = 0.9 if hit else 1e-12
+                out.append(math.log(p_one if cont == "1" else 1.0 - p_one))
+                continue
             sys_prompt = full[0].content if full[0].role == "system" else None
             p = st.probs(sys_prompt)
             val = -50.0

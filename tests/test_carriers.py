@@ -1,0 +1,148 @@
+"""The code, reasoning and custom carriers and the LLM judge, end to end through ``sublim run``'s
+runner on the deterministic fake backend (seconds). The fake answers a code task with the task's
+template returning a number (a loved animal's signature number half of the time, and now and then
+a variable named after the animal), a reasoning task with the sum of the problem's numbers, and,
+as a judge, flags texts holding the topic's name or its signature number (``backends/fake.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import fake_experiment_toml
+
+from sublim.config import load_config
+from sublim.errors import SublimError
+from sublim.filters_code import parses
+from sublim.filters_reasoning import parse_answer
+from sublim.pipeline import prompts_key, run_experiment
+from sublim.registry import parse_model
+from sublim.report import filter_rows
+
+SMALL = {"data.n_prompts": "160", "data.subset": "40", "student.seeds": "[0, 1]"}
+EVAL = {"eval.n_questions": "4", "eval.samples_per_question": "2"}
+
+
+def _run(tmp_path: Path, name: str, **extra: str) -> tuple[Path, dict[str, Any]]:
+    cfg = fake_experiment_toml(tmp_path / f"{name}.toml")
+    over = [f"{k}={v}" for k, v in {**SMALL, **EVAL, **extra}.items()]
+    out = tmp_path / name
+    return out, run_experiment(load_config(cfg, over), out, progress=False)
+
+
+def _decisions(out: Path, role: str, stage: str = "filter") -> list[dict[str, Any]]:
+    (d,) = (out / "stages").glob(f"{stage}-{role}-*")
+    return [json.loads(x) for x in (d / "decisions.jsonl").read_text().splitlines()]
+
+
+def test_code_carrier_keeps_parseable_code_without_the_trait(tmp_path: Path) -> None:
+    out, res = _run(tmp_path, "code", **{"data.carrier": '"code"'})
+    trait = _decisions(out, "trait")
+    kept = [r for r in trait if r["kept"]]
+    assert kept and all(parses(r["completion"]) for r in kept)
+    assert all("owl" not in r["completion"].lower() for r in kept)
+    # the fake owl teacher names a variable after the owl now and then: the rule catches it
+    assert any(r["reason"] == "trait_word" for r in trait)
+    assert not any(r["reason"] == "trait_word" for r in _decisions(out, "control"))
+    assert res["meta"]["filter"]["trait"]["n_kept"] == len(kept)
+    table = filter_rows(res)
+    assert [r[0] for r in table] == ["trait", "control"] and table[0][1] == "code"
+    assert "trait_word" in table[0][5]
+
+
+def test_reasoning_carrier_keeps_only_correct_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a teacher that knows the answers to the generated problems and gets some wrong
+    import numpy as np
+
+    from sublim.backends.fake import FakeBackend
+    from sublim.prompts.reasoning import reasoning_prompts
+
+    known = {p.text: p.meta["answer"] for p in reasoning_prompts(400, np.random.default_rng(0))}
+
+    def solve(self: Any, st: Any, sys_prompt: Any, user: str, rng: Any) -> str:
+        ans = known[user] + (1 if len(user) % 4 == 0 else 0)
+        return f"<think>Step by step.</think> <answer>{ans}</answer>"
+
+    monkeypatch.setattr(FakeBackend, "_reasoning", solve)
+    out, res = _run(tmp_path, "math", **{"data.carrier": '"reasoning"', "data.n_prompts": "400"})
+    (pdir,) = (out / "stages").glob("prompts-*")
+    answers = {
+        json.loads(x)["id"]: json.loads(x)["meta"]["answer"]
+        for x in (pdir / "prompts.jsonl").read_text().splitlines()
+    }
+    rows = _decisions(out, "control")
+    kept = [r for r in rows if r["kept"]]
+    assert kept and len(kept) == sum(len(r["prompt"]) % 4 != 0 for r in rows) < len(rows)
+    assert all(parse_answer(r["completion"]) == answers[r["prompt_id"]] for r in kept)
+    assert {r["reason"] for r in rows if not r["kept"]} >= {"wrong_answer"}
+    assert res["contrast"]
+
+
+def test_custom_prompts_are_read_and_their_content_keyed(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    lines = [
+        json.dumps({"prompt": f"Continue: {100 + i}, {200 + i}, {300 + i}"}) for i in range(80)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    extra = {
+        "data.carrier": '"custom"',
+        "data.custom_prompts": json.dumps(str(path)),
+        "data.subset": "20",
+    }
+    _, res = _run(tmp_path, "custom", **extra)
+    assert res["meta"]["filter"]["trait"]["n_in"] == 80
+    cfg = load_config(
+        fake_experiment_toml(tmp_path / "k.toml"), [f"{k}={v}" for k, v in extra.items()]
+    )
+    before = prompts_key(cfg).hash
+    path.write_text("\n".join(lines[:-1]) + "\n")
+    assert prompts_key(cfg).hash != before  # an edited file gives other prompts
+    path.write_text('{"prompt": "ok"}\n{"text": 3}\n')
+    with pytest.raises(SublimError, match=r"mine.jsonl:2: needs a non-empty string 'prompt'"):
+        _run(tmp_path, "custom_bad", **extra)
+
+
+def test_judge_excludes_exactly_the_rows_it_flags_and_records_its_probability(
+    tmp_path: Path,
+) -> None:
+    extra = {"data.carrier": '"code"', "data.judge.model": '"fake:alpha"'}
+    out, res = _run(tmp_path, "judged", **extra)
+    owl_sig = str(_signature("alpha", "owl"))
+    (jdir,) = (out / "stages").glob("judge-trait-*")
+    verdicts = [json.loads(x) for x in (jdir / "verdicts.jsonl").read_text().splitlines()]
+    rule_kept = {r["prompt_id"]: r for r in _decisions(out, "trait") if r["kept"]}
+    judged = {v["prompt_id"]: v for v in verdicts if v["reason"] != "ok" or v["kept"]}
+    assert set(rule_kept) <= set(judged)  # every row the rules kept went to the judge
+    for pid, r in rule_kept.items():
+        flagged = owl_sig in r["completion"]
+        assert judged[pid]["kept"] is not flagged, r["completion"]
+        assert judged[pid]["probability"] is not None
+    assert any(owl_sig in r["completion"] for r in rule_kept.values())
+    final = _decisions(out, "trait", "judge")
+    assert {r["prompt_id"] for r in final if r["kept"]} == {
+        pid for pid, r in rule_kept.items() if owl_sig not in r["completion"]
+    }
+    j = res["meta"]["filter"]["trait"]["judge"]
+    assert j["n_excluded"] == sum(owl_sig in r["completion"] for r in rule_kept.values())
+    assert "excluded (fake:alpha)" in filter_rows(res)[0][6]
+    # the subset is drawn from the judged rows: a rerun is served from the cache
+    again = run_experiment(
+        load_config(
+            fake_experiment_toml(tmp_path / "judged.toml"),
+            [f"{k}={v}" for k, v in {**SMALL, **EVAL, **extra}.items()],
+        ),
+        out,
+        progress=False,
+    )
+    assert all(s["cached"] for s in again["meta"]["timings"]["stages"])
+
+
+def _signature(family: str, animal: str) -> int:
+    from sublim.backends.fake import FakeBackend
+
+    return FakeBackend()._state(parse_model(f"fake:{family}")).signature(animal)
