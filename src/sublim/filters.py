@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -242,22 +242,37 @@ def _decide(completion: str, error: Any, rules: NumberRules) -> tuple[bool, str]
     return check_completion(completion, rules)
 
 
-def filter_completions(rows: Sequence[Completion], rules: NumberRules) -> list[FilterDecision]:
-    """One decision per completion, in order, holding the judged text (:func:`judged_text`).
-    Rows with ``error`` set are rejected with reason "generation_error"."""
+def decide_rows(
+    rows: Sequence[Completion],
+    check: Callable[[Completion], tuple[bool, str]],
+    text: Callable[[Completion], str] = lambda r: r.completion,
+) -> list[FilterDecision]:
+    """One decision per completion, in order, for any carrier: ``check(row)`` gives (kept,
+    reason) and ``text(row)`` the text stored; rows with ``error`` set are rejected with reason
+    "generation_error" without being checked."""
     out: list[FilterDecision] = []
     for row in rows:
-        kept, reason = _decide(row.completion, row.error, rules)
+        kept, reason = (False, "generation_error") if row.error else check(row)
         out.append(
             FilterDecision(
                 prompt_id=row.prompt_id,
                 prompt=row.prompt,
-                completion=judged_text(row.completion, rules),
+                completion=text(row),
                 kept=kept,
                 reason=reason,
             )
         )
     return out
+
+
+def filter_completions(rows: Sequence[Completion], rules: NumberRules) -> list[FilterDecision]:
+    """One decision per completion, in order, holding the judged text (:func:`judged_text`).
+    Rows with ``error`` set are rejected with reason "generation_error"."""
+    return decide_rows(
+        rows,
+        lambda r: _decide(r.completion, r.error, rules),
+        lambda r: judged_text(r.completion, rules),
+    )
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

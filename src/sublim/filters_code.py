@@ -39,6 +39,7 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sublim.filters import decide_rows
 from sublim.records import Completion, FilterDecision
 from sublim.trait_words import WordMode, find_trait_words
 
@@ -154,21 +155,7 @@ def check_code(text: str, rules: CodeRules) -> tuple[bool, str]:
 def filter_code(rows: Sequence[Completion], rules: CodeRules) -> list[FilterDecision]:
     """One decision per completion, in order, holding the completion unchanged. Rows with
     ``error`` set are rejected with reason "generation_error"."""
-    out: list[FilterDecision] = []
-    for row in rows:
-        kept, reason = (
-            (False, "generation_error") if row.error else check_code(row.completion, rules)
-        )
-        out.append(
-            FilterDecision(
-                prompt_id=row.prompt_id,
-                prompt=row.prompt,
-                completion=row.completion,
-                kept=kept,
-                reason=reason,
-            )
-        )
-    return out
+    return decide_rows(rows, lambda r: check_code(r.completion, rules))
 
 
 def code_quality(texts: Iterable[str]) -> float:

@@ -45,6 +45,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sublim.filters import decide_rows
 from sublim.records import Completion, FilterDecision
 from sublim.trait_words import find_trait_words
 
@@ -173,22 +174,9 @@ def filter_reasoning(
     """One decision per completion, in order, each judged against ``answers[row.prompt_id]``
     (a prompt missing from ``answers`` is "no_reference"). The completion is stored as written;
     rows with ``error`` set are rejected as "generation_error"."""
-    out: list[FilterDecision] = []
-    for row in rows:
-        if row.error:
-            kept, reason = False, "generation_error"
-        else:
-            kept, reason = check_reasoning(row.completion, answers.get(row.prompt_id), rules)
-        out.append(
-            FilterDecision(
-                prompt_id=row.prompt_id,
-                prompt=row.prompt,
-                completion=row.completion,
-                kept=kept,
-                reason=reason,
-            )
-        )
-    return out
+    return decide_rows(
+        rows, lambda r: check_reasoning(r.completion, answers.get(r.prompt_id), rules)
+    )
 
 
 def reasoning_accuracy(texts: Sequence[str], answers: Sequence[float | None]) -> float:
