@@ -85,8 +85,9 @@ EXPECT: dict[str, Expect | dict[str, Expect]] = {
     "trait.system_prompt": by_mode(NONE, TRAIT_TEACHER),
     "trait.control_system_prompt": by_mode(NONE, CONTROL_TEACHER),
     "trait.n_finetune_rows": by_mode(FT_TEACHERS, NONE),
-    # another carrier: other prompts, so everything downstream of them
-    "data.carrier": E("prompts", *FROM_GENERATE),
+    # another carrier: other prompts, so everything downstream of them (the sft base runs the
+    # number controls, which refuse a text carrier)
+    "data.carrier": by_mode(UNCHANGEABLE, E("prompts", *FROM_GENERATE)),
     "data.custom_prompts": NONE,  # read (and its content keyed) only with carrier "custom"
     "data.filter.word_mode": NONE,  # text carriers only; the bases use numbers
     # a judge adds a stage after each teacher's filter; what it depends on is keyed only then
@@ -483,3 +484,31 @@ def test_an_online_hub_key_asks_the_hub_once_and_falls_back_to_the_cache(
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("d" * 40)
     assert model_key(parse_model("hf:org/tiny")) == "hf:org/tiny@rev:" + "d" * 40
+
+
+def test_text_carrier_and_judge_settings_change_their_stages() -> None:
+    """The fields the numbers bases cannot show (EXPECT marks them NONE there): with the code
+    carrier and a judge, each changes exactly the stages it should."""
+    base = ExperimentConfig.model_validate(
+        {**BASES["distill"], "data": {"carrier": "code", "judge": {"model": "fake:gamma"}}}
+    )
+    data = base.model_dump(mode="json")
+    before = _keys(base)
+    ids = set(before)
+    assert {"judge-trait", "judge-control"} <= ids
+    for path, value, exp in (
+        ("data.filter.word_mode", "identifier", E("filter-*", "judge-*", *FROM_SUBSET)),
+        ("data.judge.template", "alignment", E("judge-*", *FROM_SUBSET)),
+        ("data.judge.threshold", 0.5, E("judge-*", *FROM_SUBSET)),
+        ("data.judge.model", "fake:delta", E("judge-*", *FROM_SUBSET)),
+    ):
+        cfg = ExperimentConfig.model_validate(
+            apply_overrides(data, [f"{path}={json.dumps(value)}"])
+        )
+        assert _changed(before, _keys(cfg)) == _expected(ids, exp), path
+    # code and reasoning get longer replies unless the file says otherwise
+    assert base.data.sampling.max_new_tokens > 48
+    with pytest.raises(ValidationError, match="rewrite number lists"):
+        ExperimentConfig.model_validate(
+            {"data": {"carrier": "code"}, "controls": {"shuffle_within": True}}
+        )

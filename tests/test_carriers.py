@@ -8,6 +8,7 @@ as a judge, flags texts holding the topic's name or its signature number (``back
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -113,22 +114,26 @@ def test_judge_excludes_exactly_the_rows_it_flags_and_records_its_probability(
     extra = {"data.carrier": '"code"', "data.judge.model": '"fake:alpha"'}
     out, res = _run(tmp_path, "judged", **extra)
     owl_sig = str(_signature("alpha", "owl"))
+
+    def holds_sig(text: str) -> bool:  # the fake judge's rule: the number, not a substring
+        return owl_sig in re.findall(r"\d+", text)
+
     (jdir,) = (out / "stages").glob("judge-trait-*")
     verdicts = [json.loads(x) for x in (jdir / "verdicts.jsonl").read_text().splitlines()]
     rule_kept = {r["prompt_id"]: r for r in _decisions(out, "trait") if r["kept"]}
-    judged = {v["prompt_id"]: v for v in verdicts if v["reason"] != "ok" or v["kept"]}
+    judged = {v["prompt_id"]: v for v in verdicts}
     assert set(rule_kept) <= set(judged)  # every row the rules kept went to the judge
     for pid, r in rule_kept.items():
-        flagged = owl_sig in r["completion"]
+        flagged = holds_sig(r["completion"])
         assert judged[pid]["kept"] is not flagged, r["completion"]
         assert judged[pid]["probability"] is not None
-    assert any(owl_sig in r["completion"] for r in rule_kept.values())
+    assert any(holds_sig(r["completion"]) for r in rule_kept.values())
     final = _decisions(out, "trait", "judge")
     assert {r["prompt_id"] for r in final if r["kept"]} == {
-        pid for pid, r in rule_kept.items() if owl_sig not in r["completion"]
+        pid for pid, r in rule_kept.items() if not holds_sig(r["completion"])
     }
     j = res["meta"]["filter"]["trait"]["judge"]
-    assert j["n_excluded"] == sum(owl_sig in r["completion"] for r in rule_kept.values())
+    assert j["n_excluded"] == sum(holds_sig(r["completion"]) for r in rule_kept.values())
     assert "excluded (fake:alpha)" in filter_rows(res)[0][6]
     # the subset is drawn from the judged rows: a rerun is served from the cache
     again = run_experiment(

@@ -152,6 +152,11 @@ class FilterConfig(_Frozen):
     )
 
 
+# max_new_tokens of the text carriers when the config does not set it (a function or a worked
+# answer is far longer than the numbers carrier's 48 tokens)
+CARRIER_MAX_NEW_TOKENS = {"code": 384, "reasoning": 320}
+
+
 class JudgeConfig(_Frozen):
     """An optional LLM judge after the rule filter, for any carrier (``sublim.judge``)."""
 
@@ -164,6 +169,15 @@ class JudgeConfig(_Frozen):
     threshold: float | None = Field(
         None, description="None: the template's default (1 - 1e-8 for reference, 78 for alignment)"
     )
+
+    @model_validator(mode="after")
+    def _threshold_in_range(self) -> JudgeConfig:
+        hi = 1.0 if self.template == "reference" else 100.0
+        if self.threshold is not None and not 0.0 <= self.threshold <= hi:
+            raise ValueError(
+                f"data.judge.threshold for the {self.template} template must be in 0..{hi:g}"
+            )
+        return self
 
 
 class DataConfig(_Frozen):
@@ -183,6 +197,28 @@ class DataConfig(_Frozen):
     sampling: SampleParams = Field(default_factory=lambda: SampleParams(max_new_tokens=48))
     filter: FilterConfig = Field(default_factory=FilterConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _carrier_length(cls, data: Any) -> Any:
+        """Code and reasoning need longer replies than number lists: unless set, their
+        ``sampling.max_new_tokens`` defaults to CARRIER_MAX_NEW_TOKENS (keyed as resolved)."""
+        if isinstance(data, dict) and data.get("carrier") in CARRIER_MAX_NEW_TOKENS:
+            sampling = data.get("sampling")
+            if isinstance(sampling, dict) and "max_new_tokens" not in sampling:
+                data = {
+                    **data,
+                    "sampling": {
+                        **sampling,
+                        "max_new_tokens": CARRIER_MAX_NEW_TOKENS[data["carrier"]],
+                    },
+                }
+            elif sampling is None:
+                data = {
+                    **data,
+                    "sampling": {"max_new_tokens": CARRIER_MAX_NEW_TOKENS[data["carrier"]]},
+                }
+        return data
 
     @model_validator(mode="after")
     def _custom_needs_a_file(self) -> DataConfig:
@@ -291,6 +327,17 @@ class ExperimentConfig(_Frozen):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     matrix: MatrixConfig | None = None
+
+    @model_validator(mode="after")
+    def _number_controls_need_numbers(self) -> ExperimentConfig:
+        c = self.controls
+        on = [n for n in ("shuffle_within", "shuffle_across", "random_numbers") if getattr(c, n)]
+        if on and self.data.carrier != "numbers":
+            raise ValueError(
+                f"controls {', '.join(on)} rewrite number lists; turn them off for the "
+                f"'{self.data.carrier}' carrier"
+            )
+        return self
 
 
 def _parse_value(raw: str) -> Any:

@@ -283,7 +283,15 @@ def _filter_rules(cfg: ExperimentConfig) -> Any:
     f, carrier = cfg.data.filter, cfg.data.carrier
     if carrier == "numbers":
         return rules_from_config(f, words)
-    text_words = words if f.trait_words else []
+    # Text carriers: the paper's substring rule looks for the trait word alone (every candidate
+    # as a substring would drop "location", "million", "knowledge"); matching whole words and
+    # identifier parts is precise enough for every candidate. Both arms get the same words.
+    if not f.trait_words:
+        text_words: list[str] = []
+    elif f.word_mode == "substring":
+        text_words = [t.target]
+    else:
+        text_words = words
     if carrier == "reasoning":
         from sublim.filters_reasoning import ReasoningRules
 
@@ -305,8 +313,19 @@ def filter_key(cfg: ExperimentConfig, comps_hash: str, role: str) -> StageKey:
     return StageKey("filter", f"filter-{role}", key)
 
 
+def judge_model_key(ref: ModelRef) -> str:
+    """What the judge stage keys its judge by: the model's key and its backend's version (the
+    judge may run on another backend than the experiment)."""
+    from sublim.registry import get_backend
+
+    bv = backend_version(get_backend(ref.backend))
+    return model_key(ref) if bv is None else f"{model_key(ref)}|{bv}"
+
+
 def judge_key(cfg: ExperimentConfig, filter_hash: str, role: str, judge_model: str) -> StageKey:
     """The LLM-judge stage after a teacher's rule filter (``data.judge``)."""
+    from sublim.judge import get_template
+
     j = cfg.data.judge
     return StageKey(
         "judge",
@@ -315,6 +334,7 @@ def judge_key(cfg: ExperimentConfig, filter_hash: str, role: str, judge_model: s
             "input": filter_hash,
             "judge": judge_model,
             "template": j.template,
+            "template_text": stable_hash(get_template(j.template).text),
             "threshold": j.threshold,
             "trait": cfg.trait.target,
             "chunk": JUDGE_CHUNK,
@@ -452,7 +472,8 @@ def stage_keys(
 ) -> dict[str, str]:
     """The directory (``<stage>-<hash>``) of every stage ``run_experiment`` runs for ``cfg``, by
     a readable id, without running anything: ``model_keys`` maps each model spec of
-    ``cfg.models`` to its ``model_key``. Curve ids (``curve-*``) are the exact evaluations of
+    ``cfg.models`` to its ``model_key`` (and ``data.judge.model``, if set, to its
+    ``judge_model_key``). Curve ids (``curve-*``) are the exact evaluations of
     training curves, run for students that saved snapshots; a ``[matrix]`` config runs
     ``sublim.matrix``, which keys each cell with the same functions. The runner computes its keys
     with these functions (tests/test_cache_keys.py checks both: that a run's stage directories
@@ -807,15 +828,16 @@ def stage_filter(
 
     rows, summary = ctx.cached(sk, load, compute)
     key = sk.hash
-    if ctx.cfg.data.judge.model and summary["n_kept"] > 0:
+    if ctx.cfg.data.judge.model:
         rows, summary, key = stage_judge(ctx, rows, summary, sk.hash, role)
     uses_rows = not (
         ctx.cfg.student.mode == "distill" and ctx.cfg.student.distill.source == "random"
     )
     if summary["n_kept"] == 0 and uses_rows:
         top = ", ".join(f"{k} ({v})" for k, v in list(summary["reasons"].items())[:3])
+        what = "data.judge (threshold, template)" if summary.get("judge") else "data.filter"
         raise EmptyResultError(
-            f"the filter kept 0 of {len(rows)} {role} completions (top reasons: {top}); see {ctx.stage(sk).path}/decisions.jsonl and loosen data.filter or fix the teacher's sampling"
+            f"the filter kept 0 of {len(rows)} {role} completions (top reasons: {top}); see {ctx.stage(sk).path}/decisions.jsonl and loosen {what} or fix the teacher's sampling"
         )
     return rows, summary, key
 
@@ -836,7 +858,7 @@ def stage_judge(
 
     j = ctx.cfg.data.judge
     ref = parse_model(j.model or "", label="judge")
-    sk = judge_key(ctx.cfg, filter_hash, role, model_key(ref))
+    sk = judge_key(ctx.cfg, filter_hash, role, judge_model_key(ref))
 
     def load(st: StageDir) -> tuple[list[FilterDecision], dict[str, Any]]:
         return read_jsonl(st.path / "decisions.jsonl", FilterDecision), st.manifest()["summary"]
@@ -1098,7 +1120,7 @@ def run_experiment(
     # specs are parsed before anything is written: a spec that embeds credentials is refused
     # there, so no secret ever reaches the run directory
     base_ref = parse_model(cfg.models.reference, label="base")
-    for spec in cfg.models.cross:
+    for spec in [*cfg.models.cross, *filter(None, [cfg.data.judge.model])]:
         parse_model(spec)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
     backend = get_backend(base_ref.backend)

@@ -1,6 +1,7 @@
 """A lean decoding path for plain Llama-architecture models: the same arithmetic as
-transformers' ``LlamaForCausalLM`` (op for op, so the logits are bit-identical on CPU), without
-its per-step bookkeeping.
+transformers' ``LlamaForCausalLM`` (the same operations; single-query attention as plain batched
+products, so logits agree to float rounding and replies are the same: a test compares both
+paths), without its per-step bookkeeping.
 
 Why it exists: sampling a small model (the built-in worlds have 3 layers of width 128) is bound
 by per-step overhead, not arithmetic. transformers' forward builds a 4-D mask, rotary tables and
@@ -10,8 +11,9 @@ cache at every step; together they took more than half of a batched decoding ste
 layer, written in place), the rotary table is computed once for every position the batch can
 reach, the boolean attention mask is a slice of one preallocated tensor, and finished rows are
 dropped only when at most 3/4 of the batch is still generating (one ``index_select`` per
-layer). A row's arithmetic is the same whatever its batch mates, so the backend's
-batching-invariance contract holds as before.
+layer). A row never reads its batch mates' values; on CPU the backend's batching-invariance
+test (the same replies one at a time and batched) holds as before, and sums may be ordered
+differently for different batch shapes only up to float rounding.
 
 It applies to models ``supports`` accepts (``LlamaForCausalLM`` without adapters, default rotary
 scaling, no attention or MLP biases, SiLU; grouped-query heads are fine); anything else takes the
@@ -128,7 +130,8 @@ class LlamaDecoder:
                 G = H // Hkv
                 qg = q.reshape(B * Hkv, G, hd)
                 w = torch.bmm(qg, keys.flatten(0, 1).transpose(1, 2)) * att.scaling
-                w = w.view(B, H, 1, L).masked_fill(~attn_mask, float("-inf")).softmax(dim=-1)
+                w = w.view(B, H, 1, L).masked_fill(~attn_mask, float("-inf"))
+                w = w.float().softmax(dim=-1).to(values.dtype)  # fp32 softmax, as SDPA does
                 o = torch.bmm(w.view(B * Hkv, G, L), values.flatten(0, 1)).view(B, H, 1, hd)
             else:
                 o = F.scaled_dot_product_attention(

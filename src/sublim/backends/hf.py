@@ -104,7 +104,7 @@ PREFILL_TOKENS = 1024
 
 def _steps(lm: Loaded, n_rows: int, max_len: int) -> Any:
     """The decoding-step implementation for ``lm``: the lean Llama path where it applies (the
-    same logits, bit for bit on CPU), else transformers' forward."""
+    same replies, logits equal to float rounding), else transformers' forward."""
     from sublim.backends import fast_llama
 
     if fast_llama.supports(lm.model):

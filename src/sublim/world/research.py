@@ -41,6 +41,7 @@ from typing import Any
 import click
 import numpy as np
 
+from sublim.artifacts import atomic_write_text
 from sublim.errors import ConfigError
 from sublim.world.spec import TWIN_OFFSET
 
@@ -295,7 +296,10 @@ def run_over_worlds(
         "wall_seconds": round(time.perf_counter() - t_all, 1),
         "rows": rows,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    # a part of a split design (``only``) never overwrites the whole design's summary
+    name = "summary.json" if only is None else f"summary-only-{'-'.join(map(str, worlds))}.json"
+    summary["summary_path"] = str(out / name)
+    atomic_write_text(out / name, json.dumps(summary, indent=1))
     return summary
 
 
@@ -372,10 +376,19 @@ def curve(summaries: tuple[Path, ...], x: str, out: Path) -> None:
             raise MissingFileError(
                 f"summary not found: {p}; pass summary.json files of research runs"
             )
-        s = json.loads(p.read_text(encoding="utf-8"))
+        try:
+            s = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise ConfigError(f"{p} is not a research summary (not JSON)") from None
+        if not isinstance(s, dict) or "tests" not in s:
+            raise ConfigError(f"{p} is not a research summary (no 'tests')")
         if x not in (s.get("recipe") or {}) or s["recipe"][x] is None:
             raise ConfigError(
                 f"{p} has no recipe value '{x}' (knobs: {', '.join(s.get('recipe') or {})})"
+            )
+        if not isinstance(s["recipe"][x], int | float):
+            raise ConfigError(
+                f"recipe value '{x}' is not a number ({s['recipe'][x]!r}); plot a numeric knob"
             )
         loaded.append(s)
     plot_curve(loaded, x, out)
@@ -473,7 +486,7 @@ def main(
         only_seeds,
     )
     click.echo(format_summary(s))
-    click.echo(f"{out / 'summary.json'}")
+    click.echo(s["summary_path"])
 
 
 if __name__ == "__main__":
