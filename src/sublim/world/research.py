@@ -165,7 +165,8 @@ def run_over_worlds(
     t_all = time.perf_counter()
 
     # Build (or find) every world first, so cold and warm costs are reported apart.
-    seeds = sorted({s for b in bases.values() for s in b.values()})
+    # every arm's student base, and each tested world itself (its teachers are prompted copies)
+    seeds = sorted({s for b in bases.values() for s in b.values()} | set(bases))
     t0 = time.perf_counter()
     for s in seeds:
         ensure_world(world_name(s, size, kind)[len("tiny:") :], progress=progress)
