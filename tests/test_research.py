@@ -142,11 +142,12 @@ def test_sft_arm_learns_from_each_teachers_filtered_completions(
 
 def test_only_splits_one_design_across_runs_that_share_the_directory(tiny_worlds: Path) -> None:
     cfg = ROOT / "experiments" / "owl_numbers_world.toml"
-    arms = ("same_init", "other_world")  # no twins: two world builds in all
+    # one arm, not same init: the tested world still teaches (its prompted copies); no twins,
+    # so two world builds in all
 
     def run(out: Path, only: list[int] | None = None) -> dict:  # type: ignore[type-arg]
         return research.run_over_worlds(
-            cfg, [0, 1], out, "micro", ("owl",), TINY, arms=arms, only=only
+            cfg, [0, 1], out, "micro", ("owl",), TINY, arms=("other_world",), only=only
         )
 
     split = tiny_worlds / "split"
