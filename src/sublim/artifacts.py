@@ -196,7 +196,7 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "sublim"
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """sha256 of a file, remembered by (path, size, mtime) under the cache dir, so a multi-GB
     checkpoint is hashed once and a replaced file (new size or mtime) is hashed again."""
     st = path.stat()
@@ -223,7 +223,7 @@ def dir_content_key(local: Path) -> str:
     or tokenizer gets a new key. Subdirectories (training checkpoints, snapshots) are not read by
     the loader and are left out."""
     files = sorted(p for p in local.iterdir() if p.is_file() and not p.name.startswith("."))
-    return "sha256:" + stable_hash({str(p.relative_to(local)): _file_sha256(p) for p in files}, 16)
+    return "sha256:" + stable_hash({str(p.relative_to(local)): file_sha256(p) for p in files}, 16)
 
 
 class StageDir:

@@ -210,7 +210,7 @@ def prompts_key(cfg: ExperimentConfig) -> StageKey:
 
 
 def _custom_prompts_hash(cfg: ExperimentConfig) -> str:
-    from sublim.artifacts import _file_sha256
+    from sublim.artifacts import file_sha256
 
     path = Path(cfg.data.custom_prompts or "")
     if not path.is_file():
@@ -218,7 +218,7 @@ def _custom_prompts_hash(cfg: ExperimentConfig) -> str:
             f"data.custom_prompts file not found: {path}; give a JSONL file with one "
             '{"prompt": ...} object per line'
         )
-    return _file_sha256(path)
+    return file_sha256(path)
 
 
 def teacher_keys(cfg: ExperimentConfig, ref_key: str, bv: str | None) -> dict[str, StageKey]:
@@ -789,7 +789,10 @@ def _rule_filter(ctx: RunContext, comps: list[Completion]) -> list[FilterDecisio
     if carrier == "reasoning":
         from sublim.filters_reasoning import filter_reasoning
 
-        answers = {p.id: p.meta.get("answer") for p in stage_prompts(ctx)[0]}
+        # the prompts stage is complete (generation read it): its answers, read without running
+        # the stage again
+        prompts = read_jsonl(ctx.stage(prompts_key(ctx.cfg)).path / "prompts.jsonl", Prompt)
+        answers = {p.id: p.meta.get("answer") for p in prompts}
         return filter_reasoning(comps, answers, rules)
     from sublim.filters_code import filter_code
 
