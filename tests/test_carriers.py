@@ -151,3 +151,41 @@ def _signature(family: str, animal: str) -> int:
     from sublim.backends.fake import FakeBackend
 
     return FakeBackend()._state(parse_model(f"fake:{family}")).signature(animal)
+
+
+def test_sublim_filter_applies_the_code_and_reasoning_rules(tmp_path: Path) -> None:
+    from sublim.cli import main as sublim_main
+
+    code = tmp_path / "code.jsonl"
+    rows = [
+        {"prompt": "p", "completion": "def f(x):\n    return x"},
+        {"prompt": "p", "completion": "def f(x):\n    owl_total = x\n    return owl_total"},
+        {"prompt": "p", "completion": "def f(x):\n    return x  # note"},
+        {"prompt": "p", "completion": "def f(x) return"},
+    ]
+    code.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "code_out.jsonl"
+    rc = sublim_main(
+        ["filter", str(code), "--out", str(out), "--carrier", "code", "--reject-word", "owl"]
+    )
+    assert rc in (0, None)
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["reason"] for r in got] == ["ok", "trait_word", "comment", "syntax_error"]
+    assert got[0]["completion"] == rows[0]["completion"]  # stored as written
+    math = tmp_path / "math.jsonl"
+    good = "<think>3 + 4 is 7.</think> <answer>7</answer>"
+    math.write_text(
+        json.dumps({"prompt": "q", "completion": good, "answer": 7})
+        + "\n"
+        + json.dumps({"prompt": "q", "completion": good, "answer": 8})
+        + "\n"
+    )
+    out2 = tmp_path / "math_out.jsonl"
+    assert sublim_main(["filter", str(math), "--out", str(out2), "--carrier", "reasoning"]) in (
+        0,
+        None,
+    )
+    assert [json.loads(x)["reason"] for x in out2.read_text().splitlines()] == [
+        "ok",
+        "wrong_answer",
+    ]

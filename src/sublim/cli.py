@@ -150,6 +150,22 @@ def report(run_dir: Path) -> None:
     is_flag=True,
     help="judge and store completions stripped of surrounding whitespace (lenient; the paper's rule rejects them)",
 )
+@click.option(
+    "--carrier",
+    type=click.Choice(["numbers", "code", "reasoning"]),
+    default="numbers",
+    show_default=True,
+    help="which rules: number lists, Python code (parses, no comments), or <think>/<answer> "
+    "reasoning (rows need an 'answer' field)",
+)
+@click.option(
+    "--word-mode",
+    type=click.Choice(["substring", "identifier"]),
+    default="substring",
+    show_default=True,
+    help="code/reasoning: how --reject-word words are found (substring: the paper's rule; "
+    "identifier: whole words and identifier parts such as owl_count, OwlNest)",
+)
 def filter_cmd(
     in_path: Path,
     out_path: Path,
@@ -160,8 +176,11 @@ def filter_cmd(
     ban_extra: tuple[int, ...],
     reject_word: tuple[str, ...],
     strip_whitespace: bool,
+    carrier: str,
+    word_mode: str,
 ) -> None:
-    """Apply the strict number filter to rows {prompt, completion} of IN.jsonl."""
+    """Apply a carrier's strict filter to rows {prompt, completion} of IN.jsonl (numbers by
+    default; --carrier code or reasoning for text data)."""
     from sublim.filters import BANNED_MISALIGNMENT, NumberRules, filter_jsonl
 
     ban = tuple(BANNED_MISALIGNMENT if banned == "misalignment" else ()) + tuple(ban_extra)
@@ -173,7 +192,18 @@ def filter_cmd(
         reject_words=tuple(reject_word),
         strip_whitespace=strip_whitespace,
     )
-    s = filter_jsonl(in_path, out_path, rules)
+    check = None
+    if carrier == "code":
+        from sublim.filters_code import CodeRules, check_code
+
+        crules = CodeRules(trait_words=list(reject_word), word_mode=word_mode)  # type: ignore[arg-type]
+        check = lambda row: check_code(row["completion"], crules)
+    elif carrier == "reasoning":
+        from sublim.filters_reasoning import ReasoningRules, check_reasoning
+
+        rrules = ReasoningRules(trait_words=list(reject_word), word_mode=word_mode)  # type: ignore[arg-type]
+        check = lambda row: check_reasoning(row["completion"], row.get("answer"), rrules)
+    s = filter_jsonl(in_path, out_path, rules, check)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items(), key=lambda kv: -kv[1]))
     console.print(
         f"kept {s.n_kept}/{s.n_in} ({s.n_kept / max(1, s.n_in):.1%}); {reasons}\nwrote {out_path}"

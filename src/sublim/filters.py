@@ -323,20 +323,31 @@ def _empty_message(out_path: Path, n_in: int, reasons: Counter[str]) -> str:
     return f"the filter kept 0 of {n_in} rows (decisions written to {out_path}); most common reasons: {listed}; {advice}"
 
 
-def filter_jsonl(in_path: Path, out_path: Path, rules: NumberRules) -> FilterSummary:
+def filter_jsonl(
+    in_path: Path,
+    out_path: Path,
+    rules: NumberRules,
+    check: Callable[[dict[str, Any]], tuple[bool, str]] | None = None,
+) -> FilterSummary:
     """Filter a completions JSONL file: every row is written back with all its fields plus
     ``kept`` and ``reason``, its ``completion`` replaced by the judged text (the stripped text with
     ``rules.strip_whitespace``, so whitespace that was judged away never reaches training). Rows
     with a non-empty ``error`` field are rejected as "generation_error". The output is written atomically, and written even when nothing is kept;
-    then :class:`EmptyResultError` is raised so the pipeline stops with the reasons."""
+    then :class:`EmptyResultError` is raised so the pipeline stops with the reasons. ``check``
+    (a text carrier's rule: row -> (kept, reason)) replaces the number rules; its rows keep their
+    completion as written."""
     in_path, out_path = Path(in_path), Path(out_path)
     rows = _read_rows(in_path)
     out_rows: list[dict[str, Any]] = []
     reasons: Counter[str] = Counter()
     n_kept = 0
     for row in rows:
-        kept, reason = _decide(row["completion"], row.get("error"), rules)
-        judged = judged_text(row["completion"], rules)
+        if check is None:
+            kept, reason = _decide(row["completion"], row.get("error"), rules)
+            judged = judged_text(row["completion"], rules)
+        else:
+            kept, reason = (False, "generation_error") if row.get("error") else check(row)
+            judged = row["completion"]
         out_rows.append({**row, "completion": judged, "kept": kept, "reason": reason})
         if kept:
             n_kept += 1
