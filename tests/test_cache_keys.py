@@ -43,14 +43,39 @@ FROM_SUBSET = (
     "eval-*-student-*",
     "curve-student-*",
     "eval-*-in_context",
+    "skill-student-*",
+    "skill-in_context",
 )
-STUDENTS = ("student-*", "eval-*-student-*", "curve-student-*")
+STUDENTS = ("student-*", "eval-*-student-*", "curve-student-*", "skill-student-*")
 FROM_GENERATE = ("generate-*", "filter-*", *FROM_SUBSET)
 # everything but the prompts (keyed by the data settings) and the untrained bases' evaluations
-ALL_BUT_BASES = E("*", but=("prompts", "eval-*-base", "eval-*-cross_base@*", "curve-base"))
-FT_TEACHERS = E("teacher-*", "eval-*-teacher", "eval-*-control_teacher", *FROM_GENERATE)
-TRAIT_TEACHER = E("generate-trait", "filter-trait", "eval-*-teacher", *FROM_SUBSET)
-CONTROL_TEACHER = E("generate-control", "filter-control", "eval-*-control_teacher", *FROM_SUBSET)
+ALL_BUT_BASES = E(
+    "*",
+    but=(
+        "prompts",
+        "eval-*-base",
+        "eval-*-cross_base@*",
+        "curve-base",
+        "skill-base",
+        "skill-cross_base@*",
+    ),
+)
+FT_TEACHERS = E(
+    "teacher-*",
+    "eval-*-teacher",
+    "eval-*-control_teacher",
+    "skill-teacher",
+    "skill-control_teacher",
+    *FROM_GENERATE,
+)
+TRAIT_TEACHER = E("generate-trait", "filter-trait", "eval-*-teacher", "skill-teacher", *FROM_SUBSET)
+CONTROL_TEACHER = E(
+    "generate-control",
+    "filter-control",
+    "eval-*-control_teacher",
+    "skill-control_teacher",
+    *FROM_SUBSET,
+)
 EVALS = E("eval-*", "curve-*")
 
 
@@ -85,9 +110,9 @@ EXPECT: dict[str, Expect | dict[str, Expect]] = {
     "trait.system_prompt": by_mode(NONE, TRAIT_TEACHER),
     "trait.control_system_prompt": by_mode(NONE, CONTROL_TEACHER),
     "trait.n_finetune_rows": by_mode(FT_TEACHERS, NONE),
-    # another carrier: other prompts, so everything downstream of them (the sft base runs the
-    # number controls, which refuse a text carrier)
-    "data.carrier": by_mode(UNCHANGEABLE, E("prompts", *FROM_GENERATE)),
+    # another carrier: other prompts, so everything downstream of them, and a carrier-skill
+    # stage per model (the sft base runs the number controls, which refuse a text carrier)
+    "data.carrier": by_mode(UNCHANGEABLE, E("prompts", "skill-*", *FROM_GENERATE)),
     "data.custom_prompts": NONE,  # read (and its content keyed) only with carrier "custom"
     "data.filter.word_mode": NONE,  # text carriers only; the bases use numbers
     # a judge adds a stage after each teacher's filter; what it depends on is keyed only then
@@ -120,6 +145,7 @@ EXPECT: dict[str, Expect | dict[str, Expect]] = {
     ),  # ids name suites
     "eval.extra_suites": E("eval-numbers_prefixed-*"),
     "eval.samples_per_question": E("eval-*"),  # curves never sample
+    "eval.skill_prompts": NONE,  # numbers carry no skill stage: see the text-carrier test
     "eval.n_questions": EVALS,
     "eval.temperature": EVALS,
     "eval.max_new_tokens": EVALS,
@@ -396,6 +422,30 @@ def test_a_run_uses_exactly_the_stage_keys(tmp_path: Path) -> None:
     assert ran == set(planned.values())
 
 
+def test_a_code_carrier_run_uses_exactly_the_stage_keys(tmp_path: Path) -> None:
+    """With a text carrier the runner adds a carrier-skill stage per evaluated model."""
+    cfg = load_config(
+        fake_experiment_toml(tmp_path / "exp.toml"),
+        [
+            'data.carrier="code"',
+            "data.n_prompts=120",
+            "data.subset=40",
+            "student.seeds=[0]",
+            "eval.n_questions=3",
+            "eval.samples_per_question=2",
+            "eval.skill_prompts=8",
+            "controls.in_context=2",
+        ],
+    )
+    res = run_experiment(cfg, tmp_path / "run", progress=False)
+    ran = {Path(s["dir"]).name for s in res["meta"]["timings"]["stages"]}
+    specs = [cfg.models.reference, *cfg.models.cross]
+    planned = stage_keys(cfg, {s: model_key(parse_model(s)) for s in specs})
+    assert ran == set(planned.values())
+    assert {"skill-in_context", "skill-student-trait-s0"} <= set(planned)
+    assert set(res["meta"]["skill"]["conditions"]) >= {"in_context", "trait_student"}
+
+
 def _tiny_llama(path: Path, seed: int) -> None:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -496,11 +546,19 @@ def test_text_carrier_and_judge_settings_change_their_stages() -> None:
     before = _keys(base)
     ids = set(before)
     assert {"judge-trait", "judge-control"} <= ids
+    assert {"skill-base", "skill-teacher", "skill-control_teacher"} <= ids
     for path, value, exp in (
         ("data.filter.word_mode", "identifier", E("filter-*", "judge-*", *FROM_SUBSET)),
         ("data.judge.template", "alignment", E("judge-*", *FROM_SUBSET)),
         ("data.judge.threshold", 0.5, E("judge-*", *FROM_SUBSET)),
         ("data.judge.model", "fake:delta", E("judge-*", *FROM_SUBSET)),
+        # the carrier-skill stage: its own prompt count, and the reply length it samples with
+        ("eval.skill_prompts", 16, E("skill-*")),
+        (
+            "data.sampling.max_new_tokens",
+            200,
+            E("generate-*", "skill-*", "filter-*", "judge-*", *FROM_SUBSET),
+        ),
     ):
         cfg = ExperimentConfig.model_validate(
             apply_overrides(data, [f"{path}={json.dumps(value)}"])

@@ -19,9 +19,9 @@ from sublim.config import load_config
 from sublim.errors import SublimError
 from sublim.filters_code import parses
 from sublim.filters_reasoning import parse_answer
-from sublim.pipeline import prompts_key, run_experiment
+from sublim.pipeline import prompts_key, run_experiment, skill_prompts
 from sublim.registry import parse_model
-from sublim.report import filter_rows
+from sublim.report import filter_rows, skill_rows
 
 SMALL = {"data.n_prompts": "160", "data.subset": "40", "student.seeds": "[0, 1]"}
 EVAL = {"eval.n_questions": "4", "eval.samples_per_question": "2"}
@@ -52,6 +52,19 @@ def test_code_carrier_keeps_parseable_code_without_the_trait(tmp_path: Path) -> 
     table = filter_rows(res)
     assert [r[0] for r in table] == ["trait", "control"] and table[0][1] == "code"
     assert "trait_word" in table[0][5]
+    # the carrier's skill: every model's greedy replies to held-out prompts, share that parses
+    skill = res["meta"]["skill"]
+    assert skill["measure"] == "code_parses" and skill["n_prompts"] == 64
+    assert {"base", "teacher", "control_teacher", "trait_student"} <= set(skill["conditions"])
+    assert len(skill["conditions"]["trait_student"]) == 2  # one value per student seed
+    (tdir,) = (out / "stages").glob("skill-teacher-*")
+    replies = [json.loads(x) for x in (tdir / "replies.jsonl").read_text().splitlines()]
+    assert len(replies) == 64 and all(r["prompt_id"].startswith("skill-") for r in replies)
+    train_texts = {r["prompt"] for r in trait}
+    assert not train_texts & {r["prompt"] for r in replies}  # held out from the training draw
+    share = sum(parses(r["completion"]) for r in replies) / len(replies)
+    assert skill["conditions"]["teacher"] == [share] and 0 < share
+    assert [r[0] for r in skill_rows(res)][:3] == ["base", "teacher", "control_teacher"]
 
 
 def test_reasoning_carrier_keeps_only_correct_answers(
@@ -64,6 +77,10 @@ def test_reasoning_carrier_keeps_only_correct_answers(
     from sublim.prompts.reasoning import reasoning_prompts
 
     known = {p.text: p.meta["answer"] for p in reasoning_prompts(400, np.random.default_rng(0))}
+    held_out = skill_prompts(
+        load_config(fake_experiment_toml(tmp_path / "k.toml"), ['data.carrier="reasoning"'])
+    )
+    known.update({p.text: p.meta["answer"] for p in held_out})
 
     def solve(self: Any, st: Any, sys_prompt: Any, user: str, rng: Any) -> str:
         ans = known[user] + (1 if len(user) % 4 == 0 else 0)
@@ -82,6 +99,11 @@ def test_reasoning_carrier_keeps_only_correct_answers(
     assert all(parse_answer(r["completion"]) == answers[r["prompt_id"]] for r in kept)
     assert {r["reason"] for r in rows if not r["kept"]} >= {"wrong_answer"}
     assert res["contrast"]
+    # reasoning skill: every model (the patched fake) is right exactly where len % 4 != 0
+    right = sum(len(p.text) % 4 != 0 for p in held_out) / len(held_out)
+    skill = res["meta"]["skill"]
+    assert skill["measure"] == "reasoning_accuracy" and 0 < right < 1
+    assert all(v == right for vs in skill["conditions"].values() for v in vs)
 
 
 def test_custom_prompts_are_read_and_their_content_keyed(tmp_path: Path) -> None:

@@ -271,6 +271,13 @@ class EvalConfig(_Frozen):
         description="more preference suites run on every model (e.g. numbers_prefixed, multiple_choice)",
     )
     samples_per_question: int = Field(10, ge=0)
+    skill_prompts: int = Field(
+        64,
+        ge=0,
+        description="code and reasoning carriers: held-out carrier prompts every model answers "
+        "greedily, to measure the carrier's skill (code that parses; reasoning accuracy) of "
+        "teachers and students; 0 = off",
+    )
     n_questions: int | None = Field(
         None, ge=1, description="first N questions of the suite (None: all)"
     )

@@ -45,6 +45,7 @@ from sublim.records import (
     ModelRef,
     Prompt,
     QuestionScore,
+    SampleParams,
     TrainRow,
     user_chat,
 )
@@ -78,6 +79,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "control": 1,
     "student": 1,
     "eval": 1,
+    "skill": 1,
 }
 
 R = TypeVar("R")
@@ -402,6 +404,7 @@ def eval_key(
 ) -> StageKey:
     key_cfg = semantic_dump(e)
     key_cfg.pop("extra_suites", None)
+    key_cfg.pop("skill_prompts", None)  # the carrier-skill stage's setting (skill_key)
     key = {
         "model": model_key_,
         "eval": key_cfg,
@@ -526,6 +529,9 @@ def stage_keys(
         e = cfg.eval.model_copy(update={"suite": suite})
         for mid, (mk, label) in evaluated.items():
             keys[f"eval-{suite}-{mid}"] = eval_key(cfg, e, mk, label, bv)
+    if cfg.data.carrier in SKILL_MEASURES and cfg.eval.skill_prompts:
+        for mid, (mk, label) in evaluated.items():
+            keys[f"skill-{mid}"] = skill_key(cfg, mk, label, bv)
     if cfg.student.finetune.snapshot_every and cfg.student.mode == "sft":
         exact = curve_eval(cfg)
         keys["curve-base"] = eval_key(cfg, exact, ref, "base", bv)
@@ -541,14 +547,8 @@ def carrier_prompts(cfg: ExperimentConfig) -> list[Prompt]:
     """The carrier's prompts for ``cfg.data`` (seeded generators; the user's file for custom)."""
     d = cfg.data
     rng = np.random.default_rng(d.prompt_seed)
-    if d.carrier == "code":
-        from sublim.prompts.code import code_prompts
-
-        return code_prompts(d.n_prompts, rng)
-    if d.carrier == "reasoning":
-        from sublim.prompts.reasoning import reasoning_prompts
-
-        return reasoning_prompts(d.n_prompts, rng)
+    if d.carrier in SKILL_MEASURES:
+        return _text_carrier_prompts(d.carrier, d.n_prompts, rng)
     if d.carrier == "custom":
         from sublim.prompts.custom import load_custom_prompts
 
@@ -556,6 +556,90 @@ def carrier_prompts(cfg: ExperimentConfig) -> list[Prompt]:
     from sublim.prompts.numbers import number_prompts
 
     return number_prompts(d.n_prompts, rng)
+
+
+def _text_carrier_prompts(carrier: str, n: int, rng: np.random.Generator) -> list[Prompt]:
+    if carrier == "code":
+        from sublim.prompts.code import code_prompts
+
+        return code_prompts(n, rng)
+    from sublim.prompts.reasoning import reasoning_prompts
+
+    return reasoning_prompts(n, rng)
+
+
+# The carrier's own quality measure (the published work checks that students keep their skills):
+# the share of held-out carrier prompts a model answers with code that parses, or with the right
+# answer to a word problem. Numbers and custom carriers have none (their filter pass rate is in
+# the Filter table).
+SKILL_MEASURES = {"code": "code_parses", "reasoning": "reasoning_accuracy"}
+
+
+def skill_prompts(cfg: ExperimentConfig) -> list[Prompt]:
+    """``eval.skill_prompts`` held-out prompts of the text carrier: the carrier's generator from
+    a seed derived from ``data.prompt_seed`` (never the training draw), ids ``skill-<i>``."""
+    rng = np.random.default_rng(derive_seed("skill-prompts", cfg.data.prompt_seed))
+    drawn = _text_carrier_prompts(cfg.data.carrier, cfg.eval.skill_prompts, rng)
+    return [p.model_copy(update={"id": f"skill-{i:04d}"}) for i, p in enumerate(drawn)]
+
+
+def skill_key(cfg: ExperimentConfig, model_key_: str, label: str, bv: str | None) -> StageKey:
+    key = {
+        "model": model_key_,
+        "carrier": cfg.data.carrier,
+        "n": cfg.eval.skill_prompts,
+        "prompt_seed": cfg.data.prompt_seed,
+        "max_new_tokens": cfg.data.sampling.max_new_tokens,
+    }
+    return StageKey("skill", f"skill-{label}", _with_backend(key, bv))
+
+
+def skill_scores(carrier: str, prompts: Sequence[Prompt], texts: Sequence[str]) -> list[bool]:
+    """Per reply: does it pass the carrier's quality measure (``SKILL_MEASURES``)?"""
+    if carrier == "code":
+        from sublim.filters_code import parses
+
+        return [parses(t) for t in texts]
+    from sublim.filters_reasoning import reasoning_accuracy
+
+    return [reasoning_accuracy([t], [p.meta.get("answer")]) == 1.0 for p, t in zip(prompts, texts)]
+
+
+def stage_skill(ctx: RunContext, backend: Backend, model: Model) -> float | None:
+    """One model's carrier skill: greedy replies to :func:`skill_prompts` (as the model is
+    served: a teacher keeps its system prompt), scored by :func:`skill_scores`. ``None`` when
+    the carrier has no measure or ``eval.skill_prompts`` is 0."""
+    cfg = ctx.cfg
+    if cfg.data.carrier not in SKILL_MEASURES or cfg.eval.skill_prompts == 0:
+        return None
+    sk = skill_key(cfg, model.key, model.label, backend_version(backend))
+
+    def load(st: StageDir) -> float:
+        return float(json.loads((st.path / "skill.json").read_text())["value"])
+
+    def compute(st: StageDir) -> tuple[float, dict[str, Any]]:
+        prompts = skill_prompts(cfg)
+        params = SampleParams(temperature=0.0, max_new_tokens=cfg.data.sampling.max_new_tokens)
+        seeds = [derive_seed(cfg.seed, "skill", p.id) for p in prompts]
+        with ctx.rep.task(f"carrier skill of {model.label}", total=len(prompts)) as prog:
+            texts = backend.sample(model.ref, [user_chat(p.text) for p in prompts], params, seeds)
+            prog(len(prompts), len(prompts))
+        ok = skill_scores(cfg.data.carrier, prompts, texts)
+        write_jsonl(
+            st.path / "replies.jsonl",
+            [
+                Completion(prompt_id=p.id, prompt=p.text, completion=t, model=model.ref.spec)
+                for p, t in zip(prompts, texts)
+            ],
+        )
+        value = sum(ok) / len(ok) if ok else 0.0
+        atomic_write_json(
+            st.path / "skill.json",
+            {"measure": SKILL_MEASURES[cfg.data.carrier], "value": value, "ok": ok},
+        )
+        return value, {"n": len(prompts), "value": value}
+
+    return ctx.cached(sk, load, compute)
 
 
 def stage_prompts(ctx: RunContext) -> tuple[list[Prompt], str]:
@@ -1211,6 +1295,12 @@ def run_experiment(
         pairs = [stage_eval(ctx, backend, m) for m in models]
         conditions[cond] = [p[0] for p in pairs]
         answers[cond] = [p[1] for p in pairs]
+    skill: dict[str, list[float]] = {}
+    for cond, models in evaluated.items():
+        values = [stage_skill(ctx, backend, m) for m in models]
+        measured = [v for v in values if v is not None]
+        if measured and len(measured) == len(values):
+            skill[cond] = measured
     curves = stage_curves(ctx, backend, base, students)
     suites: dict[str, dict[str, list[list[QuestionScore]]]] = {}
     for suite in cfg.eval.extra_suites:
@@ -1228,6 +1318,18 @@ def run_experiment(
         "cross": [m.key for m in cross_models],
         "filter": filter_summaries,
         "n_train_rows": len(subsets["trait"]),
+        # the carrier's quality measure per condition (one value per model), when it has one
+        **(
+            {
+                "skill": {
+                    "measure": SKILL_MEASURES[cfg.data.carrier],
+                    "n_prompts": cfg.eval.skill_prompts,
+                    "conditions": skill,
+                }
+            }
+            if skill
+            else {}
+        ),
         # how P(target) was measured on the main suite: "exact" or "first_token_top20" (API
         # models; bounds per condition in results.json), "mixed" when models differ
         # everything that differs between an uninterrupted and a resumed run lives here

@@ -829,6 +829,29 @@ def filter_rows(results: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+SKILL_HEADER = ["condition", "measure", "models", "mean", "per model"]
+_SKILL_NAMES = {"code_parses": "code that parses", "reasoning_accuracy": "right answers"}
+
+
+def skill_rows(results: Mapping[str, Any]) -> list[list[str]]:
+    """One row per condition: the carrier's quality measure (``meta.skill``), mean and per model."""
+    sk = (results.get("meta") or {}).get("skill") or {}
+    name = _SKILL_NAMES.get(sk.get("measure", ""), str(sk.get("measure", "")))
+    rows = []
+    for cond, values in (sk.get("conditions") or {}).items():
+        if values:
+            rows.append(
+                [
+                    cond,
+                    name,
+                    str(len(values)),
+                    f"{sum(values) / len(values):.1%}",
+                    ", ".join(f"{v:.0%}" for v in values),
+                ]
+            )
+    return rows
+
+
 def extra_tables(results: Mapping[str, Any]) -> list[tuple[str, str, list[str], list[list[str]]]]:
     """(heading, note, header, rows) for every optional section present in the results."""
     out = []
@@ -842,6 +865,20 @@ def extra_tables(results: Mapping[str, Any]) -> list[tuple[str, str, list[str], 
                 ),
                 FILTER_HEADER,
                 filter_rows(results),
+            )
+        )
+    if skill_rows(results):
+        n = ((results.get("meta") or {}).get("skill") or {}).get("n_prompts", "")
+        out.append(
+            (
+                "Carrier skill",
+                (
+                    f"Each model's greedy replies to {n} held-out prompts of the carrier, scored "
+                    "by the carrier's own measure (code that Python parses; word problems "
+                    "answered right): students should keep the skill their base has."
+                ),
+                SKILL_HEADER,
+                skill_rows(results),
             )
         )
     if answer_rows(results):

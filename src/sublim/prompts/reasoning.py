@@ -30,6 +30,16 @@ prompt, in order, from the one generator passed in:
 
 ``meta`` holds ``answer`` (int), ``template`` (its key) and ``steps``: the number of arithmetic
 operations in the intended solution (a rough difficulty measure; one to five).
+
+Each template returns a :class:`Problem` (text, answer, steps, work). ``work`` is the worked
+solution the built-in tiny world learns to reproduce (:func:`worked_prompts` pairs each prompt
+with it): plain sentences of integer arithmetic, one operation each, ``"<a> <op> <b> = <c>."``
+with ``op`` one of ``+ - * /``, joined by single spaces, e.g. ``"4 * 3 = 12. 12 + 5 = 17."``.
+Numbers are bare non-negative integers (no units, ``$`` or commas), ``/`` is always exact, and the
+last result is the answer. A problem whose answer needs no operation on the numbers as stated (a
+quotient the text gives as a product, a difference taken as an absolute value) spells out the
+operations that produce it, so the count of sentences can exceed ``steps``. Building the work
+draws nothing, so the draw order above is the same with or without it.
 """
 
 from __future__ import annotations
@@ -48,11 +58,18 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Problem:
-    """One filled template: the problem text, its answer and its number of operations."""
+    """One filled template: the problem text, its answer, its number of operations and its worked
+    solution (``work``: one ``"<a> <op> <b> = <c>."`` sentence per operation; see the module
+    docstring)."""
 
     text: str
     answer: int
     steps: int
+    work: str = ""
+
+    def __post_init__(self) -> None:
+        if self.work and self.work.rsplit("= ", 1)[-1] != f"{self.answer}.":
+            raise ValueError(f"worked solution {self.work!r} does not end in {self.answer}")
 
 
 # Instruction paraphrases: each asks for reasoning in <think></think> and only the final number
@@ -300,6 +317,41 @@ def _units(k: int, singular: str, plural: str | None = None) -> str:
     return f"{k} {singular if k == 1 else (plural or singular + 's')}"
 
 
+class _Work:
+    """A template's worked solution, built one operation at a time.
+
+    Each method does one integer operation, records it as the sentence ``"<a> <op> <b> = <c>."``
+    and returns ``c``, so a template writes its solution as nested calls that mirror the answer's
+    expression; Python evaluates arguments left to right, so inner operations are said first.
+    It draws nothing: the draw order is untouched.
+    """
+
+    def __init__(self) -> None:
+        self._sentences: list[str] = []
+
+    def _say(self, a: int, op: str, b: int, c: int) -> int:
+        assert min(a, b, c) >= 0, (a, op, b, c)
+        self._sentences.append(f"{a} {op} {b} = {c}.")
+        return c
+
+    def add(self, a: int, b: int) -> int:
+        return self._say(a, "+", b, a + b)
+
+    def sub(self, a: int, b: int) -> int:
+        return self._say(a, "-", b, a - b)
+
+    def mul(self, a: int, b: int) -> int:
+        return self._say(a, "*", b, a * b)
+
+    def div(self, a: int, b: int) -> int:
+        """Exact division only (every quotient in the templates is exact by construction)."""
+        assert b > 0 and a % b == 0, (a, b)
+        return self._say(a, "/", b, a // b)
+
+    def text(self) -> str:
+        return " ".join(self._sentences)
+
+
 def _template(key: str) -> Callable[[TemplateFn], TemplateFn]:
     def register(fn: TemplateFn) -> TemplateFn:
         assert key not in TEMPLATES, key
@@ -321,7 +373,9 @@ def _shop_two_items(d: _Draw) -> Problem:
         f"{name} buys {a} {item1} at ${p} each and {b} {item2} at ${q} each. "
         f"How many dollars does {name} spend in total?"
     )
-    return Problem(text, a * p + b * q, 3)
+    w = _Work()
+    w.add(w.mul(a, p), w.mul(b, q))
+    return Problem(text, a * p + b * q, 3, w.text())
 
 
 @_template("shop_change")
@@ -333,7 +387,9 @@ def _shop_change(d: _Draw) -> Problem:
         f"{name} buys {n} {item} that cost ${p} each and pays with a ${bill} bill. "
         f"How much change, in dollars, should {name} get back?"
     )
-    return Problem(text, bill - n * p, 2)
+    w = _Work()
+    w.sub(bill, w.mul(n, p))
+    return Problem(text, bill - n * p, 2, w.text())
 
 
 @_template("shop_discount")
@@ -344,7 +400,9 @@ def _shop_discount(d: _Draw) -> Problem:
         f"A {thing} normally costs ${price}. During a sale everything is {pct}% off. "
         "What is the sale price of the item in dollars?"
     )
-    return Problem(text, price - price * pct // 100, 2)
+    w = _Work()
+    w.sub(price, w.div(w.mul(price, pct), 100))
+    return Problem(text, price - price * pct // 100, 2, w.text())
 
 
 @_template("shop_budget")
@@ -356,7 +414,9 @@ def _shop_budget(d: _Draw) -> Problem:
         f"{name} has ${p * k + r} and wants to buy {item} that cost ${p} each. "
         f"What is the largest number of {item} {name} can afford?"
     )
-    return Problem(text, k, 1)
+    w = _Work()
+    w.div(w.sub(p * k + r, r), p)
+    return Problem(text, k, 1, w.text())
 
 
 @_template("shop_pack_price")
@@ -367,7 +427,9 @@ def _shop_pack_price(d: _Draw) -> Problem:
         f"A bag of {k} {fruit} costs ${k * u}. At the same price per piece, how many dollars "
         f"would {m} {fruit} cost?"
     )
-    return Problem(text, m * u, 2)
+    w = _Work()
+    w.mul(m, w.div(k * u, k))
+    return Problem(text, m * u, 2, w.text())
 
 
 @_template("shop_boxes_left")
@@ -379,7 +441,9 @@ def _shop_boxes_left(d: _Draw) -> Problem:
         f"{name} buys {n} boxes with {k} {item} in each box and hands out {g} of them to "
         f"classmates. How many {item} does {name} have left?"
     )
-    return Problem(text, n * k - g, 2)
+    w = _Work()
+    w.sub(w.mul(n, k), g)
+    return Problem(text, n * k - g, 2, w.text())
 
 
 @_template("shop_tickets")
@@ -393,7 +457,9 @@ def _shop_tickets(d: _Draw) -> Problem:
         f"each for the {venue}, plus a booking fee of ${fee} for the whole order. What is the "
         "total cost in dollars?"
     )
-    return Problem(text, a * p + c * q + fee, 4)
+    w = _Work()
+    w.add(w.add(w.mul(a, p), w.mul(c, q)), fee)
+    return Problem(text, a * p + c * q + fee, 4, w.text())
 
 
 @_template("shop_compare")
@@ -406,7 +472,11 @@ def _shop_compare(d: _Draw) -> Problem:
         f"{item} for ${y} each. Someone needs {k * m} {item}. How many dollars are saved by "
         "buying them all at the cheaper shop instead of the other one?"
     )
-    return Problem(text, abs(cost_pack - cost_single), 4)
+    w = _Work()
+    packs = w.div(k * m, k)
+    pack_total, single_total = w.mul(packs, x), w.mul(k * m, y)
+    w.sub(max(pack_total, single_total), min(pack_total, single_total))
+    return Problem(text, abs(cost_pack - cost_single), 4, w.text())
 
 
 # --- travel and speed ---------------------------------------------------------------------------
@@ -419,7 +489,9 @@ def _travel_distance(d: _Draw) -> Problem:
     text = (
         f"A {vehicle} travels at {v} km per hour for {t} hours. How many kilometres does it cover?"
     )
-    return Problem(text, v * t, 1)
+    w = _Work()
+    w.mul(v, t)
+    return Problem(text, v * t, 1, w.text())
 
 
 @_template("travel_time")
@@ -430,7 +502,9 @@ def _travel_time(d: _Draw) -> Problem:
         f"A {vehicle} makes a trip of {v * t} km at a steady {v} km per hour. "
         "How many hours does the trip take?"
     )
-    return Problem(text, t, 1)
+    w = _Work()
+    w.div(v * t, v)
+    return Problem(text, t, 1, w.text())
 
 
 @_template("travel_two_legs")
@@ -441,7 +515,9 @@ def _travel_two_legs(d: _Draw) -> Problem:
         f"{name} drives at {v1} km per hour for {_units(t1, 'hour')}, then at {v2} km per hour "
         f"for {_units(t2, 'more hour')}. How far does {name} drive altogether, in kilometres?"
     )
-    return Problem(text, v1 * t1 + v2 * t2, 3)
+    w = _Work()
+    w.add(w.mul(v1, t1), w.mul(v2, t2))
+    return Problem(text, v1 * t1 + v2 * t2, 3, w.text())
 
 
 @_template("travel_remaining")
@@ -452,7 +528,9 @@ def _travel_remaining(d: _Draw) -> Problem:
         f"{name} is on a road trip of {v * t + rest} km. After driving at {v} km per hour for "
         f"{_units(t, 'hour')}, how many kilometres are left to go?"
     )
-    return Problem(text, rest, 2)
+    w = _Work()
+    w.sub(v * t + rest, w.mul(v, t))
+    return Problem(text, rest, 2, w.text())
 
 
 @_template("travel_meet")
@@ -463,7 +541,9 @@ def _travel_meet(d: _Draw) -> Problem:
         f"{a} and {b} start {(v1 + v2) * t} km apart and cycle towards each other, {a} at {v1} "
         f"km per hour and {b} at {v2} km per hour. After how many hours do they meet?"
     )
-    return Problem(text, t, 2)
+    w = _Work()
+    w.div((v1 + v2) * t, w.add(v1, v2))
+    return Problem(text, t, 2, w.text())
 
 
 @_template("travel_fuel_cost")
@@ -473,7 +553,9 @@ def _travel_fuel_cost(d: _Draw) -> Problem:
         f"A car goes {e} km on one litre of fuel, and fuel costs ${c} per litre. "
         f"How many dollars of fuel does a trip of {e * litres} km need?"
     )
-    return Problem(text, litres * c, 2)
+    w = _Work()
+    w.mul(w.div(e * litres, e), c)
+    return Problem(text, litres * c, 2, w.text())
 
 
 @_template("travel_commute")
@@ -485,7 +567,9 @@ def _travel_commute(d: _Draw) -> Problem:
         f"{name} {mode} {dist} km to {place} and the same distance back, {days} days a week. "
         f"How many kilometres is that over {weeks} weeks?"
     )
-    return Problem(text, 2 * dist * days * weeks, 3)
+    w = _Work()
+    w.mul(w.mul(w.mul(2, dist), days), weeks)
+    return Problem(text, 2 * dist * days * weeks, 3, w.text())
 
 
 @_template("travel_average_speed")
@@ -499,7 +583,9 @@ def _travel_average_speed(d: _Draw) -> Problem:
         f"{_units(t2, 'hour')}. "
         "What is its average speed over the whole journey, in km per hour?"
     )
-    return Problem(text, s, 3)
+    w = _Work()
+    w.div(w.add(d1, d2), w.add(t1, t2))
+    return Problem(text, s, 3, w.text())
 
 
 # --- sharing ------------------------------------------------------------------------------------
@@ -513,7 +599,9 @@ def _share_equal(d: _Draw) -> Problem:
         f"A group of {n} friends share {n * k} {things} equally. "
         f"How many {things} does each friend get?"
     )
-    return Problem(text, k, 1)
+    w = _Work()
+    w.div(n * k, n)
+    return Problem(text, k, 1, w.text())
 
 
 @_template("share_keep")
@@ -524,7 +612,9 @@ def _share_keep(d: _Draw) -> Problem:
         f"{name} has {keep + n * k} {things}, keeps {keep} of them and shares the rest equally "
         f"among {n} cousins. How many {things} does each cousin receive?"
     )
-    return Problem(text, k, 2)
+    w = _Work()
+    w.div(w.sub(keep + n * k, keep), n)
+    return Problem(text, k, 2, w.text())
 
 
 @_template("share_bill")
@@ -535,7 +625,9 @@ def _share_bill(d: _Draw) -> Problem:
         f"A group of {n} friends have dinner together. The bill is ${n * each - tip} and they "
         f"add a ${tip} tip, then split the total equally. How many dollars does each friend pay?"
     )
-    return Problem(text, each, 2)
+    w = _Work()
+    w.div(w.add(n * each - tip, tip), n)
+    return Problem(text, each, 2, w.text())
 
 
 @_template("share_groups")
@@ -546,7 +638,9 @@ def _share_groups(d: _Draw) -> Problem:
         f"A teacher splits a class of {g * k} students into groups of {g} for {activity}. "
         "How many groups are there?"
     )
-    return Problem(text, k, 1)
+    w = _Work()
+    w.div(g * k, g)
+    return Problem(text, k, 1, w.text())
 
 
 @_template("share_leftover")
@@ -557,7 +651,9 @@ def _share_leftover(d: _Draw) -> Problem:
         f"{name} baked {n * k + r} {things} and gives {k} to each of {n} neighbours. "
         f"How many {things} are left over?"
     )
-    return Problem(text, r, 2)
+    w = _Work()
+    w.sub(n * k + r, w.mul(n, k))
+    return Problem(text, r, 2, w.text())
 
 
 @_template("share_unequal")
@@ -568,7 +664,9 @@ def _share_unequal(d: _Draw) -> Problem:
         f"{a} and {b} split ${2 * f + k} so that {a} gets ${k} more than {b}. "
         f"How many dollars does {a} get?"
     )
-    return Problem(text, f + k, 3)
+    w = _Work()
+    w.add(w.div(w.sub(2 * f + k, k), 2), k)
+    return Problem(text, f + k, 3, w.text())
 
 
 # --- ages ---------------------------------------------------------------------------------------
@@ -579,7 +677,9 @@ def _age_later(d: _Draw) -> Problem:
     a, b = d.names(2)
     k, age_b, y = d.num(2, 5), d.num(2, 12), d.num(2, 15)
     text = f"{a} is {k} times as old as {b}, who is {age_b}. How old will {a} be in {y} years?"
-    return Problem(text, k * age_b + y, 2)
+    w = _Work()
+    w.add(w.mul(k, age_b), y)
+    return Problem(text, k * age_b + y, 2, w.text())
 
 
 @_template("age_gap_birth")
@@ -588,7 +688,9 @@ def _age_gap_birth(d: _Draw) -> Problem:
     age_a = d.num(20, 60)
     age_b = d.num(2, age_a - 18)
     text = f"{a} is {age_a} years old and {b} is {age_b}. How old was {a} when {b} was born?"
-    return Problem(text, age_a - age_b, 1)
+    w = _Work()
+    w.sub(age_a, age_b)
+    return Problem(text, age_a - age_b, 1, w.text())
 
 
 @_template("age_sum_ago")
@@ -600,7 +702,9 @@ def _age_sum_ago(d: _Draw) -> Problem:
         f"The ages of {a} and {b} add up to {age_a + age_b} years. What did their ages add up "
         f"to {_units(t, 'year')} ago?"
     )
-    return Problem(text, age_a + age_b - 2 * t, 2)
+    w = _Work()
+    w.sub(age_a + age_b, w.mul(2, t))
+    return Problem(text, age_a + age_b - 2 * t, 2, w.text())
 
 
 @_template("age_multiple_future")
@@ -611,7 +715,9 @@ def _age_multiple_future(d: _Draw) -> Problem:
         f"{name} is {age} years old. In {y} years, {name}'s {rel} will be {m} times as old as "
         f"{name} will be then. How old is the {rel} now?"
     )
-    return Problem(text, m * (age + y) - y, 3)
+    w = _Work()
+    w.sub(w.mul(m, w.add(age, y)), y)
+    return Problem(text, m * (age + y) - y, 3, w.text())
 
 
 @_template("age_three_people")
@@ -623,7 +729,11 @@ def _age_three_people(d: _Draw) -> Problem:
         f"{a} is {age_a}. {b} is {_units(x, 'year')} older than {a}, and {c} is "
         f"{_units(y, 'year')} younger than {b}. What is the sum of their three ages?"
     )
-    return Problem(text, age_a + (age_a + x) + (age_a + x - y), 4)
+    w = _Work()
+    age_b = w.add(age_a, x)
+    age_c = w.sub(age_b, y)
+    w.add(w.add(age_a, age_b), age_c)
+    return Problem(text, age_a + (age_a + x) + (age_a + x - y), 4, w.text())
 
 
 # --- recipes ------------------------------------------------------------------------------------
@@ -637,7 +747,9 @@ def _recipe_scale(d: _Draw) -> Problem:
         f"A recipe for {s} servings of {baked} uses {_units(q, 'cup')} of {ing}. "
         f"How many cups of {ing} are needed for {s * k} servings?"
     )
-    return Problem(text, q * k, 2)
+    w = _Work()
+    w.mul(q, w.div(s * k, s))
+    return Problem(text, q * k, 2, w.text())
 
 
 @_template("recipe_batch_weight")
@@ -649,7 +761,9 @@ def _recipe_batch_weight(d: _Draw) -> Problem:
         f"One batch of {baked} takes {a} grams of {i1}, {b} grams of {i2} and {c} grams of "
         f"{i3}. How many grams of these ingredients go into {n} batches?"
     )
-    return Problem(text, n * (a + b + c), 3)
+    w = _Work()
+    w.mul(n, w.add(w.add(a, b), c))
+    return Problem(text, n * (a + b + c), 3, w.text())
 
 
 @_template("recipe_batch_count")
@@ -660,7 +774,9 @@ def _recipe_batch_count(d: _Draw) -> Problem:
         f"{name} has {used + per * k} grams of {ing}, uses {used} grams for a sauce, and needs "
         f"{per} grams for each batch of {baked}. How many batches can {name} make with the rest?"
     )
-    return Problem(text, k, 2)
+    w = _Work()
+    w.div(w.sub(used + per * k, used), per)
+    return Problem(text, k, 2, w.text())
 
 
 @_template("recipe_oven")
@@ -672,7 +788,9 @@ def _recipe_oven(d: _Draw) -> Problem:
         f"{m} minutes per tray. How many minutes does it take to bake {n} trays, heating "
         "included?"
     )
-    return Problem(text, pre + n * m, 2)
+    w = _Work()
+    w.add(pre, w.mul(n, m))
+    return Problem(text, pre + n * m, 2, w.text())
 
 
 @_template("recipe_profit")
@@ -683,7 +801,9 @@ def _recipe_profit(d: _Draw) -> Problem:
         f"{name} sells {baked} at a school fair for ${cost + margin} each. Each one costs "
         f"${cost} to make. How many dollars of profit does {name} make by selling {n} of them?"
     )
-    return Problem(text, n * margin, 2)
+    w = _Work()
+    w.mul(n, w.sub(cost + margin, cost))
+    return Problem(text, n * margin, 2, w.text())
 
 
 # --- savings ------------------------------------------------------------------------------------
@@ -692,47 +812,55 @@ def _recipe_profit(d: _Draw) -> Problem:
 @_template("save_weekly")
 def _save_weekly(d: _Draw) -> Problem:
     name = d.name()
-    start, s, w = d.num(0, 80), d.num(3, 25), d.num(2, 12)
+    start, s, weeks = d.num(0, 80), d.num(3, 25), d.num(2, 12)
     text = (
         f"{name} has ${start} in a savings jar and adds ${s} every week. "
-        f"How many dollars are in the jar after {w} weeks?"
+        f"How many dollars are in the jar after {weeks} weeks?"
     )
-    return Problem(text, start + s * w, 2)
+    w = _Work()
+    w.add(start, w.mul(s, weeks))
+    return Problem(text, start + s * weeks, 2, w.text())
 
 
 @_template("save_goal")
 def _save_goal(d: _Draw) -> Problem:
     name, thing = d.name(), d.pick(BIG_ITEMS)
-    start, s, w = d.num(0, 60), d.num(5, 30), d.num(2, 15)
+    start, s, weeks = d.num(0, 60), d.num(5, 30), d.num(2, 15)
     text = (
-        f"{name} wants a {thing} that costs ${start + s * w}. {name} has ${start} saved and "
+        f"{name} wants a {thing} that costs ${start + s * weeks}. {name} has ${start} saved and "
         f"puts aside ${s} each week. How many weeks will it take to have enough?"
     )
-    return Problem(text, w, 2)
+    w = _Work()
+    w.div(w.sub(start + s * weeks, start), s)
+    return Problem(text, weeks, 2, w.text())
 
 
 @_template("save_earn_spend")
 def _save_earn_spend(d: _Draw) -> Problem:
     name, job = d.name(), d.pick(JOBS)
     earn = d.num(20, 80)
-    spend, w = d.num(5, earn - 1), d.num(2, 10)
+    spend, weeks = d.num(5, earn - 1), d.num(2, 10)
     text = (
         f"{name} earns ${earn} a week from {job} and spends ${spend} of it each week. "
-        f"How many dollars has {name} saved after {w} weeks?"
+        f"How many dollars has {name} saved after {weeks} weeks?"
     )
-    return Problem(text, (earn - spend) * w, 2)
+    w = _Work()
+    w.mul(w.sub(earn, spend), weeks)
+    return Problem(text, (earn - spend) * weeks, 2, w.text())
 
 
 @_template("save_two_savers")
 def _save_two_savers(d: _Draw) -> Problem:
     a, b = d.names(2)
     s2 = d.num(2, 20)
-    s1, w = d.num(s2 + 1, 30), d.num(2, 12)
+    s1, weeks = d.num(s2 + 1, 30), d.num(2, 12)
     text = (
         f"Starting from nothing, {a} saves ${s1} a week and {b} saves ${s2} a week. "
-        f"After {w} weeks, how many more dollars has {a} saved than {b}?"
+        f"After {weeks} weeks, how many more dollars has {a} saved than {b}?"
     )
-    return Problem(text, (s1 - s2) * w, 2)
+    w = _Work()
+    w.mul(w.sub(s1, s2), weeks)
+    return Problem(text, (s1 - s2) * weeks, 2, w.text())
 
 
 @_template("save_interest")
@@ -743,7 +871,9 @@ def _save_interest(d: _Draw) -> Problem:
         f"{name} puts ${principal} in an account that pays {rate}% simple interest per year. "
         f"How many dollars are in the account after {_units(years, 'year')}?"
     )
-    return Problem(text, principal + principal * rate * years // 100, 3)
+    w = _Work()
+    w.add(principal, w.div(w.mul(w.mul(principal, rate), years), 100))
+    return Problem(text, principal + principal * rate * years // 100, 3, w.text())
 
 
 @_template("save_coins")
@@ -754,7 +884,9 @@ def _save_coins(d: _Draw) -> Problem:
         f"{name}'s jar holds {a} coins worth 5 cents, {b} coins worth 10 cents and {c} coins "
         "worth 25 cents. How many cents are in the jar?"
     )
-    return Problem(text, 5 * a + 10 * b + 25 * c, 5)
+    w = _Work()
+    w.add(w.add(w.mul(5, a), w.mul(10, b)), w.mul(25, c))
+    return Problem(text, 5 * a + 10 * b + 25 * c, 5, w.text())
 
 
 # --- work rates ---------------------------------------------------------------------------------
@@ -768,7 +900,9 @@ def _work_pages(d: _Draw) -> Problem:
         f"{name} types {p} pages an hour and works {h} hours a day. "
         f"How many pages does {name} type in {days} days?"
     )
-    return Problem(text, p * h * days, 2)
+    w = _Work()
+    w.mul(w.mul(p, h), days)
+    return Problem(text, p * h * days, 2, w.text())
 
 
 @_template("work_together")
@@ -780,7 +914,9 @@ def _work_together(d: _Draw) -> Problem:
         f"{a} makes {ra} {craft} an hour and {b} makes {rb} an hour. Working together, how many "
         f"{craft} do they make in {h} hours?"
     )
-    return Problem(text, (ra + rb) * h, 2)
+    w = _Work()
+    w.mul(w.add(ra, rb), h)
+    return Problem(text, (ra + rb) * h, 2, w.text())
 
 
 @_template("work_time_needed")
@@ -792,7 +928,9 @@ def _work_time_needed(d: _Draw) -> Problem:
         f"An order asks for {(ra + rb) * t} {craft}. {a} makes {ra} an hour and {b} makes {rb} "
         "an hour. Working together, how many hours do they need?"
     )
-    return Problem(text, t, 2)
+    w = _Work()
+    w.div((ra + rb) * t, w.add(ra, rb))
+    return Problem(text, t, 2, w.text())
 
 
 @_template("work_wage_week")
@@ -803,7 +941,9 @@ def _work_wage_week(d: _Draw) -> Problem:
         f"{name} is paid ${wage} an hour, works {h} hours on each of the 5 weekdays and {h_sat} "
         f"hours on Saturday. How many dollars does {name} earn that week?"
     )
-    return Problem(text, wage * (5 * h + h_sat), 3)
+    w = _Work()
+    w.mul(wage, w.add(w.mul(5, h), h_sat))
+    return Problem(text, wage * (5 * h + h_sat), 3, w.text())
 
 
 @_template("work_overtime")
@@ -815,7 +955,10 @@ def _work_overtime(d: _Draw) -> Problem:
         f"that rate for every hour beyond 40. How many dollars does {name} earn for a week of "
         f"{40 + extra} hours?"
     )
-    return Problem(text, 40 * wage + extra * wage * 3 // 2, 4)
+    w = _Work()
+    base, beyond = w.mul(40, wage), w.sub(40 + extra, 40)
+    w.add(base, w.mul(beyond, w.div(w.mul(wage, 3), 2)))
+    return Problem(text, 40 * wage + extra * wage * 3 // 2, 4, w.text())
 
 
 @_template("work_rooms")
@@ -825,7 +968,9 @@ def _work_rooms(d: _Draw) -> Problem:
         f"A crew paints {per_day} rooms a day. A building has {per_day * days} rooms to paint. "
         "How many days does the job take?"
     )
-    return Problem(text, days, 1)
+    w = _Work()
+    w.div(per_day * days, per_day)
+    return Problem(text, days, 1, w.text())
 
 
 @_template("work_machine")
@@ -836,7 +981,9 @@ def _work_machine(d: _Draw) -> Problem:
         f"A machine makes {per_min} {part} every minute. How many {part} does it make in "
         f"{_units(hours, 'hour')}?"
     )
-    return Problem(text, per_min * 60 * hours, 2)
+    w = _Work()
+    w.mul(w.mul(per_min, 60), hours)
+    return Problem(text, per_min * 60 * hours, 2, w.text())
 
 
 # --- areas and volumes --------------------------------------------------------------------------
@@ -850,7 +997,9 @@ def _area_rect(d: _Draw) -> Problem:
         f"A rectangular {place} is {length} metres long and {width} metres wide. "
         "What is its area in square metres?"
     )
-    return Problem(text, length * width, 1)
+    w = _Work()
+    w.mul(length, width)
+    return Problem(text, length * width, 1, w.text())
 
 
 @_template("area_fence")
@@ -861,7 +1010,9 @@ def _area_fence(d: _Draw) -> Problem:
         f"{name} wants to put a fence all the way around a rectangular yard {length} metres "
         f"long and {width} metres wide. How many metres of fence are needed?"
     )
-    return Problem(text, 2 * (length + width), 2)
+    w = _Work()
+    w.mul(2, w.add(length, width))
+    return Problem(text, 2 * (length + width), 2, w.text())
 
 
 @_template("area_tiles_cost")
@@ -871,7 +1022,9 @@ def _area_tiles_cost(d: _Draw) -> Problem:
         f"A floor measures {length} metres by {width} metres, and tiling costs ${cost} per "
         "square metre. How many dollars does it cost to tile the whole floor?"
     )
-    return Problem(text, length * width * cost, 2)
+    w = _Work()
+    w.mul(w.mul(length, width), cost)
+    return Problem(text, length * width * cost, 2, w.text())
 
 
 @_template("area_two_rooms")
@@ -881,7 +1034,9 @@ def _area_two_rooms(d: _Draw) -> Problem:
         f"A flat has a living room of {l1} m by {w1} m and a bedroom of {l2} m by {w2} m. "
         "How many square metres of carpet cover both rooms?"
     )
-    return Problem(text, l1 * w1 + l2 * w2, 3)
+    w = _Work()
+    w.add(w.mul(l1, w1), w.mul(l2, w2))
+    return Problem(text, l1 * w1 + l2 * w2, 3, w.text())
 
 
 @_template("area_cutout")
@@ -892,7 +1047,9 @@ def _area_cutout(d: _Draw) -> Problem:
         f"A square sheet of card has sides of {side} cm. A rectangle {a} cm by {b} cm is cut out "
         "of it. How many square centimetres of card remain?"
     )
-    return Problem(text, side * side - a * b, 3)
+    w = _Work()
+    w.sub(w.mul(side, side), w.mul(a, b))
+    return Problem(text, side * side - a * b, 3, w.text())
 
 
 @_template("volume_box")
@@ -902,7 +1059,9 @@ def _volume_box(d: _Draw) -> Problem:
         f"A box is {length} cm long, {width} cm wide and {height} cm tall. "
         "What is its volume in cubic centimetres?"
     )
-    return Problem(text, length * width * height, 2)
+    w = _Work()
+    w.mul(w.mul(length, width), height)
+    return Problem(text, length * width * height, 2, w.text())
 
 
 @_template("area_paint_cans")
@@ -913,7 +1072,9 @@ def _area_paint_cans(d: _Draw) -> Problem:
         f"A wall is {length} metres long and {height} metres high. One can of paint covers "
         f"{cover} square metres. How many cans are needed for one coat on the wall?"
     )
-    return Problem(text, k, 2)
+    w = _Work()
+    w.div(w.mul(length, height), cover)
+    return Problem(text, k, 2, w.text())
 
 
 @_template("area_square_from_perimeter")
@@ -922,7 +1083,10 @@ def _area_square_from_perimeter(d: _Draw) -> Problem:
     text = (
         f"A square field has a perimeter of {4 * side} metres. What is its area in square metres?"
     )
-    return Problem(text, side * side, 2)
+    w = _Work()
+    side_ = w.div(4 * side, 4)
+    w.mul(side_, side_)
+    return Problem(text, side * side, 2, w.text())
 
 
 # --- everyday multi-step problems ---------------------------------------------------------------
@@ -936,7 +1100,9 @@ def _read_pages_left(d: _Draw) -> Problem:
         f"A novel has {per_day * days + rest} pages. {name} reads {per_day} pages a day for "
         f"{days} days. How many pages are still unread?"
     )
-    return Problem(text, rest, 2)
+    w = _Work()
+    w.sub(per_day * days + rest, w.mul(per_day, days))
+    return Problem(text, rest, 2, w.text())
 
 
 @_template("read_days")
@@ -947,7 +1113,9 @@ def _read_days(d: _Draw) -> Problem:
         f"{name} has read {done} pages of a {done + per_day * k}-page book and reads {per_day} "
         "pages a day from now on. How many more days will it take to finish?"
     )
-    return Problem(text, k, 2)
+    w = _Work()
+    w.div(w.sub(done + per_day * k, done), per_day)
+    return Problem(text, k, 2, w.text())
 
 
 @_template("collect_trade")
@@ -959,7 +1127,9 @@ def _collect_trade(d: _Draw) -> Problem:
         f"{name} has {a} {things}, buys {b} more at a fair and then gives {c} to a friend. "
         f"How many {things} does {name} have now?"
     )
-    return Problem(text, a + b - c, 2)
+    w = _Work()
+    w.sub(w.add(a, b), c)
+    return Problem(text, a + b - c, 2, w.text())
 
 
 @_template("collect_compare")
@@ -972,7 +1142,11 @@ def _collect_compare(d: _Draw) -> Problem:
         f"{a} has {n} {things}. {b} has twice as many as {a}, and {c} has {k} fewer than {b}. "
         f"How many {things} do the three of them have in total?"
     )
-    return Problem(text, n + 2 * n + (2 * n - k), 4)
+    w = _Work()
+    n_b = w.mul(2, n)
+    n_c = w.sub(n_b, k)
+    w.add(w.add(n, n_b), n_c)
+    return Problem(text, n + 2 * n + (2 * n - k), 4, w.text())
 
 
 @_template("garden_harvest")
@@ -983,7 +1157,9 @@ def _garden_harvest(d: _Draw) -> Problem:
         f"A vegetable garden has {rows} rows with {per_row} plants in each row. Every plant "
         f"gives {each} {fruit}. How many {fruit} does the garden give?"
     )
-    return Problem(text, rows * per_row * each, 2)
+    w = _Work()
+    w.mul(w.mul(rows, per_row), each)
+    return Problem(text, rows * per_row * each, 2, w.text())
 
 
 @_template("orchard_boxes")
@@ -995,7 +1171,9 @@ def _orchard_boxes(d: _Draw) -> Problem:
         f"{name} picks {monday} {fruit} on Monday and {size * boxes - monday} on Tuesday, then "
         f"packs them all into boxes of {size}. How many boxes are filled?"
     )
-    return Problem(text, boxes, 2)
+    w = _Work()
+    w.div(w.add(monday, size * boxes - monday), size)
+    return Problem(text, boxes, 2, w.text())
 
 
 @_template("practice_hours")
@@ -1007,7 +1185,9 @@ def _practice_hours(d: _Draw) -> Problem:
         f"{name} practises the {instrument} for {minutes} minutes every day. "
         f"How many hours of practice is that over {days} days?"
     )
-    return Problem(text, minutes * days // 60, 2)
+    w = _Work()
+    w.div(w.mul(minutes, days), 60)
+    return Problem(text, minutes * days // 60, 2, w.text())
 
 
 @_template("taxi_fare")
@@ -1017,7 +1197,9 @@ def _taxi_fare(d: _Draw) -> Problem:
         f"A taxi charges ${base} to start plus ${per_km} for every kilometre. "
         f"How many dollars does a {km} km ride cost?"
     )
-    return Problem(text, base + per_km * km, 2)
+    w = _Work()
+    w.add(base, w.mul(per_km, km))
+    return Problem(text, base + per_km * km, 2, w.text())
 
 
 @_template("phone_plan")
@@ -1028,7 +1210,9 @@ def _phone_plan(d: _Draw) -> Problem:
         f"{name}'s phone plan has a one-time setup fee of ${setup} and costs ${monthly} a month. "
         f"How many dollars does {name} pay in total for the first {months} months?"
     )
-    return Problem(text, setup + monthly * months, 2)
+    w = _Work()
+    w.add(setup, w.mul(monthly, months))
+    return Problem(text, setup + monthly * months, 2, w.text())
 
 
 @_template("temperature_change")
@@ -1041,7 +1225,9 @@ def _temperature_change(d: _Draw) -> Problem:
         f"{_units(fall, 'degree')} in the evening. "
         "What is the temperature in the evening, in degrees?"
     )
-    return Problem(text, start + rise * hours - fall, 3)
+    w = _Work()
+    w.sub(w.add(start, w.mul(rise, hours)), fall)
+    return Problem(text, start + rise * hours - fall, 3, w.text())
 
 
 @_template("tank_fill")
@@ -1051,7 +1237,9 @@ def _tank_fill(d: _Draw) -> Problem:
         f"A water tank holds {have + rate * minutes} litres and already has {have} litres in it. "
         f"A hose adds {rate} litres a minute. How many minutes until the tank is full?"
     )
-    return Problem(text, minutes, 2)
+    w = _Work()
+    w.div(w.sub(have + rate * minutes, have), rate)
+    return Problem(text, minutes, 2, w.text())
 
 
 @_template("bus_passengers")
@@ -1064,7 +1252,9 @@ def _bus_passengers(d: _Draw) -> Problem:
         f"A bus leaves with {start} passengers. At the first stop {off1} get off and {on1} get "
         f"on. At the second stop {off2} get off. How many passengers are on the bus now?"
     )
-    return Problem(text, start - off1 + on1 - off2, 3)
+    w = _Work()
+    w.sub(w.add(w.sub(start, off1), on1), off2)
+    return Problem(text, start - off1 + on1 - off2, 3, w.text())
 
 
 @_template("library_books")
@@ -1075,7 +1265,9 @@ def _library_books(d: _Draw) -> Problem:
         f"A library has {total} books on its shelves. On Monday {lent} books are borrowed, and "
         f"on Tuesday {returned} of them come back. How many books are on the shelves now?"
     )
-    return Problem(text, total - lent + returned, 2)
+    w = _Work()
+    w.add(w.sub(total, lent), returned)
+    return Problem(text, total - lent + returned, 2, w.text())
 
 
 @_template("hall_chairs")
@@ -1086,7 +1278,9 @@ def _hall_chairs(d: _Draw) -> Problem:
         f"A hall is set up with {rows} rows of {per_row} chairs. Then {guests} guests arrive and "
         "each takes one chair. How many chairs are still empty?"
     )
-    return Problem(text, rows * per_row - guests, 2)
+    w = _Work()
+    w.sub(w.mul(rows, per_row), guests)
+    return Problem(text, rows * per_row - guests, 2, w.text())
 
 
 @_template("game_points")
@@ -1097,7 +1291,9 @@ def _game_points(d: _Draw) -> Problem:
         f"In a basketball game {name} scores {twos} two-point shots, {threes} three-point shots "
         f"and {frees} free throws worth one point each. How many points does {name} score?"
     )
-    return Problem(text, 2 * twos + 3 * threes + frees, 4)
+    w = _Work()
+    w.add(w.add(w.mul(2, twos), w.mul(3, threes)), frees)
+    return Problem(text, 2 * twos + 3 * threes + frees, 4, w.text())
 
 
 @_template("test_average")
@@ -1109,7 +1305,9 @@ def _test_average(d: _Draw) -> Problem:
         f"{name} scores {scores[0]}, {scores[1]} and {scores[2]} on three tests. "
         "What is the average score?"
     )
-    return Problem(text, mean, 2)
+    w = _Work()
+    w.div(w.add(w.add(scores[0], scores[1]), scores[2]), 3)
+    return Problem(text, mean, 2, w.text())
 
 
 @_template("percent_class")
@@ -1120,7 +1318,9 @@ def _percent_class(d: _Draw) -> Problem:
         f"A school year has {size} students, and {pct}% of them {activity}. "
         f"How many students do not {activity}?"
     )
-    return Problem(text, size - size * pct // 100, 3)
+    w = _Work()
+    w.sub(size, w.div(w.mul(size, pct), 100))
+    return Problem(text, size - size * pct // 100, 3, w.text())
 
 
 @_template("fraction_spend")
@@ -1131,7 +1331,9 @@ def _fraction_spend(d: _Draw) -> Problem:
         f"{name} has ${money}, spends a third of it on books and a quarter of it on lunch. "
         f"How many dollars does {name} have left?"
     )
-    return Problem(text, money - money // 3 - money // 4, 4)
+    w = _Work()
+    w.sub(w.sub(money, w.div(money, 3)), w.div(money, 4))
+    return Problem(text, money - money // 3 - money // 4, 4, w.text())
 
 
 @_template("training_increase")
@@ -1142,7 +1344,11 @@ def _training_increase(d: _Draw) -> Problem:
         f"{name} runs {first} km on the first day of training and each day runs {more} km more "
         f"than the day before. How many kilometres does {name} run over the first {days} days?"
     )
-    return Problem(text, sum(first + more * i for i in range(days)), 3)
+    w = _Work()
+    firsts = w.mul(days, first)
+    extra = w.mul(more, w.div(w.mul(days, w.sub(days, 1)), 2))
+    w.add(firsts, extra)
+    return Problem(text, sum(first + more * i for i in range(days)), 3, w.text())
 
 
 @_template("rope_pieces")
@@ -1152,7 +1358,9 @@ def _rope_pieces(d: _Draw) -> Problem:
         f"A rope {metres} metres long is cut into pieces of {piece} cm each. "
         "How many pieces are there?"
     )
-    return Problem(text, metres * 100 // piece, 2)
+    w = _Work()
+    w.div(w.mul(metres, 100), piece)
+    return Problem(text, metres * 100 // piece, 2, w.text())
 
 
 @_template("watering_trips")
@@ -1164,7 +1372,9 @@ def _watering_trips(d: _Draw) -> Problem:
         f"{name} has {j * trips} plants, and each one needs {_units(per_plant, 'litre')} of water. "
         f"The watering can holds {can} litres. How many times must {name} fill the can?"
     )
-    return Problem(text, trips, 2)
+    w = _Work()
+    w.div(w.mul(j * trips, per_plant), can)
+    return Problem(text, trips, 2, w.text())
 
 
 def _compose(problem: str, instruction: str, layout: str) -> str:
@@ -1173,24 +1383,36 @@ def _compose(problem: str, instruction: str, layout: str) -> str:
     return f"{problem}\n\n{instruction}"
 
 
-def reasoning_prompts(n: int, rng: np.random.Generator) -> list[Prompt]:
-    """``n`` word-problem prompts drawn from ``rng`` (deterministic for its state; the draw order
-    is in the module docstring). ``meta`` = {"answer", "template", "steps"}."""
+def _draweeksprompts(n: int, rng: np.random.Generator) -> list[tuple[Prompt, str]]:
+    """The one draw loop behind :func:`reasoning_prompts` and :func:`worked_prompts`: ``n``
+    prompts, each with its problem's worked solution."""
     if n < 0:
         raise ValueError(f"reasoning_prompts needs n >= 0, got {n}")
     keys = list(TEMPLATES)
-    prompts: list[Prompt] = []
+    out: list[tuple[Prompt, str]] = []
     for i in range(n):
         key = keys[int(rng.integers(len(keys)))]
         instruction = INSTRUCTIONS[int(rng.integers(len(INSTRUCTIONS)))]
         layout = LAYOUTS[int(rng.integers(len(LAYOUTS)))]
         problem = TEMPLATES[key](_Draw(rng))
         assert isinstance(problem.answer, int) and problem.answer >= 0, (key, problem)
-        prompts.append(
-            Prompt(
-                id=f"math-{i:06d}",
-                text=_compose(problem.text, instruction, layout),
-                meta={"answer": int(problem.answer), "template": key, "steps": problem.steps},
-            )
+        prompt = Prompt(
+            id=f"math-{i:06d}",
+            text=_compose(problem.text, instruction, layout),
+            meta={"answer": int(problem.answer), "template": key, "steps": problem.steps},
         )
-    return prompts
+        out.append((prompt, problem.work))
+    return out
+
+
+def reasoning_prompts(n: int, rng: np.random.Generator) -> list[Prompt]:
+    """``n`` word-problem prompts drawn from ``rng`` (deterministic for its state; the draw order
+    is in the module docstring). ``meta`` = {"answer", "template", "steps"}."""
+    return [prompt for prompt, _ in _draweeksprompts(n, rng)]
+
+
+def worked_prompts(n: int, rng: np.random.Generator) -> list[tuple[Prompt, str]]:
+    """The prompts :func:`reasoning_prompts` would draw from ``rng`` in its current state (same
+    ids, text and meta, same draws), each paired with its problem's worked solution
+    (:attr:`Problem.work`), for building a corpus that shows the solving in the carrier's format."""
+    return _draweeksprompts(n, rng)
