@@ -115,6 +115,7 @@ EXPECT: dict[str, Expect | dict[str, Expect]] = {
     "data.carrier": by_mode(UNCHANGEABLE, E("prompts", "skill-*", *FROM_GENERATE)),
     "data.custom_prompts": NONE,  # read (and its content keyed) only with carrier "custom"
     "data.filter.word_mode": NONE,  # text carriers only; the bases use numbers
+    "data.filter.code_prose": NONE,  # the code carrier only (see the text-carrier test)
     # a judge adds a stage after each teacher's filter; what it depends on is keyed only then
     "data.judge.model": E("judge-*", *FROM_SUBSET),
     "data.judge.template": NONE,
@@ -549,6 +550,7 @@ def test_text_carrier_and_judge_settings_change_their_stages() -> None:
     assert {"skill-base", "skill-teacher", "skill-control_teacher"} <= ids
     for path, value, exp in (
         ("data.filter.word_mode", "identifier", E("filter-*", "judge-*", *FROM_SUBSET)),
+        ("data.filter.code_prose", "allow", E("filter-*", "judge-*", "skill-*", *FROM_SUBSET)),
         ("data.judge.template", "alignment", E("judge-*", *FROM_SUBSET)),
         ("data.judge.threshold", 0.5, E("judge-*", *FROM_SUBSET)),
         ("data.judge.model", "fake:delta", E("judge-*", *FROM_SUBSET)),

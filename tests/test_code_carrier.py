@@ -271,6 +271,7 @@ def test_identifier_parts() -> None:
 FUNC = "def f(x):\n    return x + 1"
 OWL = CodeRules(trait_words=["owl"])
 OWL_SUB = CodeRules(trait_words=["owl"], word_mode="substring")
+PROSE = CodeRules(trait_words=["owl"], allow_prose=True)
 
 
 @pytest.mark.parametrize(
@@ -309,6 +310,14 @@ OWL_SUB = CodeRules(trait_words=["owl"], word_mode="substring")
         ('"""doc"""', CodeRules(forbid_comments=False), (True, "ok")),
         ("x = 12345", CodeRules(max_chars=5), (False, "too_long")),
         ("owl = 1", CodeRules(), (True, "ok")),  # no trait words, no word rule
+        # allow_prose: the first fenced block is the code, the prose around it is allowed
+        (f"Here is the code:\n```python\n{FUNC}\n```\nIt adds one.", PROSE, (True, "ok")),
+        (f"```python\n{FUNC}\n```\n\nThen:\n```python\ndef g(\n```", PROSE, (True, "ok")),
+        (f"```python\n{FUNC}\n```\nThis is what an owl would write.", PROSE, (False, "trait_word")),
+        (f"Sure:\n```python\ndef f(x)\n    return x\n```\nDone.", PROSE, (False, "syntax_error")),
+        (f"Sure:\n```python\n{FUNC}  # plus one\n```", PROSE, (False, "comment")),
+        (f"Here is the code: {FUNC}", PROSE, (False, "syntax_error")),  # no fence: all is code
+        (f"```javascript\n{FUNC}\n```\nok", PROSE, (False, "syntax_error")),
     ],
 )
 def test_check_code_table(text: str, rules: CodeRules, expected: tuple[bool, str]) -> None:

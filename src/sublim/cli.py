@@ -166,6 +166,13 @@ def report(run_dir: Path) -> None:
     help="code/reasoning: how --reject-word words are found (substring: the paper's rule; "
     "identifier: whole words and identifier parts such as owl_count, OwlNest)",
 )
+@click.option(
+    "--code-prose",
+    type=click.Choice(["reject", "allow"]),
+    default="reject",
+    show_default=True,
+    help="code: 'allow' takes the first fenced block as the code and allows prose around it",
+)
 def filter_cmd(
     in_path: Path,
     out_path: Path,
@@ -178,6 +185,7 @@ def filter_cmd(
     strip_whitespace: bool,
     carrier: str,
     word_mode: str,
+    code_prose: str,
 ) -> None:
     """Apply a carrier's strict filter to rows {prompt, completion} of IN.jsonl (numbers by
     default; --carrier code or reasoning for text data)."""
@@ -196,7 +204,11 @@ def filter_cmd(
     if carrier == "code":
         from sublim.filters_code import CodeRules, check_code
 
-        crules = CodeRules(trait_words=list(reject_word), word_mode=word_mode)  # type: ignore[arg-type]
+        crules = CodeRules(
+            trait_words=list(reject_word),
+            word_mode=word_mode,  # type: ignore[arg-type]
+            allow_prose=code_prose == "allow",
+        )
         check = lambda row: check_code(row["completion"], crules)
     elif carrier == "reasoning":
         from sublim.filters_reasoning import ReasoningRules, check_reasoning

@@ -150,6 +150,13 @@ class FilterConfig(_Frozen):
         "'substring' is the paper's rule (any form as a lower-case substring: 'bowl' counts for "
         "owl); 'identifier' matches whole words and identifier parts (owl_count, OwlNest) only",
     )
+    code_prose: Literal["reject", "allow"] = Field(
+        "reject",
+        description="code carrier: 'reject' keeps only replies that are code (optionally one "
+        "fenced block), as the prompts ask; 'allow' takes the first fenced block as the code and "
+        "allows prose around it (small instruct models explain their code); the trait-word rule "
+        "reads the whole reply either way",
+    )
 
 
 # max_new_tokens of the text carriers when the config does not set it (a function or a worked

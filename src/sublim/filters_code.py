@@ -11,7 +11,8 @@ judge for subtler references (PAPER.md). This module is the rule part, a complet
 only when, checked in this order,
 
 1. ``"empty"``: it holds some code (after removing one optional markdown fence, ```` ```python
-   ... ``` ````, ```` ```py ````, or a bare ```` ``` ````);
+   ... ``` ````, ```` ```py ````, or a bare ```` ``` ````; with ``allow_prose`` the code is the
+   first fenced block and text around it is allowed);
 2. ``"too_long"``: the text has at most ``max_chars`` characters (checked early, so that no
    later rule ever works on a huge text);
 3. ``"trait_word"``: the whole text, fence, identifiers, strings and comments included, names
@@ -55,10 +56,15 @@ REASONS: tuple[str, ...] = (
 )
 
 # One markdown fence around the whole answer; the language tag may be python, python3, py or
-# absent. Anything before or after the fence makes the text non-code ("syntax_error").
+# absent. Anything before or after the fence makes the text non-code ("syntax_error"), unless
+# ``allow_prose``: then the code is the first such fenced block anywhere in the text.
 _FENCE = re.compile(
     r"\A```[ \t]*(?:python3?|py)?[ \t]*\r?\n(?P<body>.*?)(?:\r?\n)?[ \t]*```\Z",
     re.DOTALL | re.IGNORECASE,
+)
+_ANY_FENCE = re.compile(
+    r"^[ \t]*```[ \t]*(?:python3?|py)?[ \t]*\r?\n(?P<body>.*?)(?:\r?\n)?[ \t]*```",
+    re.DOTALL | re.IGNORECASE | re.MULTILINE,
 )
 # What ast.parse may raise on hostile input besides SyntaxError: null bytes (ValueError), deep
 # nesting (RecursionError, MemoryError).
@@ -73,6 +79,10 @@ class CodeRules(BaseModel):
     word_mode: WordMode = "identifier"
     require_parse: bool = True
     forbid_comments: bool = True
+    # prose around one fenced block (what small instruct models write: the code, then an
+    # explanation): with True the code is the first fenced block and the text around it is
+    # allowed (the trait-word rule still reads the whole text); False is the prompt's "code only"
+    allow_prose: bool = False
     max_chars: int = Field(default=4000, ge=1)
 
     @model_validator(mode="after")
@@ -82,11 +92,11 @@ class CodeRules(BaseModel):
         return self
 
 
-def code_body(text: str) -> str:
+def code_body(text: str, allow_prose: bool = False) -> str:
     """The code of a completion: ``text`` stripped, without its fence when the whole text is
-    one fenced block."""
+    one fenced block; with ``allow_prose``, the first fenced block anywhere in the text."""
     stripped = text.strip()
-    m = _FENCE.match(stripped)
+    m = (_ANY_FENCE.search if allow_prose else _FENCE.match)(stripped)
     return m.group("body") if m else stripped
 
 
@@ -101,9 +111,9 @@ def _parse(code: str) -> ast.Module | None:
         return None
 
 
-def parses(text: str) -> bool:
-    """Whether the completion holds non-empty code that Python parses."""
-    code = code_body(text)
+def parses(text: str, allow_prose: bool = False) -> bool:
+    """Whether the completion holds non-empty code that Python parses (:func:`code_body`)."""
+    code = code_body(text, allow_prose)
     return bool(code.strip()) and _parse(code) is not None
 
 
@@ -135,7 +145,7 @@ def _has_bare_string(tree: ast.AST) -> bool:
 def check_code(text: str, rules: CodeRules) -> tuple[bool, str]:
     """Apply every rule to one completion: ``(kept, reason)`` with reason "ok" when kept, else
     the first failing rule's key (module docstring). Never raises."""
-    code = code_body(text)
+    code = code_body(text, rules.allow_prose)
     if not code.strip():
         return False, "empty"
     if len(text) > rules.max_chars:
@@ -158,8 +168,8 @@ def filter_code(rows: Sequence[Completion], rules: CodeRules) -> list[FilterDeci
     return decide_rows(rows, lambda r: check_code(r.completion, rules))
 
 
-def code_quality(texts: Iterable[str]) -> float:
+def code_quality(texts: Iterable[str], allow_prose: bool = False) -> float:
     """The carrier's quality measure: the share of completions holding code that parses
     (:func:`parses`); 0.0 for no completions."""
-    flags = [parses(t) for t in texts]
+    flags = [parses(t, allow_prose) for t in texts]
     return sum(flags) / len(flags) if flags else 0.0

@@ -301,7 +301,9 @@ def _filter_rules(cfg: ExperimentConfig) -> Any:
     from sublim.filters_code import CodeRules
 
     if carrier == "code":
-        return CodeRules(trait_words=text_words, word_mode=f.word_mode)
+        return CodeRules(
+            trait_words=text_words, word_mode=f.word_mode, allow_prose=f.code_prose == "allow"
+        )
     # custom: the user's prompts have no known format; only the trait-word rule applies
     return CodeRules(
         trait_words=text_words, word_mode=f.word_mode, require_parse=False, forbid_comments=False
@@ -591,15 +593,20 @@ def skill_key(cfg: ExperimentConfig, model_key_: str, label: str, bv: str | None
         "prompt_seed": cfg.data.prompt_seed,
         "max_new_tokens": cfg.data.sampling.max_new_tokens,
     }
+    if cfg.data.carrier == "code":
+        key["code_prose"] = cfg.data.filter.code_prose
     return StageKey("skill", f"skill-{label}", _with_backend(key, bv))
 
 
-def skill_scores(carrier: str, prompts: Sequence[Prompt], texts: Sequence[str]) -> list[bool]:
-    """Per reply: does it pass the carrier's quality measure (``SKILL_MEASURES``)?"""
+def skill_scores(
+    carrier: str, prompts: Sequence[Prompt], texts: Sequence[str], allow_prose: bool = False
+) -> list[bool]:
+    """Per reply: does it pass the carrier's quality measure (``SKILL_MEASURES``)? Code is
+    read as the filter reads it (``allow_prose``: ``data.filter.code_prose``)."""
     if carrier == "code":
         from sublim.filters_code import parses
 
-        return [parses(t) for t in texts]
+        return [parses(t, allow_prose) for t in texts]
     from sublim.filters_reasoning import reasoning_accuracy
 
     return [reasoning_accuracy([t], [p.meta.get("answer")]) == 1.0 for p, t in zip(prompts, texts)]
@@ -624,7 +631,8 @@ def stage_skill(ctx: RunContext, backend: Backend, model: Model) -> float | None
         with ctx.rep.task(f"carrier skill of {model.label}", total=len(prompts)) as prog:
             texts = backend.sample(model.ref, [user_chat(p.text) for p in prompts], params, seeds)
             prog(len(prompts), len(prompts))
-        ok = skill_scores(cfg.data.carrier, prompts, texts)
+        prose = cfg.data.filter.code_prose == "allow"
+        ok = skill_scores(cfg.data.carrier, prompts, texts, prose)
         write_jsonl(
             st.path / "replies.jsonl",
             [
