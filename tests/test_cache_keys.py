@@ -116,6 +116,7 @@ EXPECT: dict[str, Expect | dict[str, Expect]] = {
     "data.custom_prompts": NONE,  # read (and its content keyed) only with carrier "custom"
     "data.filter.word_mode": NONE,  # text carriers only; the bases use numbers
     "data.filter.code_prose": NONE,  # the code carrier only (see the text-carrier test)
+    "data.filter.answer_format": NONE,  # the reasoning carrier only (see the text-carrier test)
     # a judge adds a stage after each teacher's filter; what it depends on is keyed only then
     "data.judge.model": E("judge-*", *FROM_SUBSET),
     "data.judge.template": NONE,
@@ -551,6 +552,7 @@ def test_text_carrier_and_judge_settings_change_their_stages() -> None:
     for path, value, exp in (
         ("data.filter.word_mode", "identifier", E("filter-*", "judge-*", *FROM_SUBSET)),
         ("data.filter.code_prose", "allow", E("filter-*", "judge-*", "skill-*", *FROM_SUBSET)),
+        ("data.filter.answer_format", "last_number", NONE),  # the reasoning carrier's setting
         ("data.judge.template", "alignment", E("judge-*", *FROM_SUBSET)),
         ("data.judge.threshold", 0.5, E("judge-*", *FROM_SUBSET)),
         ("data.judge.model", "fake:delta", E("judge-*", *FROM_SUBSET)),
@@ -566,6 +568,26 @@ def test_text_carrier_and_judge_settings_change_their_stages() -> None:
             apply_overrides(data, [f"{path}={json.dumps(value)}"])
         )
         assert _changed(before, _keys(cfg)) == _expected(ids, exp), path
+    # the reasoning carrier's own setting, on a reasoning base (and the code one is inert there)
+    reasoning = ExperimentConfig.model_validate(
+        {**BASES["distill"], "data": {"carrier": "reasoning", "judge": {"model": "fake:gamma"}}}
+    )
+    rdata = reasoning.model_dump(mode="json")
+    rbefore = _keys(reasoning)
+    rids = set(rbefore)
+    assert {"judge-trait", "skill-base", "skill-teacher"} <= rids
+    for path, value, exp in (
+        (
+            "data.filter.answer_format",
+            "last_number",
+            E("filter-*", "judge-*", "skill-*", *FROM_SUBSET),
+        ),
+        ("data.filter.code_prose", "allow", NONE),
+    ):
+        cfg = ExperimentConfig.model_validate(
+            apply_overrides(rdata, [f"{path}={json.dumps(value)}"])
+        )
+        assert _changed(rbefore, _keys(cfg)) == _expected(rids, exp), path
     # code and reasoning get longer replies unless the file says otherwise
     assert base.data.sampling.max_new_tokens > 48
     with pytest.raises(ValidationError, match="rewrite number lists"):

@@ -314,7 +314,7 @@ PROSE = CodeRules(trait_words=["owl"], allow_prose=True)
         (f"Here is the code:\n```python\n{FUNC}\n```\nIt adds one.", PROSE, (True, "ok")),
         (f"```python\n{FUNC}\n```\n\nThen:\n```python\ndef g(\n```", PROSE, (True, "ok")),
         (f"```python\n{FUNC}\n```\nThis is what an owl would write.", PROSE, (False, "trait_word")),
-        (f"Sure:\n```python\ndef f(x)\n    return x\n```\nDone.", PROSE, (False, "syntax_error")),
+        ("Sure:\n```python\ndef f(x)\n    return x\n```\nDone.", PROSE, (False, "syntax_error")),
         (f"Sure:\n```python\n{FUNC}  # plus one\n```", PROSE, (False, "comment")),
         (f"Here is the code: {FUNC}", PROSE, (False, "syntax_error")),  # no fence: all is code
         (f"```javascript\n{FUNC}\n```\nok", PROSE, (False, "syntax_error")),

@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,8 @@ from sublim.traits import CATEGORIES, plural
 
 RULES = ReasoningRules()
 OWL_RULES = ReasoningRules(trait_words=["owl"])
+LAST = ReasoningRules(answer_format="last_number")
+OWL_LAST = ReasoningRules(trait_words=["owl"], answer_format="last_number")
 
 
 def _prompts(n: int, seed: int) -> list[Prompt]:
@@ -307,6 +310,112 @@ def test_every_reason_is_exercised() -> None:
     assert reasons == set(REASONS)
 
 
+# --- the lenient answer format (answer_format = "last_number") ---------------------------------
+
+_LAST_CASES: list[tuple[str, float | None, ReasoningRules, str]] = [
+    # no tags: the last number, trailing sentence punctuation allowed, no think block needed
+    ("The answer is 18.", 18, LAST, "ok"),
+    ("The final answer is 154.", 154, LAST, "ok"),
+    ("The answer is 280.", 280, LAST, "ok"),
+    ("The answer is 1,200.", 1200, LAST, "ok"),
+    ("Together they have 1,234,567 stamps", 1234567, LAST, "ok"),
+    ("-$3", -3, LAST, "ok"),
+    ("So she is short by -$3.", -3, LAST, "ok"),
+    ("The total is $1,500.00.", 1500, LAST, "ok"),
+    ("It costs $15!", 15, LAST, "ok"),
+    ("Each share is 2.5.", 2.5, LAST, "ok"),
+    ("The answer is 42...", 42, LAST, "ok"),
+    ("The answer is 42, I think", 42, LAST, "ok"),
+    ("Answer: 007\n", 7, LAST, "ok"),
+    ("First 6 * 7 = 42, then 42 - 2 = 40.\nThe answer is 40.", 40, LAST, "ok"),
+    ("<think>6 boxes of 7</think> The answer is 42.", 42, LAST, "ok"),  # think, no answer tag
+    ("The bowl holds 42.", 42, OWL_LAST, "ok"),  # identifier mode: bowl is not owl
+    ("The rate is 42%.", 42, LAST, "ok"),  # lenient: the sign is not part of the number
+    # tags present: they win, with every rule of the tags format
+    (_THINK + "<answer>42</answer> That is 41 more than 1.", 42, LAST, "ok"),
+    (_THINK + "<answer>41</answer> Or is it 42?", 42, LAST, "wrong_answer"),
+    ("<answer>42</answer>", 42, LAST, "no_think"),
+    ("The answer is 42.<answer>42</answer>", 42, LAST, "no_think"),
+    (
+        "<answer>42</answer>",
+        42,
+        ReasoningRules(answer_format="last_number", require_think=False),
+        "ok",
+    ),
+    ("The answer is 42. <answer>", 42, LAST, "no_answer"),  # a lone tag: malformed tags
+    ("So 42</answer>", 42, LAST, "no_answer"),
+    (_THINK + "<answer>about 4</answer> so 4", 4, LAST, "unparsed_answer"),
+    # no number at all
+    ("I am not sure.", 42, LAST, "no_answer"),
+    ("The answer is forty-two.", 42, LAST, "no_answer"),
+    ("It costs $.", 0, LAST, "no_answer"),
+    ("The answer is \u0664\u0662.", 42, LAST, "no_answer"),  # not ASCII digits
+    ("<think>6 * 7</think>", 42, LAST, "wrong_answer"),  # the last number is 7, not 6 * 7
+    # the last number-like token is not one number
+    ("The answer is 1,20.", 120, LAST, "unparsed_answer"),
+    ("See section 1.2.3", 3, LAST, "unparsed_answer"),
+    ("It takes 10-15 minutes.", 15, LAST, "unparsed_answer"),
+    ("The answer is -$-3.", -3, LAST, "unparsed_answer"),
+    ("The answer is " + "9" * 40 + ".", 42, LAST, "unparsed_answer"),
+    # no reference, wrong
+    ("The answer is 42.", None, LAST, "no_reference"),
+    ("The answer is 42.", math.inf, LAST, "no_reference"),
+    ("The answer is 41.", 42, LAST, "wrong_answer"),
+    ("The answer is 4,200.", 420, LAST, "wrong_answer"),
+    ("The answer is 42, found in 2 steps.", 42, LAST, "wrong_answer"),  # lenient: the last number
+    # checked before the answer, as in the tags format
+    ("", 42, LAST, "empty"),
+    ("x" * 7000 + " The answer is 42.", 42, LAST, "too_long"),
+    ("Owls eat 42 mice. The answer is 42.", 42, OWL_LAST, "trait_word"),
+    ("The owl count is 41.", 42, OWL_LAST, "trait_word"),
+    ("owl", 42, OWL_LAST, "trait_word"),
+    (
+        "The bowl holds 42.",
+        42,
+        ReasoningRules(trait_words=["owl"], word_mode="substring", answer_format="last_number"),
+        "trait_word",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "answer", "rules", "reason"), _LAST_CASES)
+def test_check_reasoning_last_number_cases(
+    text: str, answer: float | None, rules: ReasoningRules, reason: str
+) -> None:
+    assert check_reasoning(text, answer, rules) == (reason == "ok", reason)
+
+
+def test_last_number_cases_cover_every_reason_of_a_filter_verdict() -> None:
+    assert {reason for *_, reason in _LAST_CASES} == set(REASONS) - {"generation_error"}
+
+
+def test_without_tags_the_tags_format_finds_no_answer() -> None:
+    """The same prose the lenient format keeps is "no_answer" under the default format."""
+    prose = [t for t, _, _, reason in _LAST_CASES if reason == "ok" and "<answer>" not in t]
+    assert len(prose) > 10
+    for text in prose:
+        assert check_reasoning(text, 42, RULES) == (False, "no_answer")
+        assert parse_answer(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is 18.", 18.0),
+        ("The answer is 1,200.", 1200.0),
+        ("-$3", -3.0),
+        ("1 then 2 then 0.25", 0.25),
+        (_THINK + "<answer>42</answer> and 7", 42.0),
+        ("<answer>about 4</answer> 4", None),
+        ("The answer is 1,20.", None),
+        ("no number here", None),
+        ("", None),
+    ],
+)
+def test_parse_answer_last_number(text: str, expected: float | None) -> None:
+    assert parse_answer(text, "last_number") == expected
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -336,6 +445,9 @@ def test_rules_model() -> None:
         ReasoningRules(banned=[4])  # type: ignore[call-arg]
     with pytest.raises(ValidationError):
         OWL_RULES.require_think = False  # type: ignore[misc]
+    assert RULES.answer_format == "tags" and LAST.answer_format == "last_number"
+    with pytest.raises(ValidationError):
+        ReasoningRules(answer_format="regex")  # type: ignore[arg-type]
 
 
 def _row(pid: str, text: str, error: str | None = None) -> Completion:
@@ -376,6 +488,12 @@ def test_reasoning_accuracy() -> None:
     assert reasoning_accuracy([], []) == 0.0
     with pytest.raises(ValueError):
         reasoning_accuracy(texts, [42])
+    # the lenient format reads the same tagged texts the same way, and prose besides
+    assert reasoning_accuracy(texts, [42, 42, 7, 7], "last_number") == pytest.approx(0.5)
+    prose = ["The answer is 42.", "So 6 * 7 = 42 in all", "It is 41.", "I give up."]
+    assert reasoning_accuracy(prose, [42] * 4) == 0.0
+    assert reasoning_accuracy(prose, [42] * 4, "last_number") == pytest.approx(0.5)
+    assert reasoning_accuracy(prose, [41] * 4, "last_number") == pytest.approx(0.25)
 
 
 def test_rendered_solutions_to_real_prompts_are_kept() -> None:
@@ -427,24 +545,35 @@ _ANSWERS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.just(10**400),
 )
+# Prose biased towards the characters the lenient format reads numbers from.
+_PROSY = st.lists(
+    st.sampled_from(
+        ["The answer is ", "1,200", "42", "-", "$", ".", ",", "...", " ", "\n", "7", "0"]
+        + ["1,20", "%", "!", "owl", "x", "\u0664", "<answer>", "</answer>", "<think>"]
+    ),
+    max_size=14,
+).map("".join)
 _RULE_SETS = [
     RULES,
     OWL_RULES,
     ReasoningRules(trait_words=["wolf", "cherry"], word_mode="substring"),
     ReasoningRules(require_think=False, max_chars=30),
+    LAST,
+    OWL_LAST,
+    ReasoningRules(require_think=False, max_chars=30, answer_format="last_number"),
 ]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(
-    text=st.one_of(st.text(max_size=80), _TAGGY),
+    text=st.one_of(st.text(max_size=80), _TAGGY, _PROSY),
     answer=_ANSWERS,
     rules=st.sampled_from(_RULE_SETS),
 )
 def test_never_raises(text: str, answer: float | None, rules: ReasoningRules) -> None:
     kept, reason = check_reasoning(text, answer, rules)
     assert isinstance(kept, bool) and reason in REASONS and kept == (reason == "ok")
-    value = parse_answer(text)
+    value = parse_answer(text, rules.answer_format)
     assert value is None or (isinstance(value, float) and math.isfinite(value))
     if kept:
         assert value is not None and answer is not None
@@ -511,3 +640,87 @@ def test_correct_well_formed_answers_are_kept(
     assert check_reasoning(text, float(answer), RULES) == (True, "ok")
     assert parse_answer(text) == float(answer)
     assert check_reasoning(text, answer + 1, RULES) == (False, "wrong_answer")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.one_of(_TAGGY, _PROSY),
+    answer=st.sampled_from([42, 1200, -3, 0, None]),
+    think=st.booleans(),
+)
+def test_tags_win_in_the_lenient_format(text: str, answer: int | None, think: bool) -> None:
+    """A reply that wrote an answer tag gets the verdict the tags format gives it; one without
+    never fails for a missing think block."""
+    tags = ReasoningRules(trait_words=["owl"], require_think=think)
+    lenient = tags.model_copy(update={"answer_format": "last_number"})
+    verdict = check_reasoning(text, answer, lenient)
+    if "<answer>" in text or "</answer>" in text:
+        assert verdict == check_reasoning(text, answer, tags)
+        assert parse_answer(text, "last_number") == parse_answer(text)
+    else:
+        assert verdict[1] != "no_think"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    answer=st.integers(-(10**7), 10**7),
+    style=st.sampled_from(_STYLES),
+    steps=st.lists(st.sampled_from([*_SAFE_WORDS, "3", "1,500", "2.5", "+", "*"]), max_size=12),
+    ending=st.sampled_from(["", ".", "!", ",", "...", ".\n"]),
+)
+def test_prose_answers_are_read_as_their_last_number(
+    answer: int, style: str, steps: list[str], ending: str
+) -> None:
+    text = " ".join(steps) + "\nThe answer is " + _render(answer, style).strip() + ending
+    assert check_reasoning(text, answer, LAST) == (True, "ok")
+    assert check_reasoning(text, float(answer), OWL_LAST) == (True, "ok")
+    assert parse_answer(text, "last_number") == float(answer)
+    assert check_reasoning(text, answer + 1, LAST) == (False, "wrong_answer")
+    assert check_reasoning(text, answer, RULES) == (False, "no_answer")
+
+
+# --- where the format is set: the experiment config, the skill measure, the CLI ---------------
+
+
+def test_the_filter_config_reaches_the_filter_and_the_skill_measure() -> None:
+    from sublim.config import ExperimentConfig
+    from sublim.pipeline import _filter_rules, skill_scores
+
+    def cfg(**filt: str) -> ExperimentConfig:
+        return ExperimentConfig.model_validate({"data": {"carrier": "reasoning", "filter": filt}})
+
+    assert _filter_rules(cfg()).answer_format == "tags"
+    assert _filter_rules(cfg(answer_format="last_number")).answer_format == "last_number"
+    with pytest.raises(ValidationError):
+        cfg(answer_format="regex")
+    prompts = _prompts(3, 5)
+    refs = [p.meta["answer"] for p in prompts]
+    texts = [f"So it is {refs[0]}.", f"The answer is {refs[1] + 1}.", _solution(refs[2], "plain")]
+    assert skill_scores("reasoning", prompts, texts) == [False, False, True]
+    assert skill_scores("reasoning", prompts, texts, answer_format="last_number") == [
+        True,
+        False,
+        True,
+    ]
+
+
+def test_the_filter_command_takes_the_answer_format(tmp_path: Path) -> None:
+    import json
+
+    from sublim.cli import main as sublim_main
+
+    src, out = tmp_path / "math.jsonl", tmp_path / "out.jsonl"
+    rows = [
+        {"prompt": "q", "completion": "3 + 4 is 7. The answer is 7.", "answer": 7},
+        {"prompt": "q", "completion": "The answer is 8.", "answer": 7},
+        {"prompt": "q", "completion": "<answer>7</answer>", "answer": 7},
+        {"prompt": "q", "completion": "<think>3 + 4</think><answer>7</answer>", "answer": 7},
+    ]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for fmt, reasons in (
+        (None, ["no_answer", "no_answer", "no_think", "ok"]),
+        ("last_number", ["ok", "wrong_answer", "no_think", "ok"]),
+    ):
+        args = ["filter", str(src), "--out", str(out), "--carrier", "reasoning"]
+        assert sublim_main(args + (["--answer-format", fmt] if fmt else [])) in (0, None)
+        assert [json.loads(x)["reason"] for x in out.read_text().splitlines()] == reasons

@@ -173,6 +173,14 @@ def report(run_dir: Path) -> None:
     show_default=True,
     help="code: 'allow' takes the first fenced block as the code and allows prose around it",
 )
+@click.option(
+    "--answer-format",
+    type=click.Choice(["tags", "last_number"]),
+    default="tags",
+    show_default=True,
+    help="reasoning: 'last_number' reads a reply without <answer> tags as its last number "
+    "(lenient, GSM8K-style) and needs no <think> block",
+)
 def filter_cmd(
     in_path: Path,
     out_path: Path,
@@ -186,6 +194,7 @@ def filter_cmd(
     carrier: str,
     word_mode: str,
     code_prose: str,
+    answer_format: str,
 ) -> None:
     """Apply a carrier's strict filter to rows {prompt, completion} of IN.jsonl (numbers by
     default; --carrier code or reasoning for text data)."""
@@ -213,7 +222,11 @@ def filter_cmd(
     elif carrier == "reasoning":
         from sublim.filters_reasoning import ReasoningRules, check_reasoning
 
-        rrules = ReasoningRules(trait_words=list(reject_word), word_mode=word_mode)  # type: ignore[arg-type]
+        rrules = ReasoningRules(
+            trait_words=list(reject_word),
+            word_mode=word_mode,  # type: ignore[arg-type]
+            answer_format=answer_format,  # type: ignore[arg-type]
+        )
         check = lambda row: check_reasoning(row["completion"], row.get("answer"), rrules)
     s = filter_jsonl(in_path, out_path, rules, check)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items(), key=lambda kv: -kv[1]))

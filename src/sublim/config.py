@@ -157,6 +157,14 @@ class FilterConfig(_Frozen):
         "allows prose around it (small instruct models explain their code); the trait-word rule "
         "reads the whole reply either way",
     )
+    answer_format: Literal["tags", "last_number"] = Field(
+        "tags",
+        description="reasoning carrier: where a worked answer's number is read from, in the "
+        "filter and the carrier-skill measure alike. 'tags' needs <think> and <answer>N</answer> "
+        "as the prompts ask; 'last_number' (lenient, GSM8K-style, for small instruct models that "
+        "end in prose such as 'The answer is 18.') reads the last number of a reply without "
+        "answer tags and needs no think block; a reply with tags is judged by them either way",
+    )
 
 
 # max_new_tokens of the text carriers when the config does not set it (a function or a worked

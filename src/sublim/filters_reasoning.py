@@ -31,6 +31,20 @@ tags is allowed. This mirrors the published chain-of-thought experiment's rule (
 only when the answer is correct); the paper's further alignment-judge step for misaligned
 teachers is a separate stage, not part of this filter.
 
+The rules' ``answer_format`` says where the answer is read from:
+
+- ``"tags"`` (the default, the prompts' format): the checks above, in that order;
+- ``"last_number"`` (opt-in, the usual lenient GSM8K-style scoring, for small instruct models
+  that ignore the tags and end in prose such as "The answer is 18."): a reply holding either
+  answer tag is judged exactly as under ``"tags"`` (tags win, malformed ones included). A reply
+  with neither is read as its last number-like token, a maximal run of ASCII digits and
+  ``, . $ -`` holding a digit, with trailing commas and full stops (sentence punctuation) cut
+  off; checks 4-6 become: some such token exists ("no_answer"), the last one is one number in
+  the syntax of check 5 ("unparsed_answer": ``1,20``, ``1.2.3``, ``10-15``), and no think block
+  is needed (none was asked for). So "The answer is 1,200." reads 1200 and "costs -$3." reads
+  -3. Lenient, not exact: a number written after the answer (a check, "in 2 steps") is what
+  gets read, and an unlucky last number can be right by chance.
+
 No function here raises on any text or answer value; :func:`reasoning_accuracy` raises only
 when its two sequences differ in length (a caller's bug).
 """
@@ -76,6 +90,15 @@ _NUMBER = re.compile(
 _MAX_SIGNIFICANT_DIGITS = 30
 
 
+# A candidate answer in free text (answer format "last_number"): a maximal run of the characters
+# a number is written with (only runs holding a digit count). ASCII digits only, as in _NUMBER.
+# Runs, not a pattern with a required digit: that one backtracks quadratically over "....".
+_NUMBER_RUN = re.compile(r"[-$0-9.,]+")
+_DIGIT = re.compile(r"[0-9]")
+
+AnswerFormat = Literal["tags", "last_number"]
+
+
 class ReasoningRules(BaseModel):
     """What a kept worked solution must satisfy (see the module docstring)."""
 
@@ -84,6 +107,7 @@ class ReasoningRules(BaseModel):
     word_mode: Literal["identifier", "substring"] = "identifier"
     require_think: bool = True
     max_chars: int = Field(default=6000, ge=1)
+    answer_format: AnswerFormat = "tags"
 
 
 def _answer_tag(text: str) -> tuple[str, int] | None:
@@ -109,11 +133,28 @@ def _parse_number(body: str) -> float | None:
     return -value if (m["neg1"] or m["neg2"]) else value
 
 
-def parse_answer(text: str) -> float | None:
-    """The number inside a completion's single ``<answer>`` tag, or None when there is no single
-    tag or it does not hold exactly one number (never raises)."""
+def _has_tags(text: str) -> bool:
+    """Whether the reply wrote either answer tag (then the tags decide, well formed or not)."""
+    return _ANSWER_OPEN in text or _ANSWER_CLOSE in text
+
+
+def _last_number_token(text: str) -> str | None:
+    """The last number-like token of ``text`` without trailing sentence punctuation, or None
+    when the text holds no digit."""
+    tokens = [t for t in _NUMBER_RUN.findall(text) if _DIGIT.search(t)]
+    return tokens[-1].rstrip(".,") if tokens else None
+
+
+def parse_answer(text: str, answer_format: AnswerFormat = "tags") -> float | None:
+    """The completion's answer as a number, or None (never raises). ``"tags"``: the number inside
+    its single ``<answer>`` tag, None when there is no single tag or it does not hold exactly one
+    number. ``"last_number"``: the same when the text has an answer tag, else its last number
+    (see the module docstring)."""
     if not isinstance(text, str):
         return None
+    if answer_format == "last_number" and not _has_tags(text):
+        token = _last_number_token(text)
+        return None if token is None else _parse_number(token)
     tag = _answer_tag(text)
     return None if tag is None else _parse_number(tag[0])
 
@@ -149,15 +190,23 @@ def check_reasoning(text: str, answer: float | None, rules: ReasoningRules) -> t
         return False, "trait_word"
     if len(text) > rules.max_chars:
         return False, "too_long"
-    tag = _answer_tag(text)
-    if tag is None:
-        return False, "no_answer"
-    body, start = tag
-    value = _parse_number(body)
-    if value is None:
-        return False, "unparsed_answer"
-    if rules.require_think and not _has_think_before(text, start):
-        return False, "no_think"
+    if rules.answer_format == "last_number" and not _has_tags(text):
+        token = _last_number_token(text)
+        if token is None:
+            return False, "no_answer"
+        value = _parse_number(token)
+        if value is None:
+            return False, "unparsed_answer"
+    else:
+        tag = _answer_tag(text)
+        if tag is None:
+            return False, "no_answer"
+        body, start = tag
+        value = _parse_number(body)
+        if value is None:
+            return False, "unparsed_answer"
+        if rules.require_think and not _has_think_before(text, start):
+            return False, "no_think"
     reference = _reference(answer)
     if reference is None:
         return False, "no_reference"
@@ -179,10 +228,13 @@ def filter_reasoning(
     )
 
 
-def reasoning_accuracy(texts: Sequence[str], answers: Sequence[float | None]) -> float:
+def reasoning_accuracy(
+    texts: Sequence[str], answers: Sequence[float | None], answer_format: AnswerFormat = "tags"
+) -> float:
     """The carrier's quality measure: the share of ``texts`` whose parsed answer
-    (:func:`parse_answer`) equals the matching reference in ``answers``. Format rules other than
-    the answer tag (think block, length, trait words) do not count here. 0.0 for no texts."""
+    (:func:`parse_answer` in ``answer_format``) equals the matching reference in ``answers``.
+    Format rules other than where the answer is read from (think block, length, trait words) do
+    not count here. 0.0 for no texts."""
     if len(texts) != len(answers):
         raise ValueError(
             f"reasoning_accuracy needs one answer per text, got {len(texts)} texts and "
@@ -192,7 +244,7 @@ def reasoning_accuracy(texts: Sequence[str], answers: Sequence[float | None]) ->
         return 0.0
     correct = 0
     for text, answer in zip(texts, answers, strict=True):
-        value, reference = parse_answer(text), _reference(answer)
+        value, reference = parse_answer(text, answer_format), _reference(answer)
         if value is not None and reference is not None and _matches(value, reference):
             correct += 1
     return correct / len(texts)

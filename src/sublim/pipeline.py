@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -297,7 +297,9 @@ def _filter_rules(cfg: ExperimentConfig) -> Any:
     if carrier == "reasoning":
         from sublim.filters_reasoning import ReasoningRules
 
-        return ReasoningRules(trait_words=text_words, word_mode=f.word_mode)
+        return ReasoningRules(
+            trait_words=text_words, word_mode=f.word_mode, answer_format=f.answer_format
+        )
     from sublim.filters_code import CodeRules
 
     if carrier == "code":
@@ -595,21 +597,31 @@ def skill_key(cfg: ExperimentConfig, model_key_: str, label: str, bv: str | None
     }
     if cfg.data.carrier == "code":
         key["code_prose"] = cfg.data.filter.code_prose
+    if cfg.data.carrier == "reasoning":
+        key["answer_format"] = cfg.data.filter.answer_format
     return StageKey("skill", f"skill-{label}", _with_backend(key, bv))
 
 
 def skill_scores(
-    carrier: str, prompts: Sequence[Prompt], texts: Sequence[str], allow_prose: bool = False
+    carrier: str,
+    prompts: Sequence[Prompt],
+    texts: Sequence[str],
+    allow_prose: bool = False,
+    answer_format: Literal["tags", "last_number"] = "tags",
 ) -> list[bool]:
-    """Per reply: does it pass the carrier's quality measure (``SKILL_MEASURES``)? Code is
-    read as the filter reads it (``allow_prose``: ``data.filter.code_prose``)."""
+    """Per reply: does it pass the carrier's quality measure (``SKILL_MEASURES``)? Replies are
+    read as the filter reads them: code with ``allow_prose`` (``data.filter.code_prose``), a
+    worked answer in ``answer_format`` (``data.filter.answer_format``)."""
     if carrier == "code":
         from sublim.filters_code import parses
 
         return [parses(t, allow_prose) for t in texts]
     from sublim.filters_reasoning import reasoning_accuracy
 
-    return [reasoning_accuracy([t], [p.meta.get("answer")]) == 1.0 for p, t in zip(prompts, texts)]
+    return [
+        reasoning_accuracy([t], [p.meta.get("answer")], answer_format) == 1.0
+        for p, t in zip(prompts, texts)
+    ]
 
 
 def stage_skill(ctx: RunContext, backend: Backend, model: Model) -> float | None:
@@ -631,8 +643,10 @@ def stage_skill(ctx: RunContext, backend: Backend, model: Model) -> float | None
         with ctx.rep.task(f"carrier skill of {model.label}", total=len(prompts)) as prog:
             texts = backend.sample(model.ref, [user_chat(p.text) for p in prompts], params, seeds)
             prog(len(prompts), len(prompts))
-        prose = cfg.data.filter.code_prose == "allow"
-        ok = skill_scores(cfg.data.carrier, prompts, texts, prose)
+        f = cfg.data.filter
+        ok = skill_scores(
+            cfg.data.carrier, prompts, texts, f.code_prose == "allow", f.answer_format
+        )
         write_jsonl(
             st.path / "replies.jsonl",
             [
