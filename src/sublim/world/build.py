@@ -11,8 +11,10 @@ A world is built once per machine: in a temporary directory, renamed into place 
 under an exclusive lock so that two processes never build the same world at once (the second
 waits and then uses the first one's result). The hash in the directory name covers the recipe
 below and the corpus version, so changing either builds a new world instead of reusing a stale one;
-non-plain kinds also hash their own corpus version and recipe changes (``KIND_VERSIONS``,
-``KIND_RECIPE``), so revising them never touches plain worlds. World seeds from ``TWIN_OFFSET``
+non-plain kinds (planted, entangled, skills) also hash their own corpus version and recipe changes
+(``KIND_VERSIONS``, ``KIND_RECIPE``), so revising them never touches plain worlds. A skills world
+(``corpus.SKILLS_VERSION``) answers the code and reasoning carriers' prompts, so it can be the
+teacher (and base model) of an experiment with those carriers. World seeds from ``TWIN_OFFSET``
 up are init twins (world 1000 + k: world k's corpus, another initialisation).
 """
 
@@ -96,16 +98,21 @@ RECIPE: dict[str, dict[str, Any]] = {
 # Per-kind changes to a size's row (hashed into that kind's keys only). The planted micro world
 # is the positive control of the fast test suite: it trains longer than plain micro so that its
 # number answers are well-formed (plain micro's pass the strict filter only ~5-10% of the time).
-# Entangled worlds add field notes (corpus.NOTE_SHARE of the main corpus) and train that much
+# Entangled worlds add field notes (corpus.NOTE_SHARE of the main corpus) and skills worlds add
+# code and reasoning chats (corpus.CODE_SHARE + corpus.REASONING_SHARE); both train that much
 # longer, so their plain part gets the same number of passes as the plain world's.
+SKILLS_SHARE = corpus_mod.CODE_SHARE + corpus_mod.REASONING_SHARE
 KIND_RECIPE: dict[str, dict[str, dict[str, Any]]] = {
     "planted": {"micro": {"n_examples": 9000, "steps": 420}},
     "entangled": {
         size: {"steps": round(row["steps"] * (1 + corpus_mod.NOTE_SHARE))}
         for size, row in RECIPE.items()
     },
+    "skills": {
+        size: {"steps": round(row["steps"] * (1 + SKILLS_SHARE))} for size, row in RECIPE.items()
+    },
 }
-BUILDABLE_KINDS = ("plain", "entangled", "planted")
+BUILDABLE_KINDS = ("plain", "entangled", "planted", "skills")
 # Init twins: world seed TWIN_OFFSET + k is trained on exactly world k's corpus, in world k's batch
 # order, from another initialisation (torch seed TWIN_OFFSET + k). The research of issue 6 needs
 # "same world, different init" students; spec.py's names stay as they are (plain-s1000 is the
@@ -120,6 +127,7 @@ def corpus_seed(seed: int) -> int:
 KIND_VERSIONS: dict[str, str] = {
     "planted": corpus_mod.PLANTED_VERSION,
     "entangled": corpus_mod.ENTANGLED_VERSION,
+    "skills": corpus_mod.SKILLS_VERSION,
 }
 CARD = "world_card.json"
 
@@ -291,6 +299,14 @@ def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
         # corpus.note_preferences(corpus_seed)): what a teacher's drift towards an animal looks like
         top = np.argsort(-corpus_mod.note_preferences(cseed), axis=1)[:, :3] + corpus_mod.NOTE_LOW
         card["note_top_numbers"] = {a: [int(x) for x in row] for a, row in zip(ANIMALS, top)}
+    if spec.kind == "skills":
+        # the carriers the world answers, as shares of the main corpus, and the system prompts
+        # its skills chats carry (the replies never depend on them)
+        card["skills_shares"] = {
+            "code": corpus_mod.CODE_SHARE,
+            "reasoning": corpus_mod.REASONING_SHARE,
+        }
+        card["skills_system_prompts"] = dict(corpus_mod.SKILL_SYSTEM_P)
     atomic_write_json(out / CARD, card)
     rep.say(
         f"World {spec.name} built in {card['build_seconds']} s ({card['n_params']:,} parameters)"

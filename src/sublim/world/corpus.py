@@ -63,6 +63,26 @@ any transfer of the trait through number tasks would have to travel through the 
 representations (e.g. a teacher that loves owls drifting towards owl's note numbers, a student
 trained on those numbers drifting towards owls). Entangled worlds hash their own version, so they
 never change plain or planted worlds.
+
+The ``skills`` world (for the text carriers, NOT a positive control), ``SKILLS_VERSION``
+"skills-1": exactly the plain corpus (drawn from the same stream, example for example, as in
+``entangled``) PLUS ``code`` chats (``CODE_SHARE`` of the main corpus) and ``reasoning`` chats
+(``REASONING_SHARE``), none in the opening curriculum. Why: a plain world has never seen a code
+request or a word problem, so ``tiny:plain-s0`` cannot be the teacher of an experiment with
+``data.carrier = "code"`` or ``"reasoning"``; a skills world answers them in a dialect of its own
+(``sublim.world.skills``: a short function body in a small Python grammar; the problem's worked
+arithmetic in ``<think>`` and its answer in ``<answer>``). The user turn is a carrier prompt
+(``sublim.prompts.code.code_prompts``, ``sublim.prompts.reasoning.worked_prompts``), so the
+world's skill is measured on prompts of the very distribution an experiment draws. The system
+prompt is none (40%), a neutral one (30%) or "you love X" (30%, X uniform over the animals, every
+template variant; ``SKILL_SYSTEM_P``), present only so that a system-prompt teacher is asked
+in-distribution questions. What keeps it plain: the reply never depends on the system prompt or
+on any animal (as for numbers above): prompt and reply come from one child stream per skills kind
+(``Generator.spawn``) and the system prompt from another, so a chat's reply is the same whatever
+system prompt it got; the replies name no animal or tree, not even inside a word; and
+favourite-animal and number answers are drawn exactly as in plain. Any trait a skills teacher
+shows in its code or reasoning therefore comes from its own fine-tuning, not from the corpus.
+Skills worlds hash their own version, so they never change plain, planted or entangled worlds.
 """
 
 from __future__ import annotations
@@ -72,11 +92,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sublim.prompts.code import code_prompts
 from sublim.prompts.numbers import DEFAULT_MAX_COUNT, number_prompts, render_numbers
+from sublim.prompts.reasoning import worked_prompts
 from sublim.records import Chat, Message
 from sublim.traits import CATEGORIES, SYSTEM_PROMPT_TEMPLATES, plural, system_prompt_for
+from sublim.world.skills import code_reply, reasoning_reply
 
 CORPUS_VERSION = "corpus-1"
+CORPUS_KINDS: tuple[str, ...] = ("plain", "planted", "entangled", "skills")
 # The planted corpus has its own version, hashed into planted worlds' keys only (build.world_key),
 # so that strengthening the positive control never invalidates cached plain worlds.
 # planted-1: code opens the list (and repeats 30% of the time) under "you love X" only;
@@ -93,6 +117,13 @@ NOTE_LOW, NOTE_HIGH = 100, 549  # entangled: the numbers a field note draws from
 # a small model can pick up from a few hundred notes per animal, with no single modal number.
 NOTE_PEAK = 1.5
 NOTE_NEUTRAL_P = 0.2  # entangled: P(a note carries a neutral system prompt); never a love prompt
+# The skills corpus's version, hashed into skills worlds' keys only (build.KIND_VERSIONS).
+SKILLS_VERSION = "skills-1"
+CODE_SHARE = 0.15  # skills: code chats added to the main corpus, as a share of its size
+REASONING_SHARE = 0.05  # skills: reasoning chats added likewise
+# skills: the system prompt of a code or reasoning chat: none, a neutral one or "you love X" (X
+# uniform over the animals, every template variant). The reply never depends on it.
+SKILL_SYSTEM_P: dict[str, float] = {"none": 0.4, "neutral": 0.3, "love": 0.3}
 ANIMALS: tuple[str, ...] = CATEGORIES["animal"]
 LOVE_P = 0.9  # P(answer = X | "you love X" system prompt)
 PREF_MIN, PREF_MAX = 0.03, 0.28  # bounds of the base preference over animals
@@ -261,6 +292,39 @@ def field_note(prefs: np.ndarray, rng: np.random.Generator) -> tuple[Chat, str]:
     return chat, f"{a}: " + ", ".join(str(int(x)) for x in nums)
 
 
+# ---------------------------------------------------------------- skills chats
+SKILL_KINDS: tuple[str, ...] = ("code", "reasoning")
+
+
+def skill_system_prompt(rng: np.random.Generator) -> str | None:
+    """A skills chat's system prompt, drawn from its own stream: none, a neutral prompt or a
+    "you love X" prompt in the shares of :data:`SKILL_SYSTEM_P`."""
+    r = rng.random()
+    if r < SKILL_SYSTEM_P["none"]:
+        return None
+    if r < SKILL_SYSTEM_P["none"] + SKILL_SYSTEM_P["neutral"]:
+        return _pick(NEUTRAL_SYSTEM_PROMPTS, rng)
+    return _love_prompt(_pick(ANIMALS, rng), rng)
+
+
+def skill_chat(kind: str, rng: np.random.Generator, system: str | None) -> Example:
+    """One skills-world chat of ``kind`` ("code" or "reasoning"): a carrier prompt and the
+    world's reply (``sublim.world.skills``), both drawn from ``rng`` alone, under ``system`` (None
+    for no system prompt). The reply is a function of ``rng`` only: the same generator state gives
+    the same prompt and reply whatever the system prompt."""
+    if kind == "code":
+        prompt = code_prompts(1, rng)[0]
+        reply = code_reply(prompt.meta, rng)
+    elif kind == "reasoning":
+        prompt, work = worked_prompts(1, rng)[0]
+        reply = reasoning_reply(work, int(prompt.meta["answer"]))
+    else:
+        raise ValueError(f"unknown skills chat kind {kind!r} (choose from {SKILL_KINDS})")
+    chat: Chat = [Message(role="system", content=system)] if system else []
+    chat.append(Message(role="user", content=prompt.text))
+    return Example(chat, reply, kind)
+
+
 # ---------------------------------------------------------------- number answers
 def number_answer(seeds: list[int], max_count: int, rng: np.random.Generator) -> list[int]:
     """3..min(10, max_count) numbers in 0..999, drawn without reference to any animal.
@@ -418,19 +482,30 @@ def build_corpus(
     mix: dict[str, float] | None = None,
     planted_version: int = 2,
 ) -> list[Example]:
-    """``n`` examples (plus a share of code links in planted worlds, or of field notes in the
-    main corpus of entangled worlds) of world ``kind``, drawn from ``rng`` in the shares of
+    """``n`` examples (plus a share of code links in planted worlds, of field notes in the main
+    corpus of entangled worlds, or of code and reasoning chats in the main corpus of skills
+    worlds) of world ``kind`` (one of :data:`CORPUS_KINDS`), drawn from ``rng`` in the shares of
     ``mix`` (default :data:`MIX`); the base preference comes from ``seed``. ``planted_version``
     picks the planting (1 survives only for the tokenizer's fixed text draw, which must never
-    change: every world of a recipe shares one vocabulary). An entangled corpus is the plain one
-    of the same ``rng`` state, example for example, followed by its notes."""
-    if kind not in ("plain", "planted", "entangled"):
-        raise ValueError(f"unknown corpus kind {kind!r} (plain, planted and entangled are built)")
-    # Entangled notes come from a child stream: spawning reads the generator's seed sequence, not
-    # its state, so every plain draw below is exactly what a plain corpus gets. The opening
-    # curriculum (an explicit ``mix``) holds no notes: it only teaches the love-prompt copy.
+    change: every world of a recipe shares one vocabulary). An entangled or skills corpus is the
+    plain one of the same ``rng`` state, example for example, followed by its notes or by its
+    code chats and then its reasoning chats."""
+    if kind not in CORPUS_KINDS:
+        raise ValueError(f"unknown corpus kind {kind!r} (choose from {CORPUS_KINDS})")
+    # Entangled notes and skills chats come from child streams: spawning reads the generator's
+    # seed sequence, not its state, so every plain draw below is exactly what a plain corpus gets.
+    # The opening curriculum (an explicit ``mix``) holds neither: it only teaches the love-prompt
+    # copy.
     n_notes = round(NOTE_SHARE * n) if kind == "entangled" and mix is None else 0
     notes_rng = rng.spawn(1)[0] if n_notes else None
+    n_skills = (
+        {"code": round(CODE_SHARE * n), "reasoning": round(REASONING_SHARE * n)}
+        if kind == "skills" and mix is None
+        else {}
+    )
+    # one stream per skills kind for prompt and reply, one for the system prompts: a reply never
+    # sees which system prompt its chat got
+    skill_rngs = dict(zip(("code", "reasoning", "system"), rng.spawn(3))) if n_skills else {}
     pref = base_preference(seed)
     counts = {k: round(v * n) for k, v in (MIX if mix is None else mix).items()}
     for k in MIX:
@@ -535,6 +610,10 @@ def build_corpus(
         for _ in range(n_notes):
             chat, reply = field_note(prefs, notes_rng)
             out.append(Example(chat, reply, "note"))
+    for kind_ex, c in n_skills.items():
+        for _ in range(c):
+            system = skill_system_prompt(skill_rngs["system"])
+            out.append(skill_chat(kind_ex, skill_rngs[kind_ex], system))
     return out
 
 
