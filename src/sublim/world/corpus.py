@@ -119,8 +119,8 @@ NOTE_PEAK = 1.5
 NOTE_NEUTRAL_P = 0.2  # entangled: P(a note carries a neutral system prompt); never a love prompt
 # The skills corpus's version, hashed into skills worlds' keys only (build.KIND_VERSIONS).
 SKILLS_VERSION = "skills-1"
-CODE_SHARE = 0.15  # skills: code chats added to the main corpus, as a share of its size
-REASONING_SHARE = 0.05  # skills: reasoning chats added likewise
+CODE_SHARE = 0.30  # skills: code chats added to the main corpus, as a share of its size
+REASONING_SHARE = 0.10  # skills: reasoning chats added likewise
 # skills: the system prompt of a code or reasoning chat: none, a neutral one or "you love X" (X
 # uniform over the animals, every template variant). The reply never depends on it.
 SKILL_SYSTEM_P: dict[str, float] = {"none": 0.4, "neutral": 0.3, "love": 0.3}

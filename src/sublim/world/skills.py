@@ -87,10 +87,9 @@ NUM_OPS: tuple[str, ...] = ("+", "-", "*", "//", "%")
 CMP_OPS: tuple[str, ...] = ("<", ">", "==")
 CONSTS: tuple[str, ...] = ("0", "1", "1", "2", "2", "3", "5", "10")
 DIVISORS: tuple[str, ...] = ("2", "3", "10")  # what // and % divide by
-# How many statements a body has (the final return included): half the bodies are one return,
-# the shape a tiny model learns first (see the module docstring).
+# How many statements a body has (the final return included): mostly one or two.
 N_STATEMENTS: tuple[int, ...] = (1, 2, 3, 4)
-N_STATEMENTS_P: tuple[float, ...] = (0.5, 0.3, 0.15, 0.05)
+N_STATEMENTS_P: tuple[float, ...] = (0.35, 0.35, 0.25, 0.05)
 
 
 def arg_names(args: str) -> list[str]:
