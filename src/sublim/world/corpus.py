@@ -119,8 +119,13 @@ NOTE_PEAK = 1.5
 NOTE_NEUTRAL_P = 0.2  # entangled: P(a note carries a neutral system prompt); never a love prompt
 # The skills corpus's version, hashed into skills worlds' keys only (build.KIND_VERSIONS).
 SKILLS_VERSION = "skills-1"
-CODE_SHARE = 0.30  # skills: code chats added to the main corpus, as a share of its size
-REASONING_SHARE = 0.10  # skills: reasoning chats added likewise
+# skills: code and reasoning chats added to the main corpus, as shares of its size. Measured on
+# skills-s0 (small, greedy, 100 held-out prompts each): 0.20 / 0.06 -> 16-19% of code parses, 3-4%
+# of problems right, build 133 s against plain's 69 s (2 threads, quiet machine); 0.15 / 0.05 ->
+# ~0% and 0% (the skills are not learned at all); 0.30 / 0.10 -> 15-32% and 1-2%, a longer build.
+# A skills chat costs ~3.3 plain ones (its carrier prompt alone is ~150 tokens).
+CODE_SHARE = 0.20
+REASONING_SHARE = 0.06
 # skills: the system prompt of a code or reasoning chat: none, a neutral one or "you love X" (X
 # uniform over the animals, every template variant). The reply never depends on it.
 SKILL_SYSTEM_P: dict[str, float] = {"none": 0.4, "neutral": 0.3, "love": 0.3}
