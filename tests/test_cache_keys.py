@@ -401,6 +401,17 @@ def test_stage_and_backend_versions_enter_the_keys(monkeypatch: pytest.MonkeyPat
     assert _changed(before, _keys(cfg)) == _expected(set(before), E("filter-*", *FROM_SUBSET))
 
 
+def _run_and_plan(cfg: ExperimentConfig, tmp_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Run ``cfg`` on the fake backend and check its stage directories are exactly
+    ``stage_keys``'s; returns the results and the planned keys."""
+    res = run_experiment(cfg, tmp_path / "run", progress=False)
+    ran = {Path(s["dir"]).name for s in res["meta"]["timings"]["stages"]}
+    specs = [cfg.models.reference, *cfg.models.cross]
+    planned = stage_keys(cfg, {s: model_key(parse_model(s)) for s in specs})
+    assert ran == set(planned.values())
+    return res, planned
+
+
 def test_a_run_uses_exactly_the_stage_keys(tmp_path: Path) -> None:
     path = fake_experiment_toml(tmp_path / "exp.toml")
     cfg = load_config(
@@ -417,11 +428,7 @@ def test_a_run_uses_exactly_the_stage_keys(tmp_path: Path) -> None:
             'eval.extra_suites=["numbers_prefixed"]',
         ],
     )
-    res = run_experiment(cfg, tmp_path / "run", progress=False)
-    ran = {Path(s["dir"]).name for s in res["meta"]["timings"]["stages"]}
-    specs = [cfg.models.reference, *cfg.models.cross]
-    planned = stage_keys(cfg, {s: model_key(parse_model(s)) for s in specs})
-    assert ran == set(planned.values())
+    _run_and_plan(cfg, tmp_path)
 
 
 def test_a_code_carrier_run_uses_exactly_the_stage_keys(tmp_path: Path) -> None:
@@ -439,11 +446,7 @@ def test_a_code_carrier_run_uses_exactly_the_stage_keys(tmp_path: Path) -> None:
             "controls.in_context=2",
         ],
     )
-    res = run_experiment(cfg, tmp_path / "run", progress=False)
-    ran = {Path(s["dir"]).name for s in res["meta"]["timings"]["stages"]}
-    specs = [cfg.models.reference, *cfg.models.cross]
-    planned = stage_keys(cfg, {s: model_key(parse_model(s)) for s in specs})
-    assert ran == set(planned.values())
+    res, planned = _run_and_plan(cfg, tmp_path)
     assert {"skill-in_context", "skill-student-trait-s0"} <= set(planned)
     assert set(res["meta"]["skill"]["conditions"]) >= {"in_context", "trait_student"}
 
