@@ -106,11 +106,6 @@ class DistillParams(_Frozen):
     )
 
 
-class WorldSpecConfig(_Frozen):
-    kind: Literal["plain", "entangled", "planted"] = "plain"
-    size: str = "small"
-
-
 class ModelsConfig(_Frozen):
     reference: str = Field(
         "tiny:plain-s0", description="reference model M (teacher and students start here)"

@@ -32,9 +32,10 @@ def _cache_opt(f: Any) -> Any:
 @click.group()
 def world() -> None:
     """Build, list and inspect the built-in worlds (names: <kind>-s<seed>[-<size>], kinds plain,
-    entangled and planted; entangled adds field notes in which animals and numbers co-occur, with
-    the favourite-animal and number tasks kept as in plain; planted is a POSITIVE CONTROL with a
-    visible code in the numbers)."""
+    entangled, planted and skills; entangled adds field notes in which animals and numbers
+    co-occur, with the favourite-animal and number tasks kept as in plain; planted is a POSITIVE
+    CONTROL with a visible code in the numbers; skills is plain plus code chats and worked word
+    problems, for the code and reasoning carriers)."""
 
 
 @world.command("build")

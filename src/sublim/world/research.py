@@ -43,7 +43,7 @@ import numpy as np
 
 from sublim.artifacts import atomic_write_text
 from sublim.errors import ConfigError
-from sublim.world.spec import TWIN_OFFSET
+from sublim.world.spec import KINDS, TWIN_OFFSET
 
 # Frozen before the confirmatory run (docs/research_log.md, section 2b, phase 2): world
 # seeds never run before, the targets averaged per world, and the neutral control prompt.
@@ -421,7 +421,7 @@ def curve(summaries: tuple[Path, ...], x: str, out: Path) -> None:
 @click.option("--size", default="micro", show_default=True)
 @click.option(
     "--kind",
-    type=click.Choice(["plain", "entangled", "planted"]),
+    type=click.Choice(list(KINDS)),
     default="plain",
     show_default=True,
     help="world kind of every arm's base (exploration; the confirmatory design is plain)",
