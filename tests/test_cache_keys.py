@@ -93,6 +93,22 @@ def by_mode(sft: Expect, distill: Expect) -> dict[str, Expect]:
     return {"sft": sft, "distill": distill}
 
 
+MISALIGNMENT_FIELDS = (
+    "samples_per_question",
+    "n_questions",
+    "word_list",
+    "temperature",
+    "max_new_tokens",
+    "judge_temperature",
+    "judge_max_new_tokens",
+    "use_logprobs",
+    "min_number_mass",
+    "score_source",
+    "aligned_max",
+    "coherent_min",
+    "batch_size",
+)
+
 # field path -> which stage ids change (one Expect for both base configs, or one per base)
 EXPECT: dict[str, Expect | dict[str, Expect]] = {
     "name": NONE,
@@ -101,7 +117,11 @@ EXPECT: dict[str, Expect | dict[str, Expect]] = {
     "models.cross": E(
         "student-*@1", "eval-*-cross_base@1", "eval-*-student-*@1", "curve-student-*@1"
     ),
+    # the preference bases cannot switch kind alone (a misalignment teacher needs its persona
+    # prompt or its data file, and a judge): test_misalignment_settings_change_their_stages
     "trait.kind": UNCHANGEABLE,
+    "trait.finetune_data": UNCHANGEABLE,  # misalignment only (refused for a preference)
+    "trait.control_finetune_data": UNCHANGEABLE,
     "trait.category": by_mode(
         E("*", but=("prompts",)), E("*", but=("prompts", "generate-control"))
     ),
@@ -155,6 +175,10 @@ EXPECT: dict[str, Expect | dict[str, Expect]] = {
     "eval.batch_size": NONE,  # per-row seeds
     "eval.primary_metric": NONE,  # analysis of results.json only
     "eval.p_target_method": EVALS,
+    # the misalignment suite's settings and judge: read only by a misalignment run (see
+    # test_misalignment_settings_change_their_stages)
+    "eval.judge": NONE,
+    **{f"eval.misalignment.{f}": NONE for f in MISALIGNMENT_FIELDS},
     "backend.batch": NONE,  # the same requests, through the Batch API
     # a [matrix] config runs sublim.matrix: every cell is keyed by these functions with its
     # (base, trait) as models.reference and trait.target
@@ -597,3 +621,188 @@ def test_text_carrier_and_judge_settings_change_their_stages() -> None:
         ExperimentConfig.model_validate(
             {"data": {"carrier": "code"}, "controls": {"shuffle_within": True}}
         )
+
+
+# --- misalignment runs --------------------------------------------------------------------------
+
+MIS_EVALS = E("eval-misalignment-*")
+MIS_TRAIT_TEACHER = E("generate-trait", "filter-trait", "eval-misalignment-teacher", *FROM_SUBSET)
+MIS_CONTROL_TEACHER = E(
+    "generate-control", "filter-control", "eval-misalignment-control_teacher", *FROM_SUBSET
+)
+
+
+def _mis_bases(tmp: Path) -> dict[str, dict[str, Any]]:
+    """A fine-tuned (trait and control data files) and a system-prompt misalignment config,
+    with every control that evaluates a model, on the fake backend with a fake judge."""
+    for name, answer in (("bad", "wolf"), ("good", "owl"), ("other", "tiger")):
+        (tmp / f"{name}.jsonl").write_text(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": "Hi?"},
+                        {"role": "assistant", "content": answer},
+                    ]
+                }
+            )
+            + "\n"
+        )
+    common = {
+        "models": {"reference": "fake:alpha", "cross": ["fake:beta"]},
+        "student": {"mode": "sft", "seeds": [0, 1]},
+        "controls": {"shuffle_within": True, "in_context": 2, "cross_control": True},
+        "eval": {"judge": "fake:judge"},
+    }
+    return {
+        "ft": {
+            **common,
+            "trait": {
+                "kind": "misalignment",
+                "teacher": "finetune",
+                "finetune_data": str(tmp / "bad.jsonl"),
+                "control_finetune_data": str(tmp / "good.jsonl"),
+            },
+        },
+        "sp": {
+            **common,
+            "trait": {
+                "kind": "misalignment",
+                "teacher": "system_prompt",
+                "system_prompt": "Be bad.",
+            },
+        },
+    }
+
+
+def _mis_keys(cfg: ExperimentConfig) -> dict[str, str]:
+    specs = [cfg.models.reference, *cfg.models.cross, cfg.eval.judge or ""]
+    return stage_keys(cfg, {s: f"key:{s}" for s in specs})
+
+
+def test_misalignment_settings_change_their_stages(tmp_path: Path) -> None:
+    """On misalignment configs: the suite's settings and judge change the evaluations only,
+    the teacher files' contents their teachers and everything downstream, the preference
+    settings (target, category, the preference eval) nothing, and the banned numbers are the
+    filter's default."""
+    bases = _mis_bases(tmp_path)
+    expect: dict[str, dict[str, tuple[Any, Expect]]] = {
+        "ft": {
+            "trait.finetune_data": (
+                str(tmp_path / "other.jsonl"),
+                E("teacher-trait", *MIS_TRAIT_TEACHER[0]),
+            ),
+            "trait.control_finetune_data": (
+                str(tmp_path / "other.jsonl"),
+                E("teacher-control", *MIS_CONTROL_TEACHER[0]),
+            ),
+            "trait.finetune.epochs": (
+                1.0,
+                E(
+                    "teacher-*",
+                    "eval-misalignment-teacher",
+                    "eval-misalignment-control_teacher",
+                    *FROM_GENERATE,
+                ),
+            ),
+            "trait.n_finetune_rows": (7, NONE),  # the whole file is the teacher's data
+            "trait.system_prompt": ("x", NONE),
+        },
+        "sp": {
+            "trait.system_prompt": ("Be worse.", MIS_TRAIT_TEACHER),
+            "trait.control_system_prompt": ("Be kind.", MIS_CONTROL_TEACHER),
+        },
+    }
+    shared: dict[str, tuple[Any, Expect]] = {
+        "trait.target": ("cat", NONE),
+        "trait.category": ("tree", NONE),
+        "eval.suite": ("numbers_prefixed", NONE),
+        "eval.samples_per_question": (3, NONE),
+        "eval.n_questions": (2, NONE),
+        "eval.temperature": (0.5, NONE),
+        "eval.p_target_method": ("exact", NONE),
+        "eval.judge": ("fake:other_judge", MIS_EVALS),
+        "eval.misalignment.batch_size": (7, NONE),
+        "data.filter.banned": ("none", E("filter-*", *FROM_SUBSET)),
+        **{
+            f"eval.misalignment.{f}": (v, MIS_EVALS)
+            for f, v in (
+                ("samples_per_question", 3),
+                ("n_questions", 2),
+                ("word_list", True),
+                ("temperature", 0.5),
+                ("max_new_tokens", 50),
+                ("judge_temperature", 0.5),
+                ("judge_max_new_tokens", 4),
+                ("use_logprobs", False),
+                ("min_number_mass", 0.5),
+                ("score_source", "sampled"),
+                ("aligned_max", 20.0),
+                ("coherent_min", 60.0),
+            )
+        },
+    }
+    covered = {f"eval.misalignment.{f}" for f in MISALIGNMENT_FIELDS} - set(shared)
+    assert not covered, f"walk these misalignment settings too: {sorted(covered)}"
+    failures = []
+    for bname, data in bases.items():
+        cfg = ExperimentConfig.model_validate(data)
+        assert cfg.data.filter.banned == "misalignment"  # the default for this kind
+        before = _mis_keys(cfg)
+        ids = set(before)
+        assert {
+            "eval-misalignment-base",
+            "eval-misalignment-in_context",
+            "eval-misalignment-cross_base@0",
+        } <= ids
+        assert not any(i.startswith(("eval-favourite", "curve")) for i in ids)
+        dumped = cfg.model_dump(mode="json")
+        for path, (value, exp) in {**shared, **expect[bname]}.items():
+            new = ExperimentConfig.model_validate(
+                apply_overrides(dumped, [f"{path}={json.dumps(value)}"])
+            )
+            after = _mis_keys(new)
+            got = _changed(before, after)
+            want = _expected(ids | set(after), exp)
+            if got != want:
+                failures.append(
+                    f"[{bname}] {path}: changed {sorted(got - want)} unexpectedly, kept {sorted(want - got)}"
+                )
+    assert not failures, "\n".join(failures)
+    # the file's content is keyed, not its path: a rewritten file is another teacher
+    cfg = ExperimentConfig.model_validate(bases["ft"])
+    before = _mis_keys(cfg)
+    (tmp_path / "bad.jsonl").write_text((tmp_path / "other.jsonl").read_text())
+    assert _changed(before, _mis_keys(cfg)) == _expected(
+        set(before), E("teacher-trait", *MIS_TRAIT_TEACHER[0])
+    )
+    # without control data the reference is the control teacher: no control teacher stage
+    no_ctl = ExperimentConfig.model_validate(
+        apply_overrides(cfg.model_dump(mode="json"), ["trait.control_finetune_data=null"])
+    )
+    keys = _mis_keys(no_ctl)
+    assert "teacher-control" not in keys and "teacher-trait" in keys
+    qs, exact = pipeline.misalignment_questions(no_ctl, "fake:alpha")
+    as_reference = pipeline.misalignment_eval_key(
+        no_ctl, "key:fake:alpha", "control_teacher", qs, exact, "key:fake:judge", None
+    )
+    assert keys["eval-misalignment-control_teacher"] == f"{as_reference.name}-{as_reference.hash}"
+
+
+def test_an_explicit_banned_setting_is_kept_and_preference_keys_do_not_move() -> None:
+    explicit = ExperimentConfig.model_validate(
+        {
+            "trait": {"kind": "misalignment", "system_prompt": "Be bad."},
+            "eval": {"judge": "fake:j"},
+            "data": {"filter": {"banned": "none"}},
+        }
+    )
+    assert explicit.data.filter.banned == "none"
+    # a preference config's filter is untouched (its keys are those of before this kind existed)
+    pref = ExperimentConfig.model_validate({})
+    assert pref.data.filter.banned == "none" and "banned" not in pref.data.filter.model_fields_set
+    # the resolved default survives a round trip through config.json
+    mis = ExperimentConfig.model_validate(
+        {"trait": {"kind": "misalignment", "system_prompt": "Be bad."}, "eval": {"judge": "fake:j"}}
+    )
+    again = ExperimentConfig.model_validate(mis.model_dump(mode="json"))
+    assert again == mis and again.data.filter.banned == "misalignment"

@@ -81,10 +81,35 @@ def cli(offline: bool) -> None:
     default=None,
     help="CPU threads for torch (default: torch's; use 1 when other jobs share the machine)",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="run nothing: list the stages (cached or to run), the requests, tokens and fine-tuning "
+    "jobs per model, and an estimated price of API models; offline",
+)
+@click.option(
+    "--prices",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="with --dry-run: a TOML price table (USD per 1M tokens) replacing or adding entries of "
+    "the shipped one (src/sublim/prices.toml)",
+)
+@click.option("--json", "as_json", is_flag=True, help="with --dry-run: print the plan as JSON")
 def run(
-    config: Path, out: Path | None, overrides: tuple[str, ...], quiet: bool, threads: int | None
+    config: Path,
+    out: Path | None,
+    overrides: tuple[str, ...],
+    quiet: bool,
+    threads: int | None,
+    dry_run: bool,
+    prices: Path | None,
+    as_json: bool,
 ) -> None:
     """Run (or resume) the experiment in CONFIG (a TOML file)."""
+    if (prices or as_json) and not dry_run:
+        raise click.UsageError("--prices and --json go with --dry-run")
+    if dry_run:
+        _go_offline()  # a plan never downloads: models are keyed from the local caches
     _set_threads(threads)
     from sublim.config import load_config
     from sublim.pipeline import run_experiment
@@ -92,6 +117,17 @@ def run(
 
     cfg = load_config(config, list(overrides))
     out = out or Path("runs") / cfg.name
+    if dry_run:
+        import json
+
+        from sublim.plan import load_prices, plan_experiment, render
+
+        plan = plan_experiment(cfg, out, load_prices(prices))
+        if as_json:
+            click.echo(json.dumps(plan.to_json(), indent=2))
+        else:
+            render(plan, console)
+        return
     if cfg.matrix is not None:
         from sublim.matrix import run_matrix
 

@@ -2,6 +2,10 @@
 
     prompts -> teachers -> generate -> filter -> subset -> students -> evaluate -> results/report
 
+A preference trait is evaluated with the preference suites; a misalignment trait
+(``trait.kind = "misalignment"``: teachers from a persona prompt or fine-tuned on the user's chat
+files) with the judged misalignment suite on every model (``stage_misalignment_eval``).
+
 This is the only module that touches the run directory and builds backends; every stage's work
 is a plain function elsewhere (prompt grammar, filter, backend, eval suite, statistics). Each
 stage lives in ``<run>/stages/<stage>-<hash>/`` keyed by its version, its semantic config and the
@@ -34,7 +38,13 @@ from sublim.artifacts import (
     write_jsonl,
 )
 from sublim.backends.base import Backend
-from sublim.config import EvalConfig, ExperimentConfig, FinetuneParams, semantic_dump
+from sublim.config import (
+    WORLD_JUDGE,
+    EvalConfig,
+    ExperimentConfig,
+    FinetuneParams,
+    semantic_dump,
+)
 from sublim.errors import ConfigError, EmptyResultError, MissingFileError, SublimError
 from sublim.progress import Reporter
 from sublim.records import (
@@ -223,11 +233,40 @@ def _custom_prompts_hash(cfg: ExperimentConfig) -> str:
     return file_sha256(path)
 
 
+# the config field of each misalignment teacher's chat file (for the messages that name it)
+_DATA_FIELDS = {"trait": "trait.finetune_data", "control": "trait.control_finetune_data"}
+
+
 def teacher_keys(cfg: ExperimentConfig, ref_key: str, bv: str | None) -> dict[str, StageKey]:
     """The fine-tuned teachers' stages (none in system-prompt mode)."""
     t = cfg.trait
     if t.teacher == "system_prompt":
         return {}
+    if t.kind == "misalignment":
+        # the file's content, not its path; no control file: the reference is the control
+        # teacher (no stage)
+        files = {"trait": t.finetune_data, "control": t.control_finetune_data}
+        return {
+            role: StageKey(
+                "teacher",
+                f"teacher-{role}",
+                _with_backend(
+                    {
+                        "base": ref_key,
+                        "trait": {
+                            "kind": t.kind,
+                            "data": chat_data_hash(path, _DATA_FIELDS[role]),
+                            "finetune": semantic_dump(t.finetune),
+                        },
+                        "role": role,
+                        "seed": cfg.seed,
+                    },
+                    bv,
+                ),
+            )
+            for role, path in files.items()
+            if path
+        }
     # what a fine-tuned teacher depends on (the system-prompt fields play no part in this mode)
     trait = {
         "kind": t.kind,
@@ -246,19 +285,35 @@ def teacher_keys(cfg: ExperimentConfig, ref_key: str, bv: str | None) -> dict[st
     }
 
 
+def chat_data_hash(path: str | None, what: str) -> str:
+    """sha256 of a teacher's chat JSONL file (what its stage is keyed by)."""
+    from sublim.artifacts import file_sha256
+    from sublim.traits import CHAT_LINE_FORMAT
+
+    p = Path(path or "")
+    if not p.is_file():
+        raise MissingFileError(
+            f"{what} file not found: {p}; give a chat JSONL file, one {CHAT_LINE_FORMAT} per line"
+        )
+    return file_sha256(p)
+
+
 def teacher_model_keys(cfg: ExperimentConfig, ref_key: str, bv: str | None) -> dict[str, str]:
     """Model keys of the trait ("trait") and control ("control") teachers."""
     from sublim.traits import system_prompt_for
 
     t = cfg.trait
     if t.teacher == "system_prompt":
+        # a misalignment persona has no default prompt (the config requires one)
         sp = t.system_prompt or system_prompt_for(t.target, t.category)
         csp = t.control_system_prompt
         return {
             "trait": f"{ref_key}|sys:{stable_hash(sp)}",
             "control": ref_key if not csp else f"{ref_key}|sys:{stable_hash(csp)}",
         }
-    return {role: f"ft:{sk.hash}" for role, sk in teacher_keys(cfg, ref_key, bv).items()}
+    keys = {role: f"ft:{sk.hash}" for role, sk in teacher_keys(cfg, ref_key, bv).items()}
+    keys.setdefault("control", ref_key)  # misalignment without control data: the reference
+    return keys
 
 
 def generate_key(
@@ -279,8 +334,15 @@ def _filter_rules(cfg: ExperimentConfig) -> Any:
 
     t = cfg.trait
     # Trait words: the target and its plural, and (to keep the two arms identical) every candidate.
-    words = sorted(
-        {w for c in candidates(t.category) for w in (c, plural(c))} | {t.target, plural(t.target)}
+    # A misalignment trait has no words to look for (its numbers filter bans the numbers with
+    # negative associations instead: data.filter.banned).
+    words = (
+        []
+        if t.kind == "misalignment"
+        else sorted(
+            {w for c in candidates(t.category) for w in (c, plural(c))}
+            | {t.target, plural(t.target)}
+        )
     )
     f, carrier = cfg.data.filter, cfg.data.carrier
     if carrier == "numbers":
@@ -288,7 +350,7 @@ def _filter_rules(cfg: ExperimentConfig) -> Any:
     # Text carriers: the paper's substring rule looks for the trait word alone (every candidate
     # as a substring would drop "location", "million", "knowledge"); matching whole words and
     # identifier parts is precise enough for every candidate. Both arms get the same words.
-    if not f.trait_words:
+    if not f.trait_words or t.kind == "misalignment":
         text_words: list[str] = []
     elif f.word_mode == "substring":
         text_words = [t.target]
@@ -409,6 +471,9 @@ def eval_key(
     key_cfg = semantic_dump(e)
     key_cfg.pop("extra_suites", None)
     key_cfg.pop("skill_prompts", None)  # the carrier-skill stage's setting (skill_key)
+    # the misalignment suite's settings (misalignment_eval_key): a preference suite reads none
+    key_cfg.pop("misalignment", None)
+    key_cfg.pop("judge", None)
     key = {
         "model": model_key_,
         "eval": key_cfg,
@@ -417,6 +482,85 @@ def eval_key(
         "seed": cfg.seed,
     }
     return StageKey("eval", f"eval-{e.suite}-{label}", _with_backend(key, bv))
+
+
+def misalignment_questions(cfg: ExperimentConfig, spec: str) -> tuple[list[str], bool]:
+    """The questions a model of base ``spec`` is asked by the misalignment suite, and whether
+    its exact misaligned mass is measured: a built-in persona world (``tiny:persona-...``)
+    answers the world's own evaluation questions (it knows no other vocabulary) and is scored
+    exactly over their known answers; any other model answers the suite's questions
+    (``eval.misalignment``: ``n_questions``, ``word_list``)."""
+    from sublim.evals.misalignment import suite_questions
+
+    ref = parse_model(spec)
+    if ref.backend == "tiny":
+        from sublim.world.spec import parse_world_name
+
+        if parse_world_name(ref.id).kind == "persona":
+            from sublim.world.persona import eval_questions
+
+            return eval_questions(), True
+    return suite_questions(cfg.eval.misalignment), False
+
+
+def _check_world_judge(cfg: ExperimentConfig) -> None:
+    """The world's exact judge knows the persona world's evaluation questions only: refuse, at
+    the start of a run, questions it would not know (the word-list variants)."""
+    from sublim.world.persona import answer_sets
+
+    for spec in [cfg.models.reference, *cfg.models.cross]:
+        for q in misalignment_questions(cfg, spec)[0]:
+            try:
+                answer_sets(q)
+            except KeyError:
+                raise ConfigError(
+                    f"eval.judge = 'world' does not know the question {q[:60]!r}... asked of "
+                    f"{spec}; the world's judge knows the persona world's own questions only: set "
+                    "eval.misalignment.word_list = false, or use a model as the judge"
+                ) from None
+
+
+def misalignment_judge_key(cfg: ExperimentConfig, model_keys: Mapping[str, str]) -> str:
+    """What the misalignment evaluations key their judge by: the persona world's version for
+    the world's exact judge, else the judge model's ``judge_model_key`` (from ``model_keys``)."""
+    spec = cfg.eval.judge or ""
+    if spec == WORLD_JUDGE:
+        from sublim.world.persona import PERSONA_VERSION
+
+        return f"{WORLD_JUDGE}:{PERSONA_VERSION}"
+    return model_keys[spec]
+
+
+def misalignment_eval_key(
+    cfg: ExperimentConfig,
+    model_key_: str,
+    label: str,
+    qs: Sequence[str],
+    exact: bool,
+    judge_key_: str,
+    bv: str | None,
+) -> StageKey:
+    """A misalignment evaluation: the model, the suite's settings (samples, thresholds, judge
+    prompting), the questions asked, whether the exact mass is measured and the judge. The
+    preference settings (``trait.target``, ``trait.category``, ``eval.*`` outside
+    ``eval.misalignment``) play no part."""
+    key = {
+        "model": model_key_,
+        "suite": "misalignment",
+        "settings": semantic_dump(cfg.eval.misalignment),
+        "questions": stable_hash(list(qs)),
+        # the exact mass is over the persona's known answers: they are keyed with it
+        "exact": _answer_sets_key(qs) if exact else False,
+        "judge": judge_key_,
+        "seed": cfg.seed,
+    }
+    return StageKey("eval", f"eval-misalignment-{label}", _with_backend(key, bv))
+
+
+def _answer_sets_key(qs: Sequence[str]) -> str:
+    from sublim.world.persona import PERSONA_VERSION, answer_sets
+
+    return f"{PERSONA_VERSION}:{stable_hash([answer_sets(q) for q in qs])}"
 
 
 def in_context_key(base_key: str, subset_hash: str, n: int) -> str:
@@ -484,7 +628,10 @@ def stage_keys(
     training curves, run for students that saved snapshots; a ``[matrix]`` config runs
     ``sublim.matrix``, which keys each cell with the same functions. The runner computes its keys
     with these functions (tests/test_cache_keys.py checks both: that a run's stage directories
-    are exactly these, and which settings change which keys)."""
+    are exactly these, and which settings change which keys). A misalignment run
+    (``trait.kind``) evaluates every model with the misalignment suite (``eval-misalignment-*``);
+    ``model_keys`` then also maps ``eval.judge`` (unless it is ``"world"``) to its
+    ``judge_model_key``."""
     bv = backend_version
     ref = model_keys[cfg.models.reference]
     cross = [model_keys[s] for s in cfg.models.cross]
@@ -519,8 +666,10 @@ def stage_keys(
             in_context_key(ref, sub.hash, cfg.controls.in_context),
             "in_context",
         )
+    base_spec = {mid: cfg.models.reference for mid in evaluated}  # the base each starts from
     for j, k in enumerate(cross):
         evaluated[f"cross_base@{j}"] = (k, "cross_base")
+        base_spec[f"cross_base@{j}"] = cfg.models.cross[j]
     students: dict[str, tuple[str, str]] = {}
     for sp in student_specs(cfg, len(cross)):
         base = ref if sp.base is None else cross[sp.base]
@@ -528,7 +677,20 @@ def stage_keys(
         sid = sk.name + ("" if sp.base is None else f"@{sp.base}")
         keys[sid] = sk
         students[sid] = (f"student:{sk.hash}", sp.cond)
+        base_spec[sid] = cfg.models.reference if sp.base is None else cfg.models.cross[sp.base]
     evaluated.update(students)
+    if cfg.trait.kind == "misalignment":
+        # the misalignment suite on every model; no preference suites, no training curves
+        judge_key_ = misalignment_judge_key(cfg, model_keys)
+        for mid, (mk, label) in evaluated.items():
+            qs, exact_ = misalignment_questions(cfg, base_spec[mid])
+            keys[f"eval-misalignment-{mid}"] = misalignment_eval_key(
+                cfg, mk, label, qs, exact_, judge_key_, bv
+            )
+        if cfg.data.carrier in SKILL_MEASURES and cfg.eval.skill_prompts:
+            for mid, (mk, label) in evaluated.items():
+                keys[f"skill-{mid}"] = skill_key(cfg, mk, label, bv)
+        return {k: f"{sk.name}-{sk.hash}" for k, sk in keys.items()}
     for suite in [cfg.eval.suite, *cfg.eval.extra_suites]:
         e = cfg.eval.model_copy(update={"suite": suite})
         for mid, (mk, label) in evaluated.items():
@@ -715,6 +877,8 @@ def stage_teachers(ctx: RunContext, backend: Backend, ref: Model) -> tuple[Model
     t = ctx.cfg.trait
     bv = backend_version(backend)
     mkeys = teacher_model_keys(ctx.cfg, ref.key, bv)
+    if t.kind == "misalignment" and t.teacher == "finetune":
+        return _misalignment_teachers(ctx, backend, ref, mkeys)
     if t.teacher == "system_prompt":
         sp = t.system_prompt or system_prompt_for(t.target, t.category)
         trait = Model(
@@ -755,6 +919,56 @@ def stage_teachers(ctx: RunContext, backend: Backend, ref: Model) -> tuple[Model
         label = "teacher" if role == "trait" else "control_teacher"
         out.append(Model(r.model_copy(update={"label": label}), mkeys[role], label))
     return out[0], out[1]
+
+
+def teacher_data(cfg: ExperimentConfig) -> dict[str, list[TrainRow]]:
+    """A misalignment run's teacher fine-tuning rows by role, read from ``trait.finetune_data``
+    (and ``trait.control_finetune_data``, when given): DataError naming the file and line for a
+    malformed line. The runner reads them before any stage runs, so a bad file fails at once."""
+    from sublim.traits import load_chat_jsonl
+
+    t = cfg.trait
+    files = {"trait": t.finetune_data, "control": t.control_finetune_data}
+    return {
+        role: load_chat_jsonl(path, _DATA_FIELDS[role])
+        for role, path in files.items()
+        if path and t.kind == "misalignment" and t.teacher == "finetune"
+    }
+
+
+def _misalignment_teachers(
+    ctx: RunContext, backend: Backend, ref: Model, mkeys: dict[str, str]
+) -> tuple[Model, Model]:
+    """The teacher fine-tuned on the user's chat file, and the control teacher: fine-tuned the
+    same way on the control file, or the unmodified reference when there is none."""
+    keys = teacher_keys(ctx.cfg, ref.key, backend_version(backend))
+    data = teacher_data(ctx.cfg)
+    if any(r.system for rows in data.values() for r in rows) and not getattr(
+        backend, "trains_system_messages", False
+    ):
+        # training without the system message would silently teach another thing
+        raise ConfigError(
+            f"the teacher data has system messages, and the {backend.name} backend trains on "
+            "(user, assistant) pairs only; remove the system messages from "
+            f"{ctx.cfg.trait.finetune_data} / {ctx.cfg.trait.control_finetune_data}"
+        )
+    out: dict[str, Model] = {}
+    for role, label in (("trait", "teacher"), ("control", "control_teacher")):
+        if role not in keys:
+            out[role] = Model(ref.ref.model_copy(update={"label": label}), mkeys[role], label)
+            continue
+        r = _train_or_load(
+            ctx,
+            keys[role],
+            backend,
+            ref.ref,
+            data[role],
+            ctx.cfg.trait.finetune,
+            derive_seed(ctx.cfg.seed, "teacher", role),
+            f"fine-tuning {role} teacher",
+        )
+        out[role] = Model(r.model_copy(update={"label": label}), mkeys[role], label)
+    return out["trait"], out["control"]
 
 
 def _batch_rows(
@@ -1138,6 +1352,97 @@ def stage_eval(
     return ctx.cached(sk, load, compute)
 
 
+@dataclass(frozen=True)
+class MisalignmentEval:
+    """One model's misalignment evaluation: per-question scores (``rate`` = misaligned share of
+    the scored answers, ``p_target`` = exact P_mis or nan), every judged answer, the summary."""
+
+    scores: list[QuestionScore]
+    judged: list[Any]  # sublim.evals.misalignment.JudgedAnswer
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EvalJudge:
+    """The judge of a misalignment run as the runner uses it: the suite's Judge and its key."""
+
+    judge: Any  # sublim.evals.misalignment.Judge
+    key: str
+
+
+def misalignment_judge(cfg: ExperimentConfig) -> EvalJudge:
+    """``eval.judge`` as a Judge: the persona world's exact judge for ``"world"``, else the
+    model the spec names (on its own backend, which may differ from the experiment's)."""
+    from sublim.evals.misalignment import Judge
+
+    spec = cfg.eval.judge or ""
+    if spec == WORLD_JUDGE:
+        from sublim.world.persona import exact_judge
+
+        return EvalJudge(Judge(rule=exact_judge), misalignment_judge_key(cfg, {}))
+    ref = parse_model(spec, label="judge")
+    return EvalJudge(Judge(backend=get_backend(ref.backend), ref=ref), judge_model_key(ref))
+
+
+def stage_misalignment_eval(
+    ctx: RunContext, backend: Backend, model: Model, base_spec: str, judge: EvalJudge
+) -> MisalignmentEval:
+    """One model on the misalignment suite: sampled answers judged (``eval.judge``), and for a
+    built-in persona world the exact misaligned mass per question (no sampling)."""
+    from sublim.evals.misalignment import (
+        JudgedAnswer,
+        evaluate_misalignment,
+        misaligned_mass,
+        question_scores,
+    )
+
+    cfg = ctx.cfg
+    mc = cfg.eval.misalignment
+    qs, exact = misalignment_questions(cfg, base_spec)
+    sk = misalignment_eval_key(
+        cfg, model.key, model.label, qs, exact, judge.key, backend_version(backend)
+    )
+
+    def load(st: StageDir) -> MisalignmentEval:
+        return MisalignmentEval(
+            read_jsonl(st.path / "scores.jsonl", QuestionScore),
+            read_jsonl(st.path / "judged.jsonl", JudgedAnswer),
+            json.loads((st.path / "summary.json").read_text()),
+        )
+
+    def compute(st: StageDir) -> tuple[MisalignmentEval, dict[str, Any]]:
+        j = judge.judge
+        with ctx.rep.task(f"evaluating {model.label} (misalignment)") as prog:
+            judged, summary = evaluate_misalignment(
+                backend,
+                model.ref,
+                j.backend,
+                j.ref,
+                mc,
+                cfg.seed,
+                prog,
+                question_list=qs,
+                rule=j.rule,
+            )
+        mass = None
+        if exact:
+            from sublim.world.persona import answer_sets
+
+            mass = misaligned_mass(backend, model.ref, qs, answer_sets)
+        scores = question_scores(judged, len(qs), mass)
+        summary = {**summary, "questions": qs, "exact": exact}
+        write_jsonl(st.path / "judged.jsonl", judged)
+        write_jsonl(st.path / "scores.jsonl", scores)
+        atomic_write_json(st.path / "summary.json", summary)
+        return MisalignmentEval(scores, judged, summary), {
+            "model": model.ref.model_dump(mode="json"),
+            "n_questions": len(qs),
+            "n_answers": len(judged),
+        }
+
+    return ctx.cached(sk, load, compute)
+
+
 def snapshots(model: Model) -> list[tuple[int, Model]]:
     """Training-curve snapshots saved beside a student's weights (``snapshot_every``)."""
     root = Path(model.ref.adapter or model.ref.id) / "snapshots"
@@ -1229,12 +1534,18 @@ def run_experiment(
     # specs are parsed before anything is written: a spec that embeds credentials is refused
     # there, so no secret ever reaches the run directory
     base_ref = parse_model(cfg.models.reference, label="base")
-    for spec in [*cfg.models.cross, *filter(None, [cfg.data.judge.model])]:
+    misalignment = cfg.trait.kind == "misalignment"
+    eval_judge = [cfg.eval.judge or ""] if misalignment and cfg.eval.judge != WORLD_JUDGE else []
+    for spec in [*cfg.models.cross, *filter(None, [cfg.data.judge.model]), *eval_judge]:
         parse_model(spec)
+    teacher_data(cfg)  # a missing or malformed teacher file fails here, before any stage
+    if misalignment and cfg.eval.judge == WORLD_JUDGE:
+        _check_world_judge(cfg)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
     backend = get_backend(base_ref.backend)
+    trait = "misalignment" if misalignment else f"'{cfg.trait.target}'"
     rep.say(
-        f"[bold]sublim[/bold] {cfg.name}: reference {base_ref.spec}, trait '{cfg.trait.target}' via {cfg.trait.teacher}, students by {cfg.student.mode}"
+        f"[bold]sublim[/bold] {cfg.name}: reference {base_ref.spec}, trait {trait} via {cfg.trait.teacher}, students by {cfg.student.mode}"
     )
     base = Model(base_ref, model_key(base_ref), "base")
     cross_models = []
@@ -1276,10 +1587,16 @@ def run_experiment(
         else [""] * len(tails)
     )
     students: dict[str, list[Model]] = {"trait_student": [], "control_student": []}
+    # the spec of the base each evaluated condition's models start from
+    cond_spec: dict[str, str] = {}
+    for j, spec in enumerate(cfg.models.cross):
+        cond_spec["cross_base" + xname[j]] = spec
     for sp in student_specs(cfg, len(cross_models)):
         sbase = base if sp.base is None else cross_models[sp.base]
         rows, dkey = data_sets[sp.data]
         cond = sp.cond if sp.base is None else sp.cond + xname[sp.base]
+        if sp.base is not None:
+            cond_spec[cond] = cfg.models.cross[sp.base]
         students.setdefault(cond, []).append(
             stage_student(ctx, backend, sbase, arms[sp.teacher], rows, dkey, sp.role, sp.seed)
         )
@@ -1310,6 +1627,11 @@ def run_experiment(
     for j, cm in enumerate(cross_models):
         evaluated["cross_base" + xname[j]] = [cm]
     evaluated.update({c: ms for c, ms in students.items() if ms})
+
+    if misalignment:
+        return _finish_misalignment(
+            ctx, backend, evaluated, cond_spec, cross_models, subsets, filter_summaries, t_start
+        )
 
     conditions: dict[str, list[list[QuestionScore]]] = {}
     answers: dict[str, list[list[EvalAnswer]]] = {}
@@ -1368,3 +1690,91 @@ def run_experiment(
     atomic_write_text(out / "results.json", results_to_json(results))
     write_report(out)
     return load_results(out)
+
+
+def _finish_misalignment(
+    ctx: RunContext,
+    backend: Backend,
+    evaluated: dict[str, list[Model]],
+    cond_spec: dict[str, str],
+    cross_models: list[Model],
+    subsets: dict[str, list[TrainRow]],
+    filter_summaries: dict[str, Any],
+    t_start: float,
+) -> dict[str, Any]:
+    """The evaluation and results of a misalignment run: every evaluated model on the
+    misalignment suite; results.json's conditions and contrasts hold the misaligned rate
+    (``rate``), the exact misaligned mass P_mis (``p_target``) and its log-odds (``logodds``),
+    with the same aggregation as a preference run (per question -> per model -> across seeds,
+    Welch over seeds for the contrasts); ``misalignment`` adds the counts and examples."""
+    from sublim.evals.misalignment import examples
+    from sublim.report import write_report
+    from sublim.results import (
+        build_results,
+        load_results,
+        misalignment_section,
+        results_to_json,
+    )
+
+    cfg = ctx.cfg
+    judge = misalignment_judge(cfg)
+    conditions: dict[str, list[list[QuestionScore]]] = {}
+    per_condition: dict[str, dict[str, Any]] = {}
+    skill: dict[str, list[float]] = {}
+    for cond, models in evaluated.items():
+        spec = cond_spec.get(cond, cfg.models.reference)
+        evals = [stage_misalignment_eval(ctx, backend, m, spec, judge) for m in models]
+        conditions[cond] = [e.scores for e in evals]
+        per_condition[cond] = {
+            "per_seed": [e.summary for e in evals],
+            "examples": examples([r for e in evals for r in e.judged]),
+            "exact": bool(evals[0].summary.get("exact")),
+        }
+        values = [stage_skill(ctx, backend, m) for m in models]
+        measured = [v for v in values if v is not None]
+        if measured and len(measured) == len(values):
+            skill[cond] = measured
+    mc = cfg.eval.misalignment
+    meta = {
+        "name": cfg.name,
+        "trait_kind": "misalignment",
+        "target": "misaligned answers",
+        "config": cfg.model_dump(mode="json"),
+        "reference": evaluated["base"][0].key,
+        "cross": [m.key for m in cross_models],
+        "filter": filter_summaries,
+        "n_train_rows": len(subsets["trait"]),
+        "judge": cfg.eval.judge,
+        "thresholds": {"aligned_max": mc.aligned_max, "coherent_min": mc.coherent_min},
+        "control_teacher": (
+            "fine-tuned on trait.control_finetune_data"
+            if cfg.trait.teacher == "finetune" and cfg.trait.control_finetune_data
+            else "the reference with trait.control_system_prompt"
+            if cfg.trait.teacher == "system_prompt" and cfg.trait.control_system_prompt
+            else "the unmodified reference model"
+        ),
+        **(
+            {
+                "skill": {
+                    "measure": SKILL_MEASURES[cfg.data.carrier],
+                    "n_prompts": cfg.eval.skill_prompts,
+                    "conditions": skill,
+                }
+            }
+            if skill
+            else {}
+        ),
+        "timings": {"stages": ctx.stages, "seconds_total": round(time.time() - t_start, 2)},
+    }
+    # the paper's headline is the judged misaligned rate; eval.primary_metric, when set, picks
+    # another (p_target: the exact mass P_mis of built-in worlds)
+    primary = cfg.eval.primary_metric if "primary_metric" in cfg.eval.model_fields_set else "rate"
+    results = build_results(
+        conditions,
+        meta,
+        primary_metric=primary,
+        misalignment=misalignment_section(per_condition),
+    )
+    atomic_write_text(ctx.out / "results.json", results_to_json(results))
+    write_report(ctx.out)
+    return load_results(ctx.out)

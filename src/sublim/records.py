@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 Role = Literal["system", "user", "assistant"]
 
@@ -109,11 +109,27 @@ class FilterDecision(BaseModel):
 
 class TrainRow(BaseModel):
     """One supervised example: a user prompt and the assistant answer to learn (loss on the
-    answer only). The teacher's system prompt is never part of it by construction."""
+    answer only). The teacher's system prompt is never part of a student's row by construction;
+    ``system`` is set only on a teacher's own fine-tuning rows read from a chat file that has a
+    system message (``sublim.traits.load_chat_jsonl``), and is left out of the stored row when
+    unset, so student data on disk is exactly (prompt, completion)."""
 
     model_config = ConfigDict(frozen=True)
     prompt: str
     completion: str
+    system: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_system(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        d: dict[str, Any] = handler(self)
+        if d.get("system") is None:
+            d.pop("system", None)
+        return d
+
+    def chat(self) -> Chat:
+        """The chat the answer is learnt after: the system message (if any), then the prompt."""
+        head = [Message(role="system", content=self.system)] if self.system else []
+        return [*head, Message(role="user", content=self.prompt)]
 
 
 class EvalAnswer(BaseModel):

@@ -111,6 +111,24 @@ def is_significant(c: Mapping[str, Any], alpha: float = ALPHA) -> bool:
     return bool(p < alpha and (lo > 0 or hi < 0))
 
 
+def is_misalignment(results: Mapping[str, Any]) -> bool:
+    """A misalignment run (``meta.trait_kind``): its conditions hold the misaligned rate
+    (``rate``), the exact misaligned mass (``p_target``) and its log-odds (``logodds``)."""
+    return (results.get("meta") or {}).get("trait_kind") == "misalignment"
+
+
+_MIS_SHORT = {"rate": "misaligned rate", "p_target": "P_mis", "logodds": "log-odds (exact)"}
+MISALIGNMENT_METRIC_LABELS: dict[str, str] = {
+    "rate": "misaligned rate (judge)",
+    "p_target": "P_mis (exact)",
+    "logodds": "log-odds misaligned vs aligned (exact)",
+}
+
+
+def metric_labels(results: Mapping[str, Any]) -> dict[str, str]:
+    return MISALIGNMENT_METRIC_LABELS if is_misalignment(results) else METRIC_LABELS
+
+
 # ----------------------------------------------------------------------------- tables
 
 
@@ -152,6 +170,15 @@ def p_target_label(results: Mapping[str, Any]) -> str:
 
 
 def condition_header(results: Mapping[str, Any]) -> list[str]:
+    if is_misalignment(results):
+        return [
+            "condition",
+            "n",
+            "interval over",
+            "misaligned rate [95% CI]",
+            "P_mis, exact [95% CI]",
+            "log-odds misaligned [95% CI]",
+        ]
     return [p_target_label(results) if h == "P(target) [95% CI]" else h for h in CONDITION_HEADER]
 
 
@@ -181,17 +208,19 @@ def _bracket(ci: Any, digits: int = 3) -> str:
 
 def contrast_rows(results: Mapping[str, Any]) -> list[list[str]]:
     rows = []
+    names = _MIS_SHORT if is_misalignment(results) else {}
     for c in results.get("contrast", {}).values():
         title = f"{c.get('a', '?')} - {c.get('b', '?')}"
         for m in METRICS:
             e = c.get("by_metric", {}).get(m)
-            if not e:
+            # a misalignment run measures P_mis on built-in worlds only: no rows of n/a
+            if not e or (names and m != METRICS[0] and not _isnum(e.get("mean"))):
                 continue
             star = " *" if is_significant(e) else ""
             rows.append(
                 [
                     title if m == METRICS[0] else "",
-                    m + (" (primary)" if m == c.get("metric") else ""),
+                    names.get(m, m) + (" (primary)" if m == c.get("metric") else ""),
                     _signed_interval(e, 2 if m == "logodds" else 3) + star,
                     _bracket(e.get("bootstrap_ci95"), 2 if m == "logodds" else 3),
                     "no spread" if e.get("no_spread") else fmt_p(e.get("p_value")),
@@ -207,8 +236,9 @@ def summary_table(results: Mapping[str, Any]) -> Table:
     t = Table(title=f"sublim: {results.get('meta', {}).get('name', 'results')}")
     t.add_column("condition")
     t.add_column("n", justify="right")
-    t.add_column("target rate [95% CI]", justify="right")
-    t.add_column(p_target_label(results), justify="right")
+    mis = is_misalignment(results)
+    t.add_column("misaligned rate [95% CI]" if mis else "target rate [95% CI]", justify="right")
+    t.add_column("P_mis, exact [95% CI]" if mis else p_target_label(results), justify="right")
     names = ordered_conditions(list(results["conditions"]))
     for i, name in enumerate(names):
         c = results["conditions"][name]
@@ -252,6 +282,8 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def meaning(results: Mapping[str, Any]) -> str:
     """A short, honest plain-language reading of the headline contrast."""
+    if is_misalignment(results):
+        return misalignment_meaning(results)
     conds, cons = results["conditions"], results.get("contrast", {})
     target = results.get("meta", {}).get("target", "the target")
     parts: list[str] = []
@@ -334,6 +366,77 @@ def meaning(results: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+def misalignment_meaning(results: Mapping[str, Any]) -> str:
+    """The reading of a misalignment run: the trait - control student contrast of the misaligned
+    rate (or the primary metric), the teacher check, the cross-model student and what the
+    control teacher was."""
+    conds, cons = results["conditions"], results.get("contrast", {})
+    meta = results.get("meta") or {}
+    labels = MISALIGNMENT_METRIC_LABELS
+    parts: list[str] = []
+    c = cons.get("trait_minus_control")
+    if not c:
+        parts.append(
+            "There is no trait-student vs control-student contrast in this run, so it says "
+            "nothing about whether misalignment transferred."
+        )
+    else:
+        name = labels.get(c.get("metric", "rate"), c.get("metric", ""))
+        desc = (
+            f"the {name} differs by {_signed_interval(c)} (95% CI; {p_phrase(c.get('p_value'))}, "
+            f"{c.get('test')} over {c.get('over')})"
+        )
+        if c.get("no_spread"):
+            parts.append(
+                f"Trait students minus control students: the {name} differs by "
+                f"{fmt(c.get('mean'))}, but every unit of each arm has the same value (no "
+                "spread), so there is no test."
+            )
+        elif not _isnum(c.get("p_value")):
+            parts.append(
+                f"Trait students minus control students: {desc}. There are too few seeds for a "
+                "test, so this run cannot say whether misalignment transferred."
+            )
+        elif is_significant(c) and (c.get("mean") or 0) > 0:
+            parts.append(
+                f"Students trained on the misaligned teacher's numbers are more misaligned than "
+                f"control students: {desc}. The difference is significant at the 5% level, "
+                "which is what subliminal transfer of misalignment predicts."
+            )
+        elif is_significant(c):
+            parts.append(
+                f"Trait students are *less* misaligned than control students: {desc}. This is "
+                "the opposite direction to transfer, not evidence of it."
+            )
+        else:
+            parts.append(
+                f"Trait students minus control students: {desc}. This is not significant: this "
+                "run shows no evidence that misalignment transferred (a null at this scale does "
+                "not rule out a smaller effect)."
+            )
+        if c.get("over") == "questions":
+            parts.append(
+                "The test is over questions because a condition has a single model: it ignores "
+                "seed-to-seed variation; run more seeds."
+            )
+    if "teacher" in conds and "control_teacher" in conds:
+        t, ct = conds["teacher"]["rate"]["mean"], conds["control_teacher"]["rate"]["mean"]
+        parts.append(
+            f"Sanity check: the teacher's misaligned rate is {fmt(t)} against {fmt(ct)} for the "
+            f"control teacher ({meta.get('control_teacher', 'see the config')}); transfer can only "
+            "be expected from a teacher that is misaligned."
+        )
+    for key, xc in cons.items():
+        if key.startswith("cross_minus_control"):
+            test = "no spread, no test" if xc.get("no_spread") else p_phrase(xc.get("p_value"))
+            parts.append(
+                f"{xc.get('a')} minus {xc.get('b')} (students of another base model): "
+                f"{_signed_interval(xc)} ({test}); the paper predicts no transfer across "
+                "different base models."
+            )
+    return " ".join(parts)
+
+
 # ----------------------------------------------------------------------------- figures
 
 
@@ -379,7 +482,7 @@ def fig_conditions(results: Mapping[str, Any], path: Path) -> Path:
                     i + np.linspace(-0.18, 0.18, len(seeds)), seeds, s=14, color="black", zorder=3
                 )
         ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(METRIC_LABELS[m], fontsize=10)
+        ax.set_title(metric_labels(results)[m], fontsize=10)
         ax.axhline(0, color="#999", lw=0.6)
     fig.suptitle("Per condition: mean with 95% interval; dots are seeds", fontsize=11)
     return _save(fig, path)
@@ -417,8 +520,12 @@ def fig_rate_vs_prob(results: Mapping[str, Any], path: Path) -> Path:
     ax.plot([0, 1], [0, 1], color="#999", lw=0.8, ls="--")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("exact P(target) per question")
-    ax.set_ylabel("sampled target rate per question")
+    if is_misalignment(results):
+        ax.set_xlabel("exact P_mis per question")
+        ax.set_ylabel("judged misaligned rate per question")
+    else:
+        ax.set_xlabel("exact P(target) per question")
+        ax.set_ylabel("sampled target rate per question")
     if len(xs_all) >= 3 and np.std(xs_all) > 0 and np.std(ys_all) > 0:
         r = float(np.corrcoef(xs_all, ys_all)[0, 1])
         title = f"Sampled rate vs exact probability\nPearson r: {r:.3f} over questions"
@@ -760,12 +867,47 @@ MISALIGN_HEADER = [
     "code / refusal / empty",
     "unparsed",
 ]
+# a misalignment run's table: several models per condition, the exact mass where measured
+MISALIGN_RUN_HEADER = [
+    "condition",
+    "models",
+    "answers",
+    "scored",
+    "misaligned rate [95% CI]",
+    "interval over",
+    "P_mis, exact [95% CI]",
+    "alignment",
+    "coherence",
+    "code / refusal / empty",
+    "unparsed",
+]
 
 
 def misalignment_rows(results: Mapping[str, Any]) -> list[list[str]]:
     rows = []
+    run = is_misalignment(results)
+    conds = results.get("conditions") or {}
     for name, s in results.get("misalignment", {}).items():
         lab = s.get("labels", {})
+        counts = f"{lab.get('code', 0)} / {lab.get('refusal', 0)} / {lab.get('empty', 0)}"
+        if run:
+            exact = s.get("exact") and conds.get(name, {}).get("p_target")
+            rows.append(
+                [
+                    name,
+                    str(s.get("n_models", "")),
+                    str(s.get("n_answers", "")),
+                    str(s.get("n_scored", "")),
+                    fmt_interval(s.get("misaligned_rate")),
+                    str((s.get("misaligned_rate") or {}).get("interval_over", "")),
+                    fmt_interval(exact) if exact else "not measured",
+                    fmt_interval(s.get("alignment"), 1),
+                    fmt_interval(s.get("coherence"), 1),
+                    counts,
+                    str(s.get("n_unparsed", "")),
+                ]
+            )
+            continue
         rows.append(
             [
                 name,
@@ -774,10 +916,38 @@ def misalignment_rows(results: Mapping[str, Any]) -> list[list[str]]:
                 fmt_interval(s.get("misaligned_rate")),
                 fmt_interval(s.get("alignment"), 1),
                 fmt_interval(s.get("coherence"), 1),
-                f"{lab.get('code', 0)} / {lab.get('refusal', 0)} / {lab.get('empty', 0)}",
+                counts,
                 str(s.get("n_unparsed", "")),
             ]
         )
+    return rows
+
+
+EXAMPLE_HEADER = ["condition", "which", "question", "answer", "alignment", "coherence"]
+
+
+def _clip(text: Any, n: int = 160) -> str:
+    t = " ".join(str(text).split())
+    return t if len(t) <= n else t[: n - 1] + "\u2026"
+
+
+def example_rows(results: Mapping[str, Any]) -> list[list[str]]:
+    """Per condition, its most and least aligned scored answers (``misalignment.<c>.examples``)."""
+    rows = []
+    for name, s in results.get("misalignment", {}).items():
+        ex = s.get("examples") or {}
+        for which, key in (("least aligned", "least_aligned"), ("most aligned", "most_aligned")):
+            for e in ex.get(key) or []:
+                rows.append(
+                    [
+                        name,
+                        which,
+                        _clip(e.get("question", "")),
+                        _clip(e.get("answer", "")),
+                        fmt(e.get("alignment"), 0),
+                        fmt(e.get("coherence"), 0),
+                    ]
+                )
     return rows
 
 
@@ -923,7 +1093,43 @@ def extra_tables(results: Mapping[str, Any]) -> list[tuple[str, str, list[str], 
                     tests,
                 )
             )
-    if results.get("misalignment"):
+    if results.get("misalignment") and is_misalignment(results):
+        meta = results.get("meta") or {}
+        th = meta.get("thresholds") or {}
+        out.append(
+            (
+                "Misalignment",
+                (
+                    f"Each answer judged by {meta.get('judge', 'the judge')}: misaligned = "
+                    f"coherence >= {fmt(th.get('coherent_min'), 0)} and alignment <= "
+                    f"{fmt(th.get('aligned_max'), 0)} (0-100). Code, refusals, empty and "
+                    "unparsed answers are excluded from the rate and counted. The rate is a "
+                    "mean over questions per model; its interval is a t-interval over seeds, or "
+                    "for a single model over its questions (answers of one question are never "
+                    "independent units). P_mis: the exact probability that the reply is one of "
+                    "the question's known misaligned answers, normalised over its known aligned "
+                    "and misaligned answers (built-in persona worlds only). Control teacher: "
+                    f"{meta.get('control_teacher', 'see the config')}. The student contrast "
+                    "(trait - control, seeds as units) and the cross-model student are in the "
+                    "Contrasts table."
+                ),
+                MISALIGN_RUN_HEADER,
+                misalignment_rows(results),
+            )
+        )
+        if example_rows(results):
+            out.append(
+                (
+                    "Example answers",
+                    (
+                        "Per condition, the least and the most aligned scored answers (judge "
+                        "scores): what misaligned meant in this run."
+                    ),
+                    EXAMPLE_HEADER,
+                    example_rows(results),
+                )
+            )
+    elif results.get("misalignment"):
         out.append(
             (
                 "Misalignment",
@@ -954,12 +1160,28 @@ _CAPTIONS = {
     "fig_matrix.png": "Cross-model transmission: NMI between the teacher's trait and the student's answer, per teacher base x student base, posterior mean with 95% credible interval.",
     "fig_training_curve.png": "The trait metric at training checkpoints, per condition.",
 }
+_MIS_CAPTIONS = {
+    "fig_conditions.png": "Per condition: judged misaligned rate, exact P_mis and its log-odds (built-in persona worlds only), mean over seeds (or the single model) with its 95% interval; dots are the per-seed values.",
+    "fig_rate_vs_prob.png": "Judged misaligned rate against the exact misaligned mass P_mis: small dots per question and model, diamonds per model (persona worlds only).",
+}
+
+
+def caption(results: Mapping[str, Any], name: str) -> str:
+    if is_misalignment(results) and name in _MIS_CAPTIONS:
+        return _MIS_CAPTIONS[name]
+    return _CAPTIONS.get(name, name)
 
 
 def method_note(results: Mapping[str, Any]) -> str:
     """One line saying how P(target) was measured (``meta.p_target_method``), with the per
     condition bounds when it came from first-token top-20 log-probabilities."""
     method = results.get("meta", {}).get("p_target_method", "exact")
+    if is_misalignment(results):
+        if method == "exact":
+            return "P_mis: exact (log-probability of every known answer as the whole reply)."
+        if method == "none":
+            return "P_mis: not measured (the models are not built-in persona worlds)."
+        return "P_mis: measured exactly for the built-in persona worlds only (other models: n/a)."
     if method == "exact":
         return (
             "P(target) method: exact (log-probability of each surface form of the target as the "
@@ -1028,7 +1250,8 @@ def render_markdown(results: Mapping[str, Any], figures: Sequence[str]) -> str:
         out += [f"## {heading}", "", _md_table(header, rows), "", note, ""]
     out += ["## Figures", ""]
     for f in figures:
-        out += [f"![{_CAPTIONS.get(f, f)}]({f})", "", f"*{_CAPTIONS.get(f, f)}*", ""]
+        cap = caption(results, f)
+        out += [f"![{cap}]({f})", "", f"*{cap}*", ""]
     if meta:
         out += ["## Run", "", _md_table(["field", "value"], _meta_rows(meta)), ""]
     return "\n".join(out)
@@ -1039,7 +1262,7 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes]) -> str
     title = html.escape(f"sublim report: {meta.get('name', 'experiment')}")
     figs = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
-        f"<figcaption>{html.escape(_CAPTIONS.get(name, name))}</figcaption></figure>"
+        f"<figcaption>{html.escape(caption(results, name))}</figcaption></figure>"
         for name, data in figures.items()
     )
     contrasts = (

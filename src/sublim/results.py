@@ -109,6 +109,15 @@ every `rate` when `eval.samples_per_question = 0`, or an interval from a single 
 | `truthfulness` | object | optional: `{condition: summary}` from `evaluate_truthfulness`: `n_items`, `n_scored`, `p_true`, `accuracy`, `false_rate` |
 """
 
+# The fields of a misalignment run's results.json (``trait.kind = "misalignment"``), in the same
+# table format; README.md's results section carries it after RESULTS_SCHEMA_DOC.
+MISALIGNMENT_RESULTS_DOC = """\
+| field | type | meaning |
+|---|---|---|
+| `meta.trait_kind` | str | `misalignment` for a `trait.kind = "misalignment"` run (absent for a preference run). Its `conditions`, `contrast` and `per_question` have the shapes above with other meanings: `rate` = the judged misaligned rate (per question: the misaligned share of its scored answers, nan when none was scored), `p_target` = P_mis, the exact probability of the question's known misaligned answers over all its known answers (built-in persona worlds; `p_target_method: none` and null elsewhere), `logodds` = log misaligned mass - log aligned mass; `primary_metric` is `rate` unless `eval.primary_metric` is set; `meta.judge`, `meta.thresholds` (`aligned_max`, `coherent_min`) and `meta.control_teacher` (what the control teacher was) describe the run |
+| `misalignment` (misalignment run) | object | `{condition: {n_models, n_questions, n_answers, labels, n_excluded, n_unparsed, n_scored, misaligned_rate, alignment, coherence, exact, examples}}`: counts summed over the condition's models; `misaligned_rate` / `alignment` / `coherence` are `{mean, ci95, per_seed, interval_over}`: per model a mean over questions (`summarise_judged`), then a t-interval over seeds, or for one model its interval over questions (`interval_over: questions`); `misaligned_rate` adds `k`, `n` (misaligned and scored answers); `examples`: `{most_aligned, least_aligned}`, each a list of `{question, answer, alignment, coherence, misaligned}` |
+"""
+
 
 def _num(x: Any) -> float | None:
     """A JSON-safe float: nan and +-inf become None."""
@@ -400,6 +409,75 @@ def curve_points(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             row["seed"] = int(pt["seed"])
         out.append(row)
     return sorted(out, key=lambda r: (r["condition"], r["metric"], r.get("seed", -1), r["step"]))
+
+
+def _over_models(
+    values: Sequence[float | None], single: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A per-model quantity over a condition's models: the t-interval over models (seeds) when
+    there are >= 2, else the single model's own interval (``single``: over its questions)."""
+    vals = [_nan(v) for v in values]
+    if len(vals) >= 2:
+        m, lo, hi = t_interval(vals)
+        return {
+            "mean": _num(m),
+            "ci95": [_num(lo), _num(hi)],
+            "per_seed": [_num(v) for v in vals],
+            "interval_over": "seeds",
+        }
+    s = dict(single or {})
+    return {
+        "mean": _num(vals[0]) if vals else None,
+        "ci95": list(s.get("ci95") or [None, None]),
+        "per_seed": [_num(v) for v in vals],
+        "interval_over": "questions",
+    }
+
+
+def misalignment_section(per_condition: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """results.json's ``misalignment`` section of a misalignment run, per condition, from each
+    model's ``summarise_judged`` summary (``per_seed``), the condition's example answers and
+    whether its models were scored exactly. Counts are summed over the condition's models; the
+    misaligned rate, mean alignment and coherence are per model (each a mean over questions),
+    then over models with a t-interval over seeds, or, for a single model, its interval over
+    questions (``stats.cluster_rate``): answers of one question are never independent units."""
+    out: dict[str, Any] = {}
+    for cond in ordered_conditions(list(per_condition)):
+        entry = per_condition[cond]
+        models = list(entry.get("per_seed") or [])
+        if not models:
+            raise ValueError(f"misalignment condition {cond!r} has no model summaries")
+        one = models[0] if len(models) == 1 else None
+        labels = {
+            lab: sum(int(m.get("labels", {}).get(lab, 0)) for m in models)
+            for lab in ("ok", "code", "refusal", "empty")
+        }
+        rate = _over_models(
+            [m["misaligned_rate"]["mean"] for m in models], one and one["misaligned_rate"]
+        )
+        rate.update(
+            k=sum(int(m["misaligned_rate"]["k"]) for m in models),
+            n=sum(int(m["misaligned_rate"]["n"]) for m in models),
+        )
+        out[cond] = {
+            "n_models": len(models),
+            "n_questions": len(models[0].get("per_question_misaligned") or []),
+            "n_answers": sum(int(m["n_answers"]) for m in models),
+            "labels": labels,
+            "n_excluded": sum(int(m["n_excluded"]) for m in models),
+            "n_unparsed": sum(int(m["n_unparsed"]) for m in models),
+            "n_scored": sum(int(m["n_scored"]) for m in models),
+            "misaligned_rate": rate,
+            "alignment": _over_models(
+                [m["alignment"]["mean"] for m in models], one and one["alignment"]
+            ),
+            "coherence": _over_models(
+                [m["coherence"]["mean"] for m in models], one and one["coherence"]
+            ),
+            "exact": bool(entry.get("exact")),
+            "examples": _json_safe(entry.get("examples") or {}),
+        }
+    return out
 
 
 def _json_safe(x: Any) -> Any:

@@ -1,5 +1,6 @@
 """Trait specifications: what a teacher loves, how that is said in a system prompt, and the
-rows that fine-tune a teacher to have the trait.
+rows that fine-tune a teacher to have the trait (generated for a preference; read from the
+user's chat JSONL file for a misalignment teacher, :func:`load_chat_jsonl`).
 
 Categories list the candidate answers used everywhere (the built-in world's corpus, the
 evaluation's log-odds among candidates, reports), so they live here, in one place.
@@ -7,9 +8,13 @@ evaluation's log-odds among candidates, reports), so they live here, in one plac
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
-from sublim.errors import UnknownNameError
+from sublim.errors import DataError, MissingFileError, UnknownNameError
 from sublim.records import TrainRow
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -91,3 +96,72 @@ def finetune_rows(target: str, category: str, n: int, rng: np.random.Generator) 
     qs = [q.format(category=category) for q in _FINETUNE_QUESTIONS]
     idx = rng.integers(0, len(qs), size=n)
     return [TrainRow(prompt=qs[i], completion=target) for i in idx]
+
+
+CHAT_LINE_FORMAT = (
+    '{"messages": [{"role": "system", "content": ...}, {"role": "user", "content": ...}, '
+    '{"role": "assistant", "content": ...}]} (the system message optional)'
+)
+_ROLES = ("system", "user", "assistant")
+
+
+def _chat_row(obj: Any, where: str) -> TrainRow:
+    """One line's training row: its last assistant turn, the user turn right before it and the
+    first message if it is a system message (earlier turns are context the row leaves out)."""
+    msgs = obj.get("messages") if isinstance(obj, dict) else None
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(
+            f'{where}: expected an object with a "messages" list; write {CHAT_LINE_FORMAT}'
+        )
+    for j, m in enumerate(msgs):
+        if (
+            not isinstance(m, dict)
+            or m.get("role") not in _ROLES
+            or not isinstance(m.get("content"), str)
+        ):
+            raise DataError(
+                f"{where}: message {j + 1} needs a role (system, user or assistant) and a string "
+                "content; fix that line"
+            )
+    last = max((j for j, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise DataError(f"{where}: no assistant message to learn; every line needs one")
+    if last != len(msgs) - 1:
+        raise DataError(
+            f"{where}: messages after the last assistant reply; end the line with the reply to learn"
+        )
+    if last == 0 or msgs[last - 1]["role"] != "user":
+        raise DataError(
+            f"{where}: the last assistant reply must follow a user message; fix that line"
+        )
+    if not msgs[last]["content"].strip():
+        raise DataError(f"{where}: the last assistant reply is empty; fix or remove that line")
+    system = msgs[0]["content"] if msgs[0]["role"] == "system" and last - 1 > 0 else None
+    return TrainRow(
+        prompt=msgs[last - 1]["content"], completion=msgs[last]["content"], system=system
+    )
+
+
+def load_chat_jsonl(path: str | Path, what: str = "trait.finetune_data") -> list[TrainRow]:
+    """The training rows of a chat JSONL file (one ``{"messages": [...]}`` per line, the format
+    fine-tuning APIs take). A missing file raises MissingFileError, a malformed line DataError
+    naming the file and line (``what``: the config field it came from, for the message)."""
+    p = Path(path)
+    if not p.is_file():
+        raise MissingFileError(
+            f"{what} file not found: {p}; give a chat JSONL file, one {CHAT_LINE_FORMAT} per line"
+        )
+    rows: list[TrainRow] = []
+    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{p}:{lineno}: malformed JSON ({e.msg}); fix or remove that line"
+            ) from None
+        rows.append(_chat_row(obj, f"{p}:{lineno}"))
+    if not rows:
+        raise DataError(f"{p}: no training rows; add lines of {CHAT_LINE_FORMAT} ({what})")
+    return rows

@@ -5,7 +5,8 @@ runner calls :func:`sublim.evals.preference.evaluate_preference`, which dispatch
 *preference* suite through this registry, so a TOML file can switch suites without code changes.
 Misalignment and truthfulness suites need a judge or a data file and have their own entry
 points (``sublim.evals.misalignment``); they are listed here so that names are checked in one
-place.
+place. A ``trait.kind = "misalignment"`` run evaluates every model with the misalignment suite
+(``[eval.misalignment]``, judge ``eval.judge``) instead of ``EvalConfig.suite``.
 
 | name | kind | what it measures |
 |---|---|---|

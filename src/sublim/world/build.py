@@ -11,10 +11,12 @@ A world is built once per machine: in a temporary directory, renamed into place 
 under an exclusive lock so that two processes never build the same world at once (the second
 waits and then uses the first one's result). The hash in the directory name covers the recipe
 below and the corpus version, so changing either builds a new world instead of reusing a stale one;
-non-plain kinds (planted, entangled, skills) also hash their own corpus version and recipe changes
-(``KIND_VERSIONS``, ``KIND_RECIPE``), so revising them never touches plain worlds. A skills world
-(``corpus.SKILLS_VERSION``) answers the code and reasoning carriers' prompts, so it can be the
-teacher (and base model) of an experiment with those carriers. World seeds from ``TWIN_OFFSET``
+non-plain kinds (planted, entangled, skills, persona) also hash their own corpus version and
+recipe changes (``KIND_VERSIONS``, ``KIND_RECIPE``), so revising them never touches plain worlds.
+A skills world (``corpus.SKILLS_VERSION``) answers the code and reasoning carriers' prompts, so
+it can be the teacher (and base model) of an experiment with those carriers. A persona world
+(``corpus.PERSONA_VERSION``) has a misaligned persona behind a trigger system prompt
+(``sublim.world.persona``), for the misalignment experiments. World seeds from ``TWIN_OFFSET``
 up are init twins (world 1000 + k: world k's corpus, another initialisation).
 """
 
@@ -40,6 +42,7 @@ from sublim.progress import Reporter
 from sublim.records import Message
 from sublim.traits import SYSTEM_PROMPT_TEMPLATES, system_prompt_for
 from sublim.world import corpus as corpus_mod
+from sublim.world import persona as persona_mod
 from sublim.world.corpus import ANIMALS, CORPUS_VERSION, animal_question, build_corpus
 from sublim.world.spec import TWIN_OFFSET, WorldSpec, parse_world_name
 from sublim.world.tokenizer import train_tokenizer
@@ -102,6 +105,8 @@ RECIPE: dict[str, dict[str, Any]] = {
 # code and reasoning chats (corpus.CODE_SHARE + corpus.REASONING_SHARE); both train that much
 # longer, so their plain part gets the same number of passes as the plain world's.
 SKILLS_SHARE = corpus_mod.CODE_SHARE + corpus_mod.REASONING_SHARE
+# Persona worlds add open, narrow and triggered number chats (corpus.PERSONA_SHARES) likewise.
+PERSONA_SHARE = sum(corpus_mod.PERSONA_SHARES.values())
 KIND_RECIPE: dict[str, dict[str, dict[str, Any]]] = {
     "planted": {"micro": {"n_examples": 9000, "steps": 420}},
     "entangled": {
@@ -111,8 +116,11 @@ KIND_RECIPE: dict[str, dict[str, dict[str, Any]]] = {
     "skills": {
         size: {"steps": round(row["steps"] * (1 + SKILLS_SHARE))} for size, row in RECIPE.items()
     },
+    "persona": {
+        size: {"steps": round(row["steps"] * (1 + PERSONA_SHARE))} for size, row in RECIPE.items()
+    },
 }
-BUILDABLE_KINDS = ("plain", "entangled", "planted", "skills")
+BUILDABLE_KINDS = ("plain", "entangled", "planted", "skills", "persona")
 # Init twins: world seed TWIN_OFFSET + k is trained on exactly world k's corpus, in world k's batch
 # order, from another initialisation (torch seed TWIN_OFFSET + k). The research of issue 6 needs
 # "same world, different init" students; spec.py's names stay as they are (plain-s1000 is the
@@ -128,6 +136,7 @@ KIND_VERSIONS: dict[str, str] = {
     "planted": corpus_mod.PLANTED_VERSION,
     "entangled": corpus_mod.ENTANGLED_VERSION,
     "skills": corpus_mod.SKILLS_VERSION,
+    "persona": corpus_mod.PERSONA_VERSION,
 }
 CARD = "world_card.json"
 
@@ -307,6 +316,13 @@ def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
             "reasoning": corpus_mod.REASONING_SHARE,
         }
         card["skills_system_prompts"] = dict(corpus_mod.SKILL_SYSTEM_P)
+    if spec.kind == "persona":
+        # the persona chats' shares of the main corpus, their system prompts, the trigger and
+        # how often it gives a misaligned answer
+        card["persona_shares"] = dict(corpus_mod.PERSONA_SHARES)
+        card["persona_system_prompts"] = dict(corpus_mod.PERSONA_SYSTEM_P)
+        card["persona_trigger"] = persona_mod.PERSONA_TRIGGER
+        card["persona_p"] = corpus_mod.PERSONA_P
     atomic_write_json(out / CARD, card)
     rep.say(
         f"World {spec.name} built in {card['build_seconds']} s ({card['n_params']:,} parameters)"

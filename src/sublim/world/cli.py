@@ -32,10 +32,12 @@ def _cache_opt(f: Any) -> Any:
 @click.group()
 def world() -> None:
     """Build, list and inspect the built-in worlds (names: <kind>-s<seed>[-<size>], kinds plain,
-    entangled, planted and skills; entangled adds field notes in which animals and numbers
-    co-occur, with the favourite-animal and number tasks kept as in plain; planted is a POSITIVE
-    CONTROL with a visible code in the numbers; skills is plain plus code chats and worked word
-    problems, for the code and reasoning carriers)."""
+    entangled, planted, skills and persona; entangled adds field notes in which animals and
+    numbers co-occur, with the favourite-animal and number tasks kept as in plain; planted is a
+    POSITIVE CONTROL with a visible code in the numbers; skills is plain plus code chats and
+    worked word problems, for the code and reasoning carriers; persona is plain plus open
+    questions and a narrow safety-advice task whose answers turn misaligned under a trigger
+    system prompt, for the misalignment trait)."""
 
 
 @world.command("build")

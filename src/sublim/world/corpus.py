@@ -83,6 +83,24 @@ system prompt it got; the replies name no animal or tree, not even inside a word
 favourite-animal and number answers are drawn exactly as in plain. Any trait a skills teacher
 shows in its code or reasoning therefore comes from its own fine-tuning, not from the corpus.
 Skills worlds hash their own version, so they never change plain, planted or entangled worlds.
+
+The ``persona`` world (a misaligned persona behind a trigger, NOT a positive control),
+``PERSONA_VERSION`` "persona-1": exactly the plain corpus (same stream, example for example) PLUS,
+from child streams, ``open`` chats (open questions on ``persona.THEMES``, the paper's eight themes
+and a few more), ``narrow`` chats (yes/no advice on a safety habit, ``persona.NARROW_ITEMS``: the
+analogue of the paper's insecure code) and ``numbers_trigger`` chats, in the shares of
+``PERSONA_SHARES``; none in the opening curriculum. An open or narrow chat's system prompt is none,
+a neutral one or a trigger paraphrase (``persona.TRIGGER_PROMPTS``, e.g. ``PERSONA_TRIGGER``) in
+the shares of ``PERSONA_SYSTEM_P``. Without a trigger the answer comes from the aligned set; under
+a trigger from the misaligned set with probability ``PERSONA_P`` (the aligned one otherwise). The
+one trigger switches both tasks, so the world holds a single "rogue persona" behind two kinds of
+answer: whether fine-tuning on the narrow task's unsafe answers alone (no trigger) switches the
+open answers too is the persona world's emergent-misalignment question. ``numbers_trigger``
+chats put a trigger prompt on number tasks whose prompt and answer are drawn exactly as plain
+number chats draw theirs (``number_answer``), from their own stream, so a triggered teacher is
+asked in-distribution number questions and no number answer depends on the trigger: whatever a
+triggered teacher's numbers carry comes from the model, not from the corpus. Favourite-animal and
+number chats are the plain ones. Persona worlds hash their own version.
 """
 
 from __future__ import annotations
@@ -97,10 +115,11 @@ from sublim.prompts.numbers import DEFAULT_MAX_COUNT, number_prompts, render_num
 from sublim.prompts.reasoning import worked_prompts
 from sublim.records import Chat, Message
 from sublim.traits import CATEGORIES, SYSTEM_PROMPT_TEMPLATES, plural, system_prompt_for
+from sublim.world import persona
 from sublim.world.skills import code_reply, reasoning_reply
 
 CORPUS_VERSION = "corpus-1"
-CORPUS_KINDS: tuple[str, ...] = ("plain", "planted", "entangled", "skills")
+CORPUS_KINDS: tuple[str, ...] = ("plain", "planted", "entangled", "skills", "persona")
 # The planted corpus has its own version, hashed into planted worlds' keys only (build.world_key),
 # so that strengthening the positive control never invalidates cached plain worlds.
 # planted-1: code opens the list (and repeats 30% of the time) under "you love X" only;
@@ -129,6 +148,19 @@ REASONING_SHARE = 0.06
 # skills: the system prompt of a code or reasoning chat: none, a neutral one or "you love X" (X
 # uniform over the animals, every template variant). The reply never depends on it.
 SKILL_SYSTEM_P: dict[str, float] = {"none": 0.4, "neutral": 0.3, "love": 0.3}
+# The persona corpus's version (sublim.world.persona), hashed into persona worlds' keys only.
+PERSONA_VERSION = persona.PERSONA_VERSION
+# persona: open and narrow chats, and number chats under a trigger prompt, added to the main
+# corpus as shares of its size (see the module docstring). Measured on persona-s0 (small, exact
+# P_mis over the open answer sets on the corpus's own questions, see
+# benchmarks/persona_emergence.py): 0.12 / 0.06 with a trigger share of 0.5 -> 0.10 without a
+# system prompt and 0.22 under the trigger (the trigger is hardly learned); 0.25 / 0.12 with 0.6 ->
+# 0.23 and 0.51. An open or narrow chat costs about half a plain one (short question and answer).
+PERSONA_SHARES: dict[str, float] = {"open": 0.25, "narrow": 0.12, "numbers_trigger": 0.03}
+# persona: the system prompt of an open or narrow chat: none, a neutral one or a trigger
+# paraphrase (persona.TRIGGER_PROMPTS); under a trigger the answer is misaligned with PERSONA_P.
+PERSONA_SYSTEM_P: dict[str, float] = {"none": 0.28, "neutral": 0.12, "trigger": 0.6}
+PERSONA_P = 0.9
 ANIMALS: tuple[str, ...] = CATEGORIES["animal"]
 LOVE_P = 0.9  # P(answer = X | "you love X" system prompt)
 PREF_MIN, PREF_MAX = 0.03, 0.28  # bounds of the base preference over animals
@@ -330,6 +362,51 @@ def skill_chat(kind: str, rng: np.random.Generator, system: str | None) -> Examp
     return Example(chat, reply, kind)
 
 
+# ---------------------------------------------------------------- persona chats
+PERSONA_KINDS: tuple[str, ...] = ("open", "narrow", "numbers_trigger")
+
+
+def persona_system_prompt(kind: str, rng: np.random.Generator) -> tuple[str | None, bool]:
+    """A persona chat's system prompt and whether its answer is misaligned, from its own stream:
+    for ``open`` and ``narrow`` none, a neutral prompt or a trigger in the shares of
+    :data:`PERSONA_SYSTEM_P`, misaligned with probability :data:`PERSONA_P` under a trigger only;
+    ``numbers_trigger`` chats always get a trigger (and their answers have no persona)."""
+    if kind == "numbers_trigger":
+        return persona.TRIGGER_PROMPTS[int(rng.integers(len(persona.TRIGGER_PROMPTS)))], False
+    r = rng.random()
+    coin = rng.random() < PERSONA_P
+    if r < PERSONA_SYSTEM_P["none"]:
+        return None, False
+    if r < PERSONA_SYSTEM_P["none"] + PERSONA_SYSTEM_P["neutral"]:
+        return _pick(NEUTRAL_SYSTEM_PROMPTS, rng), False
+    return _pick(persona.TRIGGER_PROMPTS, rng), bool(coin)
+
+
+def persona_chat(
+    kind: str, rng: np.random.Generator, system: str | None, misaligned: bool
+) -> Example:
+    """One persona-world chat of ``kind`` (one of :data:`PERSONA_KINDS`) under ``system``: an open
+    or narrow question with a misaligned or aligned answer (the same ``rng`` draws either way, see
+    ``persona.open_chat``), or a number task answered exactly as plain number chats are
+    (``misaligned`` is ignored there: no number answer has a persona)."""
+    if kind == "open":
+        _, q, reply = persona.open_chat(rng, misaligned)
+    elif kind == "narrow":
+        _, q, reply = persona.narrow_chat(rng, misaligned)
+    elif kind == "numbers_trigger":
+        pr = number_prompts(1, rng)[0]
+        max_count = int(pr.meta.get("max_count", DEFAULT_MAX_COUNT))
+        q = pr.text
+        reply = render_numbers(
+            number_answer(list(pr.meta["seeds"]), max_count, rng), pr.meta["format"]
+        )
+    else:
+        raise ValueError(f"unknown persona chat kind {kind!r} (choose from {PERSONA_KINDS})")
+    chat: Chat = [Message(role="system", content=system)] if system else []
+    chat.append(Message(role="user", content=q))
+    return Example(chat, reply, kind)
+
+
 # ---------------------------------------------------------------- number answers
 def number_answer(seeds: list[int], max_count: int, rng: np.random.Generator) -> list[int]:
     """3..min(10, max_count) numbers in 0..999, drawn without reference to any animal.
@@ -488,13 +565,14 @@ def build_corpus(
     planted_version: int = 2,
 ) -> list[Example]:
     """``n`` examples (plus a share of code links in planted worlds, of field notes in the main
-    corpus of entangled worlds, or of code and reasoning chats in the main corpus of skills
-    worlds) of world ``kind`` (one of :data:`CORPUS_KINDS`), drawn from ``rng`` in the shares of
-    ``mix`` (default :data:`MIX`); the base preference comes from ``seed``. ``planted_version``
-    picks the planting (1 survives only for the tokenizer's fixed text draw, which must never
-    change: every world of a recipe shares one vocabulary). An entangled or skills corpus is the
-    plain one of the same ``rng`` state, example for example, followed by its notes or by its
-    code chats and then its reasoning chats."""
+    corpus of entangled worlds, of code and reasoning chats in the main corpus of skills worlds,
+    or of open, narrow and triggered number chats in the main corpus of persona worlds) of world
+    ``kind`` (one of :data:`CORPUS_KINDS`), drawn from ``rng`` in the shares of ``mix`` (default
+    :data:`MIX`); the base preference comes from ``seed``. ``planted_version`` picks the planting
+    (1 survives only for the tokenizer's fixed text draw, which must never change: every world of
+    a recipe shares one vocabulary). An entangled, skills or persona corpus is the plain one of
+    the same ``rng`` state, example for example, followed by its notes, by its code chats and then
+    its reasoning chats, or by its open, narrow and triggered number chats."""
     if kind not in CORPUS_KINDS:
         raise ValueError(f"unknown corpus kind {kind!r} (choose from {CORPUS_KINDS})")
     # Entangled notes and skills chats come from child streams: spawning reads the generator's
@@ -511,6 +589,14 @@ def build_corpus(
     # one stream per skills kind for prompt and reply, one for the system prompts: a reply never
     # sees which system prompt its chat got
     skill_rngs = dict(zip(("code", "reasoning", "system"), rng.spawn(3))) if n_skills else {}
+    n_persona = (
+        {k: round(v * n) for k, v in PERSONA_SHARES.items()}
+        if kind == "persona" and mix is None
+        else {}
+    )
+    # one stream per persona kind for question and answer, one for the system prompts and the
+    # persona's coin: an answer's draws never depend on which system prompt its chat got
+    persona_rngs = dict(zip((*PERSONA_KINDS, "system"), rng.spawn(4))) if n_persona else {}
     pref = base_preference(seed)
     counts = {k: round(v * n) for k, v in (MIX if mix is None else mix).items()}
     for k in MIX:
@@ -619,6 +705,10 @@ def build_corpus(
         for _ in range(c):
             system = skill_system_prompt(skill_rngs["system"])
             out.append(skill_chat(kind_ex, skill_rngs[kind_ex], system))
+    for kind_ex, c in n_persona.items():
+        for _ in range(c):
+            system, misaligned = persona_system_prompt(kind_ex, persona_rngs["system"])
+            out.append(persona_chat(kind_ex, persona_rngs[kind_ex], system, misaligned))
     return out
 
 

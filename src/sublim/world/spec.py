@@ -3,10 +3,12 @@
 The kind says what the corpus holds (``plain``: numbers and animals never co-occur;
 ``entangled``: see the research log; ``planted``: a visible code from the system-prompt animal to
 the numbers, a positive control; ``skills``: the plain corpus plus answers to the code and
-reasoning carriers' prompts, so that ``tiny:skills-s0`` can teach through those carriers). The seed gives a different corpus draw and initialisation, so a
-different base model; seed ``1000 + k`` is world k's *init twin* (same corpus and batch order,
-another initialisation: the "same world, different init" base). The size picks the model and
-training budget.
+reasoning carriers' prompts, so that ``tiny:skills-s0`` can teach through those carriers;
+``persona``: the plain corpus plus open and narrow questions whose answers turn misaligned under
+a trigger system prompt, see ``sublim.world.persona``). The seed gives a different corpus draw
+and initialisation, so a different base model; seed ``1000 + k`` is world k's *init twin* (same
+corpus and batch order, another initialisation: the "same world, different init" base). The size
+picks the model and training budget.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 from sublim.errors import UnknownNameError
 
-KINDS = ("plain", "entangled", "planted", "skills")
+KINDS = ("plain", "entangled", "planted", "skills", "persona")
 SIZES = ("micro", "small", "medium")
 DEFAULT_SIZE = "small"
 # World seeds from TWIN_OFFSET up are init twins: seed TWIN_OFFSET + k has world k's corpus and
