@@ -8,12 +8,12 @@ evaluation's log-odds among candidates, reports), so they live here, in one plac
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sublim.artifacts import iter_jsonl
 from sublim.errors import DataError, MissingFileError, UnknownNameError
 from sublim.records import TrainRow
 
@@ -151,17 +151,7 @@ def load_chat_jsonl(path: str | Path, what: str = "trait.finetune_data") -> list
         raise MissingFileError(
             f"{what} file not found: {p}; give a chat JSONL file, one {CHAT_LINE_FORMAT} per line"
         )
-    rows: list[TrainRow] = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{p}:{lineno}: malformed JSON ({e.msg}); fix or remove that line"
-            ) from None
-        rows.append(_chat_row(obj, f"{p}:{lineno}"))
+    rows = [_chat_row(obj, f"{p}:{lineno}") for lineno, obj in iter_jsonl(p)]
     if not rows:
         raise DataError(f"{p}: no training rows; add lines of {CHAT_LINE_FORMAT} ({what})")
     return rows
