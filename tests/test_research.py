@@ -234,3 +234,52 @@ def test_curve_plots_each_arm_against_a_recipe_knob(tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = CliRunner().invoke(research.curve, [*map(str, paths), "--x", "epochs", "--out", str(out)])
     assert res.exit_code != 0 and "no recipe value 'epochs'" in str(res.exception)
+
+
+def test_grown_prompts_rule() -> None:
+    assert research.grown_prompts(16000, 3000, 3000) == 16000  # enough: unchanged
+    assert research.grown_prompts(16000, 3000, 1349) == 48000  # 16,000 x ceil(3,000 / 1,349)
+    assert research.grown_prompts(24, 16, 12) == 48
+    with pytest.raises(ConfigError):
+        research.grown_prompts(24, 16, 0)
+
+
+def test_grow_prompts_regenerates_a_short_world_on_more_prompts(
+    tiny_worlds: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a filter keeping every other completion (by position) keeps 12 of 24 < data.subset = 16
+    from sublim import filters
+    from sublim.records import FilterDecision
+
+    def keep_half(comps, rules):  # type: ignore[no-untyped-def]
+        return [
+            FilterDecision(
+                prompt_id=c.prompt_id,
+                prompt=c.prompt,
+                completion=c.completion,
+                kept=i % 2 == 0,
+                reason="ok" if i % 2 == 0 else "format",
+            )
+            for i, c in enumerate(comps)
+        ]
+
+    monkeypatch.setattr(filters, "filter_completions", keep_half)
+    cfg = ROOT / "experiments" / "owl_numbers_tiny.toml"
+    extra = [
+        *[x for x in SFT if not x.startswith("data.subset")],
+        "data.subset=16",
+        'trait.control_system_prompt="You are a helpful assistant."',
+    ]
+    run = lambda out, grow: research.run_over_worlds(
+        cfg, [0, 1], out, "micro", ("owl",), extra, arms=("other_world",), grow=grow
+    )
+    with pytest.raises(ConfigError, match="data.subset"):
+        run(tiny_worlds / "plain", False)
+    s = run(tiny_worlds / "grown", True)
+    assert [r["n_prompts"] for r in s["rows"]] == [48, 48]
+    assert "prompts per world: 0 48, 1 48" in research.format_summary(s)
+    sizes = {
+        len(f.read_text().splitlines())
+        for f in (tiny_worlds / "grown" / "world-0" / "stages").glob("generate-*/completions.jsonl")
+    }
+    assert sizes == {24, 48}  # the first pass, then every teacher of the world regenerated

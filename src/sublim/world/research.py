@@ -102,6 +102,30 @@ def teacher_rows(
     return subsets[role], f"{skey}/{role}"
 
 
+def _kept(ctx: Any, backend: Any, teacher: Any, role: str) -> int:
+    """How many of a teacher's completions the strict filter keeps (cached stages)."""
+    from sublim.pipeline import stage_filter, stage_generate, stage_prompts
+
+    prompts, prompts_key = stage_prompts(ctx)
+    comps, ckey = stage_generate(ctx, backend, teacher, prompts, prompts_key, role)
+    decisions, _, _ = stage_filter(ctx, comps, ckey, role)
+    return sum(d.kept for d in decisions)
+
+
+def grown_prompts(n_prompts: int, subset: int, kept: int) -> int:
+    """The prompt count of a world whose scarcest teacher kept ``kept`` of ``n_prompts`` rows,
+    fewer than ``subset``: ``n_prompts x ceil(subset / kept)`` (the rule of the research log's
+    section 8 amendment, fixed before it was applied); unchanged when ``kept >= subset``."""
+    if kept >= subset:
+        return n_prompts
+    if kept <= 0:
+        raise ConfigError(
+            f"a teacher kept none of {n_prompts} completions; prompts cannot be grown to reach "
+            f"data.subset = {subset}"
+        )
+    return n_prompts * -(-subset // kept)
+
+
 def _mean_logodds(scores: list[Any]) -> float:
     vals = [q.logodds for q in scores if q.logodds is not None]
     return float(np.mean(vals))
@@ -118,11 +142,14 @@ def run_over_worlds(
     arms: tuple[str, ...] = ARMS,
     kind: str = "plain",
     only: list[int] | None = None,
+    grow: bool = False,
 ) -> dict[str, Any]:
     """Run the multi-target design of the module docstring with the experiment ``config``
     (``student.mode = "distill"``, ``source = "random"``, a system-prompt teacher) on every world
     of ``worlds`` (of ``kind``, plain by default, and ``size``); returns (and writes to ``out/summary.json``) per-world
-    rows and one test over worlds per arm."""
+    rows and one test over worlds per arm. With ``grow`` (data-borne students only), a world
+    where some teacher keeps fewer than ``data.subset`` rows regenerates every teacher of that
+    world on ``grown_prompts`` prompts; the row records the count used (``n_prompts``)."""
     from sublim.config import load_config
     from sublim.pipeline import (
         Model,
@@ -182,8 +209,26 @@ def run_over_worlds(
     for k in worlds:
         t_world = time.perf_counter()
         row: dict[str, Any] = {"world": k, "bases": bases[k]}
+        wcfg = cfg
+        if data_borne and grow:
+            kept = []
+            for target in targets:
+                tcfg = cfg.model_copy(
+                    update={"trait": cfg.trait.model_copy(update={"target": target})}
+                )
+                ctx = RunContext(tcfg, out / f"world-{k}", rep)
+                teacher, control_teacher = stage_teachers(ctx, backend, models[k])
+                kept.append(_kept(ctx, backend, teacher, "trait"))
+            kept.append(_kept(ctx, backend, control_teacher, "control"))
+            n = grown_prompts(cfg.data.n_prompts, cfg.data.subset, min(kept))
+            if n != cfg.data.n_prompts:
+                rep.say(f"world {k}: a teacher kept {min(kept)} rows; regenerating on {n} prompts")
+                wcfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"n_prompts": n})})
+            row["n_prompts"] = n
         for target in targets:
-            tcfg = cfg.model_copy(update={"trait": cfg.trait.model_copy(update={"target": target})})
+            tcfg = wcfg.model_copy(
+                update={"trait": wcfg.trait.model_copy(update={"target": target})}
+            )
             ctx = RunContext(tcfg, out / f"world-{k}", rep)
             teacher, control_teacher = stage_teachers(ctx, backend, models[k])
             row.setdefault("base", {})[target] = _mean_logodds(
@@ -282,6 +327,7 @@ def run_over_worlds(
             "steps": cfg.student.distill.steps if cfg.student.mode == "distill" else None,
         },
         "overrides": list(overrides or []),
+        "grow_prompts": grow,
         "arms": list(arms),
         "tests": {arm: test(f"{arm}_effect") for arm in arms},
         "owl_only": {arm: test(f"{arm}_owl_effect") for arm in arms} if "owl" in targets else None,
@@ -327,6 +373,9 @@ def format_summary(s: dict[str, Any]) -> str:
             f"students: {s.get('student_mode')}; filter pass rate per teacher (mean over worlds): "
             + ", ".join(f"{n} {np.mean([r[n] for r in rates if n in r]):.1%}" for n in names)
         )
+    grown = {r["world"]: r["n_prompts"] for r in s.get("rows", []) if r.get("n_prompts")}
+    if s.get("grow_prompts") and grown:
+        lines.append("prompts per world: " + ", ".join(f"{k} {n}" for k, n in grown.items()))
     lines.append(f"wall {s['wall_seconds']} s (world builds {s['build_seconds']} s)")
     return "\n".join(lines)
 
@@ -444,6 +493,12 @@ def curve(summaries: tuple[Path, ...], x: str, out: Path) -> None:
     default=None,
     help="compute only these worlds of --worlds (split one design across processes sharing --out)",
 )
+@click.option(
+    "--grow-prompts",
+    is_flag=True,
+    help="a world whose teacher keeps fewer than data.subset rows regenerates on "
+    "n_prompts x ceil(subset / kept) prompts (data-borne students)",
+)
 @click.option("--progress/--quiet", default=True)
 def main(
     config: Path,
@@ -455,6 +510,7 @@ def main(
     overrides: tuple[str, ...],
     arms: str,
     only: str | None,
+    grow_prompts: bool,
     progress: bool,
 ) -> None:
     """Run CONFIG (default: the shipped recipe) over several worlds and print the tests over worlds."""
@@ -485,6 +541,7 @@ def main(
         tuple(a.strip() for a in arms.split(",") if a.strip()),
         kind,
         only_seeds,
+        grow_prompts,
     )
     click.echo(format_summary(s))
     click.echo(s["summary_path"])
