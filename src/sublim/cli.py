@@ -293,6 +293,9 @@ _COMMAND_MODULES = (
     ("sublim.world.cli", ("world",)),
     ("sublim.serve", ("serve",)),
     ("sublim.export", ("export",)),
+    ("sublim.audit", ("audit",)),
+    ("sublim.defend", ("defend",)),
+    ("sublim.sweep", ("sweep",)),
 )
 
 
