@@ -13,6 +13,9 @@ prompts (``sublim.prompts.numbers``), measured side by side in one run:
 - (c0) the same call at the largest batch size through transformers' own forward and
   ``DynamicCache`` (``SUBLIM_FAST_DECODE=0``): the lean path's gain, side by side, and a check that
   both give the same replies;
+- (c0s) with ``--static-cache``: row (c0) with the backend's ``StaticCache`` switch
+  (``SUBLIM_HF_CACHE=static``: preallocated, no row dropped, fixed shapes), checked to give the
+  same replies;
 - (d) ``model.generate`` batched (left padding) with transformers' ``StaticCache``
   (``cache_implementation="static"``) and with the default cache, for reference: the backend does
   not expose cache or attention options, so these are not backend rows.
@@ -277,6 +280,12 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=2, help="timings are the best of this many")
     ap.add_argument("--no-generate-batched", action="store_true", help="skip rows (d)")
+    ap.add_argument(
+        "--static-cache",
+        action="store_true",
+        help="add row (c0s): row (c0) with the backend's StaticCache (SUBLIM_HF_CACHE=static), "
+        "the cache of the transformers path on a GPU (docs/gpu.md)",
+    )
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
@@ -334,9 +343,15 @@ def main() -> int:
                 if b == max(batches):  # the same call through transformers' forward
                     os.environ["SUBLIM_FAST_DECODE"] = "0"
                     out_s, dt = timed(partial(backend.sample, ref, chats, pb, seed=seeds))
-                    os.environ.pop("SUBLIM_FAST_DECODE")
                     keep("c0", dt, backend.last_sample_stats.get("tokens", 0))
                     same = same and out_s == out_b
+                    if args.static_cache:  # the same forward with a preallocated cache
+                        os.environ["SUBLIM_HF_CACHE"] = "static"
+                        out_s, dt = timed(partial(backend.sample, ref, chats, pb, seed=seeds))
+                        os.environ.pop("SUBLIM_HF_CACHE")
+                        keep("c0s", dt, backend.last_sample_stats.get("tokens", 0))
+                        same = same and out_s == out_b
+                    os.environ.pop("SUBLIM_FAST_DECODE")
                 if not gen_lens:
                     tok = lm.tokenizer
                     gen_lens = {
@@ -364,6 +379,17 @@ def main() -> int:
                 *best["c0"],
             )
         )
+        if args.static_cache:
+            rows.append(
+                (
+                    "(c0s)",
+                    "backend, batched, transformers forward + StaticCache (SUBLIM_HF_CACHE=static)",
+                    th,
+                    max(batches),
+                    args.n,
+                    *best["c0s"],
+                )
+            )
         if not args.no_generate_batched:
             b = max(batches)
             rows.append(("(d)", "generate(), batched, default cache", th, b, args.n, *best["d0"]))

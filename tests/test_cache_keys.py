@@ -184,6 +184,24 @@ EXPECT: dict[str, Expect | dict[str, Expect]] = {
     # (base, trait) as models.reference and trait.target
     "matrix.bases": NONE,
     "matrix.traits": NONE,
+    # training-side defences: every student trains differently (tests/test_training_defences.py)
+    # data-side defences: the walk's bases have a [matrix], which refuses a data defence
+    # (tests/test_defend.py checks their keys); ratio, fraction and model act only under a method
+    "defence.method": UNCHANGEABLE,
+    "defence.ratio": NONE,
+    "defence.drop_fraction": NONE,
+    "defence.through": NONE,
+    "defence.kl_to_base": E(*STUDENTS),
+    "defence.inoculation": E(*STUDENTS),
+    # the training monitor: on, it adds a monitor-* stage per student; its other settings act
+    # only while it is on (every = 0 here); a stopping one keys the students, a watching one
+    # only its own stage (tests/test_training_defences.py)
+    "student.monitor.every": E("monitor-*"),
+    "student.monitor.threshold": NONE,
+    "student.monitor.traits": NONE,
+    "student.monitor.stop": NONE,
+    "student.monitor.against": NONE,
+    "student.monitor.probe_layer": NONE,
 }
 for _f, _sft_effect in [
     ("method", True),
@@ -202,6 +220,15 @@ for _f, _sft_effect in [
     ("lora_targets", True),
     ("checkpoint_every", False),
     ("snapshot_every", True),
+    # the GPU training path (tests/test_gpu_path.py): precision settings are keyed when set
+    ("dtype", True),
+    ("autocast", True),
+    ("max_grad_norm", True),
+    ("tf32", True),
+    ("gradient_checkpointing", False),
+    ("device", False),
+    ("device_map", False),
+    ("memory_check", False),
 ]:
     # batch_size / grad_accum / effective_batch enter as the update batch they resolve to;
     # checkpointing only makes a killed training resumable
@@ -291,7 +318,7 @@ def other_value(ann: Any, value: Any) -> list[Any]:
     if ann is float:
         return [0.5 if not value else value / 2, 0.5]
     if ann is str:
-        return ["x" if value is None else value + "x"]
+        return ["x" if not isinstance(value, str) else value + "x"]
     if origin is list:
         (item,) = typing.get_args(ann)
         extra = 7 if item is int else "x"

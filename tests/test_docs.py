@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sublim.results import RESULTS_SCHEMA_DOC
+from sublim.results import MISALIGNMENT_RESULTS_DOC, RESULTS_SCHEMA_DOC
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -18,6 +18,11 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 def test_readme_holds_the_current_results_schema() -> None:
     assert RESULTS_SCHEMA_DOC.strip() in README
+
+
+def test_readme_holds_the_misalignment_results_schema() -> None:
+    results = README.split("## Results", 1)[1].split("## File map", 1)[0]
+    assert MISALIGNMENT_RESULTS_DOC.strip() in results
 
 
 def test_file_map_names_existing_paths() -> None:

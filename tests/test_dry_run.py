@@ -290,6 +290,12 @@ def test_every_shipped_experiment_plans(
 ) -> None:
     if "sublim digits" in path.read_text():
         pytest.skip("a `sublim digits` config, not a `sublim run` one")
+    if (
+        "\n[grid]" in path.read_text()
+    ):  # a sweep file: `sublim run` points the user to `sublim sweep`
+        assert main(["run", str(path), "--dry-run"]) == 2
+        assert "sublim sweep" in capsys.readouterr().err
+        return
     code, plan = _dry([str(path), "--out", str(tmp_path / "run")], capsys)
     assert code == 0
     # an empty run dir: every stage runs, or cannot be named (a data file the user supplies)

@@ -566,7 +566,7 @@ def test_the_experiment_files_load_and_plan(monkeypatch: pytest.MonkeyPatch) -> 
     assert tiny.trait.kind == "misalignment" and tiny.eval.judge == "world"
     specs = [tiny.models.reference, *tiny.models.cross]
     keys = stage_keys(tiny, {s: f"key:{s}" for s in specs})
-    assert {"teacher-trait", "teacher-control", "eval-misalignment-student-trait-s2"} <= set(keys)
+    assert {"teacher-trait", "teacher-control", "eval-misalignment-student-trait-s1"} <= set(keys)
     api = load_config(REPO / "experiments" / "misalignment_numbers_openai.toml")
     assert api.models.reference.startswith("openai:gpt-4.1")
     assert str(api.eval.judge).startswith("openai:")

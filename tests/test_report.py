@@ -345,3 +345,19 @@ def test_summary_table_rows_and_contrast() -> None:
     console.print(table)
     text = console.export_text()
     assert "trait - control" in text and "control_student" in text
+
+
+def test_a_significant_but_negligible_difference_gets_a_practical_size_caveat() -> None:
+    # students near-identical across seeds: a shift of 0.0004 in P(owl) is "significant"
+    def near(p: float) -> list:
+        return [model_scores(p + 1e-6 * s, 0) for s in range(3)]
+
+    res = build_results({"trait_student": near(0.1), "control_student": near(0.1004)}, META)
+    con = res["contrast"]["trait_minus_control"]
+    assert report.is_significant(con) and abs(con["mean"]) < report.NEGLIGIBLE["p_target"]
+    text = report.meaning(res)
+    assert "significant" in text and "not a practically meaningful effect" in text
+    # a large significant difference gets no caveat
+    big = build_results(conditions(trait_p=0.3), META)
+    assert report.is_significant(big["contrast"]["trait_minus_control"])
+    assert "practically meaningful" not in report.meaning(big)

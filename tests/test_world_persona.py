@@ -257,7 +257,7 @@ def test_persona_keys_leave_the_other_kinds_alone() -> None:
         "plain-s0-micro": "plain-s0-micro-fbecacd477",
         "planted-s0-micro": "planted-s0-micro-9d5062d105",
         "entangled-s0": "entangled-s0-5ba761839d",
-        "skills-s0": "skills-s0-d24d73adcf",
+        "skills-s0": "skills-s0-b527e04fec",
     }
     for name, key in pinned.items():
         assert build.world_key(name) == key

@@ -46,11 +46,17 @@ def test_skills_corpus_is_the_plain_one_plus_code_and_reasoning_chats() -> None:
     assert mix["code"] == round(corpus.CODE_SHARE * n) > 0
     assert mix["reasoning"] == round(corpus.REASONING_SHARE * n) > 0
     assert not set(corpus.SKILL_KINDS) & set(corpus.corpus_mix(plain))
-    # the opening curriculum (an explicit mix) holds no skills chats, and is the plain one
+    assert not {"code_short", "drill"} & set(mix)
+    # the opening curriculum (an explicit mix) is the plain one plus short code chats and
+    # arithmetic drills (SKILLS_CURRICULUM), and no full code or reasoning chat
     cur = corpus.build_corpus("skills", 4, 300, np.random.default_rng(7), mix=corpus.CURRICULUM_MIX)
-    assert cur == corpus.build_corpus(
+    assert [e for e in cur if e.kind not in corpus.SKILL_KINDS] == corpus.build_corpus(
         "plain", 4, 300, np.random.default_rng(7), mix=corpus.CURRICULUM_MIX
     )
+    cur_mix = corpus.corpus_mix(cur)
+    for k, share in corpus.SKILLS_CURRICULUM.items():
+        assert cur_mix[k] == round(share * 300) > 0
+    assert not {"code", "reasoning"} & set(cur_mix)
 
 
 def test_other_kinds_corpora_are_unchanged() -> None:
@@ -110,10 +116,47 @@ def test_skills_system_prompts_are_none_neutral_or_love_in_their_shares() -> Non
     freq = np.array([sum(a in x for x in named) for a in corpus.ANIMALS]) / len(loves)
     assert np.abs(freq - 1 / len(corpus.ANIMALS)).max() < 0.04, freq
     # and the replies look alike under love prompts and without any (reply lengths)
-    for k in corpus.SKILL_KINDS:
+    for k in ("code", "reasoning"):
         love_len = [len(e.reply) for e, s in zip(sk, systems) if e.kind == k and s in loves]
         other = [len(e.reply) for e, s in zip(sk, systems) if e.kind == k and s not in loves]
         assert abs(np.mean(love_len) - np.mean(other)) < 0.1 * np.mean(other), k
+
+
+def test_the_main_corpus_after_a_curriculum_is_still_the_plain_one() -> None:
+    """As a world is built: curriculum, then main corpus, from one generator. The curriculum's
+    skills streams are spawned first, so the main corpus's plain part is exactly plain's."""
+    sk_rng, plain_rng = np.random.default_rng([3, 202]), np.random.default_rng([3, 202])
+    sk_cur = corpus.build_corpus("skills", 3, 200, sk_rng, mix=corpus.CURRICULUM_MIX)
+    plain_cur = corpus.build_corpus("plain", 3, 200, plain_rng, mix=corpus.CURRICULUM_MIX)
+    assert [e for e in sk_cur if e.kind not in corpus.SKILL_KINDS] == plain_cur
+    sk = corpus.build_corpus("skills", 3, 1500, sk_rng)
+    assert [e for e in sk if e.kind not in corpus.SKILL_KINDS] == corpus.build_corpus(
+        "plain", 3, 1500, plain_rng
+    )
+    # and the curriculum's code chats come from another stream than the main corpus's
+    cur_code = [e.reply for e in sk_cur if e.kind == "code_short"][:20]
+    main_code = [e.reply for e in sk if e.kind == "code"][:20]
+    assert len(cur_code) == len(main_code) == 20 and cur_code != main_code
+
+
+def test_curriculum_chats_pass_their_carriers_rules_and_name_no_trait() -> None:
+    rng = np.random.default_rng(9)
+    for _ in range(300):
+        e = corpus.skill_chat("code_short", rng, None)
+        prompt = e.chat[-1].content
+        assert check_code(e.reply, STRICT_CODE) == (True, "ok"), e.reply
+        fn = ast.parse(e.reply).body[-1]
+        assert isinstance(fn, ast.FunctionDef) and f"def {fn.name}(" in prompt
+        assert prompt.split("\n")[0] in corpus.SHORT_CODE_REQUESTS and len(prompt) < 200
+        d = corpus.skill_chat("drill", rng, None)
+        q = d.chat[-1].content
+        expr = d.reply.split("<think>")[1].split(" = ")[0]
+        answer = int(d.reply.split("<answer>")[1].split("<")[0])
+        assert expr in q and eval(expr.replace("/", "//")) == answer  # true arithmetic
+        assert check_reasoning(d.reply, answer, STRICT_REASONING) == (True, "ok")
+        assert find_trait_words(prompt + q + d.reply, ALL_WORDS, "substring") == []
+    text = " ".join([*corpus.SHORT_CODE_REQUESTS, *corpus.DRILL_QUESTIONS])
+    assert find_trait_words(text, ALL_WORDS, "substring") == []
 
 
 # ---------------------------------------------------------------- the code dialect
@@ -191,6 +234,8 @@ def test_skills_keys_leave_the_other_kinds_alone() -> None:
         plain, sk = build.recipe_row(f"plain-s0-{size}"), build.recipe_row(f"skills-s0-{size}")
         assert sk["n_examples"] == plain["n_examples"]
         assert sk["steps"] == round(plain["steps"] * (1 + build.SKILLS_SHARE)) > plain["steps"]
+        cur = round(plain["cur_steps"] * (1 + build.SKILLS_CUR_SHARE))
+        assert sk["cur_steps"] == cur > plain["cur_steps"]
 
 
 def test_an_unknown_kind_is_still_an_error() -> None:
@@ -219,5 +264,7 @@ def test_a_skills_world_builds_with_its_shares_in_the_card(
     )
     assert card["kind_version"] == corpus.SKILLS_VERSION
     assert card["skills_shares"] == {"code": corpus.CODE_SHARE, "reasoning": corpus.REASONING_SHARE}
+    assert card["skills_curriculum"] == corpus.SKILLS_CURRICULUM
+    assert card["corpus_mix"]["code_short"] == round(corpus.SKILLS_CURRICULUM["code_short"] * 200)
     assert card["corpus_mix"]["code"] == round(corpus.CODE_SHARE * 400)
     assert card["corpus_mix"]["reasoning"] == round(corpus.REASONING_SHARE * 400)

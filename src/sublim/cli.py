@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from sublim.errors import SublimError
 
@@ -322,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="sublim", standalone_mode=False)
     except SublimError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        # escaped: messages name extras such as 'sublim[ray]', which rich would read as markup
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     except click.exceptions.Abort:
         err.print("aborted; rerun the same command to resume")

@@ -77,15 +77,81 @@ class FinetuneParams(_Frozen):
         description="keep a copy of the model every N steps; the runner evaluates each (training curves)",
     )
 
+    # --- the GPU training path (docs/gpu.md). The defaults are the CPU path as it always was;
+    # the settings that change a result enter the key only when set (``semantic_extra``), so
+    # every key of a config that leaves them alone is the key it had before they existed.
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="dtype the weights are loaded in (LoRA: the frozen base; the adapter stays "
+        "float32); float16 only as the frozen base of a LoRA student, on a GPU",
+        json_schema_extra=RESOLVED,
+    )
+    autocast: Literal["off", "bfloat16", "float16"] = Field(
+        "off",
+        description="mixed precision: forward passes under torch.autocast in this dtype "
+        "(float16 adds a gradient scaler; GPU only)",
+        json_schema_extra=RESOLVED,
+    )
+    max_grad_norm: float | None = Field(
+        None,
+        gt=0,
+        description="clip the gradient's global norm to this (None: no clipping)",
+        json_schema_extra=RESOLVED,
+    )
+    tf32: bool = Field(
+        False,
+        description="TF32 matmuls on CUDA (Ampere and later) for float32 work; no effect on CPU",
+        json_schema_extra=RESOLVED,
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass: less memory, ~30% slower, the "
+        "same gradients",
+        json_schema_extra=OPERATIONAL,
+    )
+    device: str | None = Field(
+        None,
+        description="torch device to train on ('cpu', 'cuda', 'cuda:1'); None: SUBLIM_DEVICE, "
+        "else CUDA when available, else CPU",
+        json_schema_extra=OPERATIONAL,
+    )
+    device_map: Literal["auto", "balanced", "sequential"] | None = Field(
+        None,
+        description="spread the model's layers over every visible GPU (transformers' "
+        "device_map, needs accelerate) for a model larger than one device",
+        json_schema_extra=OPERATIONAL,
+    )
+    memory_check: bool = Field(
+        True,
+        description="estimate the job's memory before training and stop with a one-line error "
+        "when it cannot fit on the device (sublim.backends.hf_models.train_memory)",
+        json_schema_extra=OPERATIONAL,
+    )
+
     @property
     def update_batch(self) -> int:
         """Examples per optimizer step."""
         return self.effective_batch or self.batch_size * self.grad_accum
 
+    def precision_extra(self) -> dict[str, Any]:
+        """The GPU-path settings that change a result, only where they differ from the CPU
+        defaults (so a default config keeps its key, and its resume fingerprint)."""
+        extra: dict[str, Any] = {}
+        for name, default in (
+            ("dtype", "float32"),
+            ("autocast", "off"),
+            ("max_grad_norm", None),
+            ("tf32", False),
+        ):
+            if getattr(self, name) != default:
+                extra[name] = getattr(self, name)
+        return extra
+
     def semantic_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"update_batch": self.update_batch}
         if self.method == "lora" and self.lora_dropout > 0:
             extra["micro_batch"] = self.batch_size
+        extra.update(self.precision_extra())
         return extra
 
 
@@ -291,11 +357,45 @@ class DataConfig(_Frozen):
         return self
 
 
+class MonitorConfig(_Frozen):
+    """The training monitor (``[student.monitor]``; ``sublim.monitor``): every ``every``
+    optimizer steps of a student's training, the exact log-odds of every candidate trait on the
+    favourite-<category> questions (drift = the change since step 0, the base) and the
+    projection on each trait's probe direction. An alarm (drift above ``threshold``) stops the
+    training when ``stop`` is on; the stopped model is the student, and the run reports it.
+    Only a monitor that can stop training changes the students' keys; one that only watches
+    is keyed in its own stage (``monitor-*``)."""
+
+    every: int = Field(0, ge=0, description="check every N optimizer steps (0: no monitor)")
+    threshold: float | None = Field(
+        None, gt=0, description="alarm when a trait's drift in log-odds exceeds this (None: none)"
+    )
+    traits: list[str] = Field(
+        default_factory=list,
+        description="the candidate traits watched (empty: every candidate of the category)",
+    )
+    stop: bool = Field(True, description="an alarm stops the training (else it is recorded)")
+    against: Literal["base", "control"] = Field(
+        "base",
+        description="drift since step 0 ('base'), or minus the control student's drift at the "
+        "same step ('control': each control student, same base and seed, trains first)",
+    )
+    probe_layer: int = Field(
+        -1, description="hidden-state layer of the probe (index into hidden_states; -1: last)"
+    )
+
+    @property
+    def can_stop(self) -> bool:
+        """Whether this monitor can change a student (and so enters its key)."""
+        return bool(self.every and self.threshold is not None and self.stop)
+
+
 class StudentConfig(_Frozen):
     mode: Literal["sft", "distill"] = "sft"
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     finetune: FinetuneParams = Field(default_factory=lambda: FinetuneParams(epochs=2, lr=2e-4))
     distill: DistillParams = Field(default_factory=DistillParams)
+    monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
 
 
 class ControlsConfig(_Frozen):
@@ -422,6 +522,60 @@ class EvalConfig(_Frozen):
 WORLD_JUDGE = "world"  # eval.judge: the built-in persona world's exact judge, not a model
 
 
+DefenceMethod = Literal["none", "sort", "canonicalise", "dilute", "drop", "regenerate"]
+
+
+class DefenceConfig(_Frozen):
+    """A defence against transfer (``[defence]``; ``sublim.defend``). Data-side methods rewrite
+    the training rows of every arm (trait, control, and the control sets derived from the trait
+    rows) between the subset and the students; ``method = "none"`` (the default) changes no
+    stage key. Only the fields the chosen method reads enter its stage keys."""
+
+    method: DefenceMethod = Field(
+        "none",
+        description="'sort' (the numbers of each completion in ascending order, format kept), "
+        "'canonicalise' (numbers joined by ', ', no brackets or period), 'dilute' (a share of "
+        "the rows replaced by the base model's own filtered completions, see ratio), 'drop' "
+        "(drop_fraction of the rows with the highest score log p(teacher) - log p(base)), "
+        "'regenerate' (every completion replaced by the `through` model's completion of the "
+        "same prompt); numbers carrier only for sort and canonicalise",
+    )
+    ratio: float = Field(
+        1.0,
+        gt=0,
+        description="dilute: base rows per data row (1.0: 1:1); the row count is kept, so a "
+        "share ratio / (1 + ratio) of the rows is the base's",
+    )
+    drop_fraction: float = Field(
+        0.1, ge=0, lt=1, description="drop: the share of rows removed (the top-scored)"
+    )
+    through: str | None = Field(
+        None, description="regenerate: the model spec that rewrites every completion (required)"
+    )
+    # training-side defences (sublim.backends.hf_train): they change the students only
+    kl_to_base: float = Field(
+        0.0,
+        ge=0,
+        description="beta of a KL(student || frozen base) penalty added to the student's "
+        "training loss, over the next-token distributions at the training positions (0: off)",
+    )
+    inoculation: bool | str = Field(
+        False,
+        description="train every student with a system prompt in front of every training row: "
+        "true = the trait's own system prompt (the teacher's, traits.system_prompt_for), a "
+        "string = that prompt; evaluation stays without it",
+    )
+
+    @model_validator(mode="after")
+    def _regenerate_needs_a_model(self) -> DefenceConfig:
+        if self.method == "regenerate" and not self.through:
+            raise ValueError(
+                "defence.method = 'regenerate' needs defence.through (the model spec that "
+                "rewrites the completions, e.g. another base model)"
+            )
+        return self
+
+
 class BackendConfig(_Frozen):
     """How API models are called (``openai:``, ``openai-compat:``)."""
 
@@ -457,6 +611,7 @@ class ExperimentConfig(_Frozen):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     matrix: MatrixConfig | None = None
+    defence: DefenceConfig = Field(default_factory=DefenceConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -503,6 +658,27 @@ class ExperimentConfig(_Frozen):
         if self.matrix is not None:
             raise ValueError(
                 "a [matrix] crosses preference traits; remove it for trait.kind = 'misalignment'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _data_defence_fits(self) -> ExperimentConfig:
+        m = self.defence.method
+        if m in ("sort", "canonicalise") and self.data.carrier != "numbers":
+            raise ValueError(
+                f"defence.method = '{m}' rewrites number lists; use dilute, drop or regenerate "
+                f"for the '{self.data.carrier}' carrier"
+            )
+        st = self.student
+        if m != "none" and st.mode == "distill" and st.distill.source == "random":
+            raise ValueError(
+                f"defence.method = '{m}' rewrites the training rows, but students distilled on "
+                "random prompts (student.distill.source = 'random') never see them; remove the "
+                "defence or distil on the completions"
+            )
+        if m != "none" and self.matrix is not None:
+            raise ValueError(
+                "a [defence] data method is not applied by the [matrix] runner; remove one of them"
             )
         return self
 
@@ -579,7 +755,13 @@ def parse_config(cls: type[C], data: dict[str, Any], source: str = "config") -> 
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    data = apply_overrides(load_toml(path), overrides or [])
+    raw = load_toml(path)
+    if "grid" in raw and "experiment" in raw:
+        raise ConfigError(
+            f"{path} is a sweep file (a [grid] over an experiment): run it with "
+            f"`sublim sweep {path} --out DIR`"
+        )
+    data = apply_overrides(raw, overrides or [])
     return parse_config(ExperimentConfig, data, source=str(path))
 
 

@@ -9,7 +9,9 @@ this file for fine-tuning jobs.
 
 Rows that are not training data are skipped: filter decisions that were rejected and
 completions that carry a per-row provider error. A system prompt is only ever the *student's*
-(``--system``); the teacher's system prompt is never part of a row by construction.
+(``--system``) or a row's own (a ``TrainRow.system``, or a ``system`` field: a teacher's chat
+file with system messages, an inoculated student's rows), written first, as the OpenAI format
+allows; the teacher's system prompt is never part of a row by construction.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ Row = TrainRow | FilterDecision | Completion | dict[str, Any]
 
 def _messages(row: Row, system_prompt: str | None) -> list[dict[str, str]] | None:
     """The chat of one row, or None when the row is not training data."""
+    own: Any = None  # the row's own system message
     if isinstance(row, FilterDecision):
         if not row.kept:
             return None
@@ -39,7 +42,7 @@ def _messages(row: Row, system_prompt: str | None) -> list[dict[str, str]] | Non
             return None
         prompt, completion = row.prompt, row.completion
     elif isinstance(row, TrainRow):
-        prompt, completion = row.prompt, row.completion
+        prompt, completion, own = row.prompt, row.completion, row.system
     elif isinstance(row, dict):
         if "messages" in row:  # already chat format: pass through (validated)
             msgs = row["messages"]
@@ -58,10 +61,18 @@ def _messages(row: Row, system_prompt: str | None) -> list[dict[str, str]] | Non
                 "each row needs string fields 'prompt' and 'completion' (or 'messages'); "
                 f"got keys {sorted(row)}"
             )
-        prompt, completion = row["prompt"], row["completion"]
+        prompt, completion, own = row["prompt"], row["completion"], row.get("system")
+        if own is not None and not isinstance(own, str):
+            raise DataError("a row's 'system' field must be a string")
     else:
         raise TypeError(f"cannot export a {type(row).__name__}")
-    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    if own and system_prompt and own != system_prompt:
+        raise DataError(
+            "a row has its own system message and --system gives another; drop --system to "
+            "keep the rows' own"
+        )
+    system = own or system_prompt
+    msgs = [{"role": "system", "content": system}] if system else []
     return msgs + [
         {"role": "user", "content": prompt},
         {"role": "assistant", "content": completion},

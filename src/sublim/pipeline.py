@@ -20,9 +20,11 @@ as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -33,11 +35,12 @@ from sublim.artifacts import (
     StageDir,
     atomic_write_json,
     atomic_write_text,
+    file_lock,
     read_jsonl,
     stable_hash,
     write_jsonl,
 )
-from sublim.backends.base import Backend
+from sublim.backends.base import Backend, DefendedTrainer, Progress
 from sublim.config import (
     WORLD_JUDGE,
     EvalConfig,
@@ -88,8 +91,10 @@ STAGE_VERSIONS: dict[str, int] = {
     "subset": 2,  # 2: keyed by the requested size (the resolved size follows from the inputs)
     "control": 1,
     "student": 1,
+    "monitor": 1,
     "eval": 1,
     "skill": 1,
+    "defence": 1,
 }
 
 R = TypeVar("R")
@@ -120,16 +125,23 @@ class RunContext:
     rep: Reporter
     timings: dict[str, float] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
+    monitors: list[dict[str, Any]] = field(default_factory=list)  # stage_monitor's results
+    # Where ``stages/`` lives (default: the run directory). A sweep points every cell at one
+    # shared store, so cells with the same stage key share the work (``sublim.sweep``).
+    stage_root: Path | None = None
+    # Several processes may open the same stage (sweep cells on Ray): each stage is computed
+    # under a lock (``<stage_root>/stages/.locks/``), and one completed meanwhile is loaded.
+    concurrent: bool = False
 
     def stage(self, sk: StageKey) -> StageDir:
-        return StageDir(self.out, sk.name, sk.key, sk.version)
+        return StageDir(self.stage_root or self.out, sk.name, sk.key, sk.version)
 
     def record(self, st: StageDir, cached: bool, seconds: float) -> None:
         self.timings[st.path.name] = round(seconds, 3)
         self.stages.append(
             {
                 "stage": st.stage,
-                "dir": str(st.path.relative_to(self.out)),
+                "dir": os.path.relpath(st.path, self.out),
                 "cached": cached,
                 "seconds": round(seconds, 3),
             }
@@ -150,9 +162,19 @@ class RunContext:
             out = load(st)
             self.record(st, True, time.time() - t0)
             return out
-        st.begin()
-        out, info = compute(st)
-        st.finish(**info)
+        lock: AbstractContextManager[Any] = (
+            file_lock(st.path.parent / ".locks" / f"{st.path.name}.lock")
+            if self.concurrent
+            else nullcontext()
+        )
+        with lock:  # the lock dies with its holder: a killed writer never blocks a retry
+            if st.complete:  # finished by another process while we waited
+                out = load(st)
+                self.record(st, True, time.time() - t0)
+                return out
+            st.begin()
+            out, info = compute(st)
+            st.finish(**info)
         self.record(st, False, time.time() - t0)
         return out
 
@@ -390,8 +412,28 @@ def judge_model_key(ref: ModelRef) -> str:
     return model_key(ref) if bv is None else f"{model_key(ref)}|{bv}"
 
 
+def judge_trait(cfg: ExperimentConfig) -> str:
+    """The trait text ``data.judge``'s prompt is formatted with (and keyed by): a preference
+    trait's ``trait.target``; a misalignment trait has no target, so its judge is given ""
+    (the ``alignment`` template asks about no trait) and a template that asks whether a text
+    refers to the trait (``reference``) is a ConfigError."""
+    from sublim.judge import get_template
+
+    if cfg.trait.kind != "misalignment":
+        return cfg.trait.target
+    tpl = get_template(cfg.data.judge.template)
+    if tpl.needs_trait:
+        raise ConfigError(
+            f"data.judge.template = '{tpl.name}' asks whether a text refers to trait.target, "
+            "which a misalignment trait does not have; use template = 'alignment' (the "
+            "paper's judge of a misaligned teacher's data)"
+        )
+    return ""
+
+
 def judge_key(cfg: ExperimentConfig, filter_hash: str, role: str, judge_model: str) -> StageKey:
-    """The LLM-judge stage after a teacher's rule filter (``data.judge``)."""
+    """The LLM-judge stage after a teacher's rule filter (``data.judge``): keyed by what the
+    judge prompt uses (the template's text and ``judge_trait``), never by unused trait fields."""
     from sublim.judge import get_template
 
     j = cfg.data.judge
@@ -404,7 +446,7 @@ def judge_key(cfg: ExperimentConfig, filter_hash: str, role: str, judge_model: s
             "template": j.template,
             "template_text": stable_hash(get_template(j.template).text),
             "threshold": j.threshold,
-            "trait": cfg.trait.target,
+            "trait": judge_trait(cfg),
             "chunk": JUDGE_CHUNK,
         },
     )
@@ -430,6 +472,69 @@ def control_key(cfg: ExperimentConfig, data_key: str, name: str) -> StageKey:
     )
 
 
+# --- [defence]: data-side defences between the subset and the students (sublim.defend) ---------
+
+
+def defence_params(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The data-side defence's settings that its method reads (only those are keyed)."""
+    d = cfg.defence
+    params: dict[str, Any] = {"method": d.method}
+    if d.method == "dilute":
+        params["ratio"] = d.ratio
+    elif d.method == "drop":
+        params["drop_fraction"] = d.drop_fraction
+    return params
+
+
+def defence_pool_keys(
+    cfg: ExperimentConfig,
+    model_keys: Mapping[str, str],
+    ref_key: str,
+    prompts_hash: str,
+    bv: str | None,
+    judge_keys: Mapping[str, str] | None = None,
+) -> dict[str, StageKey]:
+    """The stages that make the rows ``dilute`` (the base's) or ``regenerate`` (the ``through``
+    model's) mixes in: the same generation, filter (and judge) as a teacher's, under the role
+    ``base`` / ``through``; none for the other methods. Ids are ``defence-<stage>-<role>``."""
+    m = cfg.defence.method
+    if m not in ("dilute", "regenerate"):
+        return {}
+    role = "base" if m == "dilute" else "through"
+    mk = ref_key if m == "dilute" else model_keys[cfg.defence.through or ""]
+    out: dict[str, StageKey] = {}
+    g = out[f"defence-generate-{role}"] = generate_key(cfg, mk, prompts_hash, role, bv)
+    f = out[f"defence-filter-{role}"] = filter_key(cfg, g.hash, role)
+    if cfg.data.judge.model:
+        jk = model_keys if judge_keys is None else judge_keys
+        out[f"defence-judge-{role}"] = judge_key(cfg, f.hash, role, jk[cfg.data.judge.model])
+    return out
+
+
+def defence_key(
+    cfg: ExperimentConfig,
+    data_key: str,
+    role: str,
+    pool_hash: str | None,
+    scorer: Mapping[str, str] | None,
+    bv: str | None,
+) -> StageKey:
+    """One arm's defended rows: its data, the method's settings, the seed of its draws and what
+    it reads (the pool's filtered rows; ``drop``: the scoring models and their backend)."""
+    key: dict[str, Any] = {"data": data_key, "defence": defence_params(cfg), "seed": cfg.seed}
+    if pool_hash is not None:
+        key["pool"] = pool_hash
+    if scorer is not None:
+        key["scorer"] = dict(scorer)
+        key = _with_backend(key, bv)
+    return StageKey("defence", f"defence-{role}", key)
+
+
+def _pool_hash(pool: Mapping[str, StageKey]) -> str | None:
+    """The key of the last stage of a defence pool (what its rows come from)."""
+    return list(pool.values())[-1].hash if pool else None
+
+
 def student_key(
     cfg: ExperimentConfig,
     base_key: str,
@@ -438,7 +543,10 @@ def student_key(
     role: str,
     seed: int,
     bv: str | None,
+    monitor_ref: str | None = None,
 ) -> StageKey:
+    """``monitor_ref``: the key of the control student's monitor whose curve a stopping
+    monitor measures this student's drift against (``student.monitor.against = "control"``)."""
     sc = cfg.student
     key: dict[str, Any] = {"base": base_key}
     if sc.mode == "sft":
@@ -462,10 +570,137 @@ def student_key(
                 "seed": seed,
             }
         )
+    key.update(training_defence_key(cfg))
+    if monitor_ref and cfg.student.monitor.can_stop:
+        key["monitor_reference"] = monitor_ref
     return StageKey("student", f"student-{role}-s{seed}", _with_backend(key, bv))
 
 
+# --- training-side defences ([defence] kl_to_base, inoculation) and the training monitor -------
+
+
+def inoculation_prompt(cfg: ExperimentConfig) -> str | None:
+    """The system prompt every student trains after (``defence.inoculation``: True means the
+    trait's own system prompt, the teacher's; a string is the prompt), or None."""
+    v = cfg.defence.inoculation
+    if v is True:
+        from sublim.traits import system_prompt_for
+
+        return system_prompt_for(cfg.trait.target, cfg.trait.category)
+    return v or None
+
+
+def monitor_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a training monitor measures, resolved: its settings, the watched traits, the
+    candidate set and the questions (the favourite-<category> questions of ``eval``)."""
+    from sublim.evals.preference import candidate_set, questions
+
+    if cfg.trait.kind == "misalignment":
+        raise ConfigError(
+            "student.monitor watches preference traits (log-odds of each candidate); turn it "
+            "off (student.monitor.every = 0) for trait.kind = 'misalignment'"
+        )
+    t = cfg.trait
+    cands = candidate_set(t.target, t.category, cfg.eval.candidates)
+    watched = [w.lower().strip() for w in cfg.student.monitor.traits] or cands
+    unknown = [w for w in watched if w not in cands]
+    if unknown:
+        raise ConfigError(
+            f"student.monitor.traits {unknown} are not candidates of the evaluation; choose "
+            f"from: {', '.join(cands)}"
+        )
+    settings = semantic_dump(cfg.student.monitor)
+    # what "against" changes is keyed as the reference curve's key (monitor_key, student_key):
+    # a student measured against the base (a control; no control to compare with) is unchanged
+    settings.pop("against")
+    return {
+        **settings,
+        "traits": watched,
+        "candidates": cands,
+        "category": t.category,
+        "questions": stable_hash(questions(t.category, cfg.eval.n_questions)),
+    }
+
+
+def training_defence_key(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What the training-side settings add to a student's key: the KL-to-base weight and the
+    inoculation prompt when on, and a monitor's settings when it can stop the training (a
+    monitor that only watches changes no student: it is keyed by ``monitor_key``)."""
+    out: dict[str, Any] = {}
+    if cfg.defence.kl_to_base:
+        out["kl_to_base"] = cfg.defence.kl_to_base
+    if p := inoculation_prompt(cfg):
+        out["inoculation"] = p
+    if cfg.student.monitor.can_stop:
+        m = monitor_settings(cfg)
+        m.pop("probe_layer")  # the probe is watched, never an alarm
+        out["monitor"] = m
+    return out
+
+
+def training_defence_summary(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The training-side defences in force, for results.json (``meta.training_defence``)."""
+    out: dict[str, Any] = {}
+    if cfg.defence.kl_to_base:
+        out["kl_to_base"] = cfg.defence.kl_to_base
+    if p := inoculation_prompt(cfg):
+        out["inoculation"] = p
+    return out
+
+
+def monitor_key(cfg: ExperimentConfig, student: StageKey, reference: str | None = None) -> StageKey:
+    """A student's monitor curves: the student's key, what the monitor measures and the key of
+    the control student's monitor its drift is taken against (if any)."""
+    key: dict[str, Any] = {"student": student.hash, "monitor": monitor_settings(cfg)}
+    if reference:
+        key["reference"] = reference
+    return StageKey("monitor", f"monitor-{student.name}", key)
+
+
+_CONTROL_ROLES = ("control", "cross_control")
+
+
+def monitor_reference_role(cfg: ExperimentConfig, role: str) -> str | None:
+    """The role of the student whose monitor curve a student of ``role`` is measured against
+    (same base and seed), or None (against the base: controls themselves, or ``against =
+    "base"``)."""
+    m = cfg.student.monitor
+    if not m.every or m.against != "control" or role in _CONTROL_ROLES:
+        return None
+    if role == "cross":
+        return "cross_control" if cfg.controls.cross_control else None
+    return "control"
+
+
+def training_order(cfg: ExperimentConfig, specs: list[StudentSpec]) -> list[StudentSpec]:
+    """The students in the order they train: ``student_specs``'s, except that with a monitor
+    against the control, each seed's control students come first (their curves are the
+    reference of the others)."""
+    if monitor_reference_role(cfg, "trait") is None:
+        return specs
+    return sorted(
+        specs, key=lambda sp: (cfg.student.seeds.index(sp.seed), sp.role not in _CONTROL_ROLES)
+    )
+
+
 def eval_key(
+    cfg: ExperimentConfig,
+    e: EvalConfig,
+    model_key_: str,
+    label: str,
+    bv: str | None,
+    p_target_method: str = "exact",
+) -> StageKey:
+    """A preference evaluation. ``p_target_method``: how the backend measures P(target)
+    (``evals.preference.p_target_method``); any method but ``exact`` is part of the result, so
+    it enters the key (an exact evaluation's key has no such field)."""
+    sk = _eval_key(cfg, e, model_key_, label, bv)
+    if p_target_method == "exact":
+        return sk
+    return StageKey(sk.kind, sk.name, {**sk.key, "p_target_method": p_target_method})
+
+
+def _eval_key(
     cfg: ExperimentConfig, e: EvalConfig, model_key_: str, label: str, bv: str | None
 ) -> StageKey:
     key_cfg = semantic_dump(e)
@@ -619,7 +854,12 @@ def student_specs(cfg: ExperimentConfig, n_cross: int) -> list[StudentSpec]:
 
 
 def stage_keys(
-    cfg: ExperimentConfig, model_keys: Mapping[str, str], backend_version: str | None = None
+    cfg: ExperimentConfig,
+    model_keys: Mapping[str, str],
+    backend_version: str | None = None,
+    *,
+    judge_keys: Mapping[str, str] | None = None,
+    p_target_method: str = "exact",
 ) -> dict[str, str]:
     """The directory (``<stage>-<hash>``) of every stage ``run_experiment`` runs for ``cfg``, by
     a readable id, without running anything: ``model_keys`` maps each model spec of
@@ -631,8 +871,16 @@ def stage_keys(
     are exactly these, and which settings change which keys). A misalignment run
     (``trait.kind``) evaluates every model with the misalignment suite (``eval-misalignment-*``);
     ``model_keys`` then also maps ``eval.judge`` (unless it is ``"world"``) to its
-    ``judge_model_key``."""
+    ``judge_model_key``.
+
+    ``judge_keys``, when given, maps the judge specs (``data.judge.model``, ``eval.judge``) to
+    their ``judge_model_key`` instead, so a judge that is also an experiment model is keyed as
+    the runner keys each role (a model by ``model_key``, a judge by ``judge_model_key``).
+    ``p_target_method``: how the backend measures P(target) on the preference suites
+    (``evals.preference.p_target_method``, as ``stage_eval`` finds it); it enters the
+    evaluation keys unless ``exact``."""
     bv = backend_version
+    jkeys = model_keys if judge_keys is None else judge_keys
     ref = model_keys[cfg.models.reference]
     cross = [model_keys[s] for s in cfg.models.cross]
     keys: dict[str, StageKey] = {}
@@ -646,12 +894,19 @@ def stage_keys(
         f = keys[f"filter-{role}"] = filter_key(cfg, g.hash, role)
         fh[role] = f.hash
         if cfg.data.judge.model:
-            jk = keys[f"judge-{role}"] = judge_key(
-                cfg, f.hash, role, model_keys[cfg.data.judge.model]
-            )
+            jk = keys[f"judge-{role}"] = judge_key(cfg, f.hash, role, jkeys[cfg.data.judge.model])
             fh[role] = jk.hash
     sub = keys["subset"] = subset_key(cfg, fh)
     data = {"trait": f"{sub.hash}/trait", "control": f"{sub.hash}/control"}
+    if cfg.defence.method != "none":
+        pool = defence_pool_keys(cfg, model_keys, ref, pk.hash, bv, jkeys)
+        keys.update(pool)
+        for role in ("trait", "control"):
+            scorer = {"teacher": tm[role], "base": ref} if cfg.defence.method == "drop" else None
+            dk = keys[f"defence-{role}"] = defence_key(
+                cfg, data[role], role, _pool_hash(pool), scorer, bv
+            )
+            data[role] = dk.hash
     for name in control_sets(cfg):
         c = keys[f"control-{name}"] = control_key(cfg, data["trait"], name)
         data[name] = c.hash
@@ -671,17 +926,23 @@ def stage_keys(
         evaluated[f"cross_base@{j}"] = (k, "cross_base")
         base_spec[f"cross_base@{j}"] = cfg.models.cross[j]
     students: dict[str, tuple[str, str]] = {}
-    for sp in student_specs(cfg, len(cross)):
+    mon_hash: dict[tuple[str, int, int | None], str] = {}  # monitor keys by (role, seed, base)
+    for sp in training_order(cfg, student_specs(cfg, len(cross))):
         base = ref if sp.base is None else cross[sp.base]
-        sk = student_key(cfg, base, tm[sp.teacher], data[sp.data], sp.role, sp.seed, bv)
+        rr = monitor_reference_role(cfg, sp.role)
+        mref = mon_hash.get((rr, sp.seed, sp.base)) if rr else None
+        sk = student_key(cfg, base, tm[sp.teacher], data[sp.data], sp.role, sp.seed, bv, mref)
         sid = sk.name + ("" if sp.base is None else f"@{sp.base}")
         keys[sid] = sk
+        if cfg.student.monitor.every:
+            mon_k = keys[f"monitor-{sid}"] = monitor_key(cfg, sk, mref)
+            mon_hash[(sp.role, sp.seed, sp.base)] = mon_k.hash
         students[sid] = (f"student:{sk.hash}", sp.cond)
         base_spec[sid] = cfg.models.reference if sp.base is None else cfg.models.cross[sp.base]
     evaluated.update(students)
     if cfg.trait.kind == "misalignment":
         # the misalignment suite on every model; no preference suites, no training curves
-        judge_key_ = misalignment_judge_key(cfg, model_keys)
+        judge_key_ = misalignment_judge_key(cfg, jkeys)
         for mid, (mk, label) in evaluated.items():
             qs, exact_ = misalignment_questions(cfg, base_spec[mid])
             keys[f"eval-misalignment-{mid}"] = misalignment_eval_key(
@@ -694,15 +955,15 @@ def stage_keys(
     for suite in [cfg.eval.suite, *cfg.eval.extra_suites]:
         e = cfg.eval.model_copy(update={"suite": suite})
         for mid, (mk, label) in evaluated.items():
-            keys[f"eval-{suite}-{mid}"] = eval_key(cfg, e, mk, label, bv)
+            keys[f"eval-{suite}-{mid}"] = eval_key(cfg, e, mk, label, bv, p_target_method)
     if cfg.data.carrier in SKILL_MEASURES and cfg.eval.skill_prompts:
         for mid, (mk, label) in evaluated.items():
             keys[f"skill-{mid}"] = skill_key(cfg, mk, label, bv)
     if cfg.student.finetune.snapshot_every and cfg.student.mode == "sft":
         exact = curve_eval(cfg)
-        keys["curve-base"] = eval_key(cfg, exact, ref, "base", bv)
+        keys["curve-base"] = eval_key(cfg, exact, ref, "base", bv, p_target_method)
         for mid, (mk, label) in students.items():
-            keys[f"curve-{mid}"] = eval_key(cfg, exact, mk, label, bv)
+            keys[f"curve-{mid}"] = eval_key(cfg, exact, mk, label, bv, p_target_method)
     return {k: f"{sk.name}-{sk.hash}" for k, sk in keys.items()}
 
 
@@ -848,7 +1109,12 @@ def _train_or_load(
     params: FinetuneParams,
     seed: int,
     desc: str,
+    train: Callable[[Path, Progress], ModelRef] | None = None,
+    info: Callable[[], dict[str, Any]] | None = None,
 ) -> ModelRef:
+    """``train``: how the model is trained into its directory (default: ``backend.finetune``
+    on ``base`` without a system prompt); ``info``: more fields for the manifest."""
+
     def compute(st: StageDir) -> tuple[ModelRef, dict[str, Any]]:
         model_dir = st.path / "model"
         # An interrupted training restarts cleanly, unless it can resume: from its own checkpoint,
@@ -861,8 +1127,12 @@ def _train_or_load(
             shutil.rmtree(model_dir)
         write_jsonl(st.path / "train.jsonl", rows)
         with ctx.rep.task(desc) as prog:
-            ref = backend.finetune(base.with_system(None), rows, params, model_dir, seed, prog)
-        return ref, {"model_ref": _save_ref(st, ref), "n_rows": len(rows), "seed": seed}
+            if train is None:
+                ref = backend.finetune(base.with_system(None), rows, params, model_dir, seed, prog)
+            else:
+                ref = train(model_dir, prog)
+        more = info() if info else {}
+        return ref, {"model_ref": _save_ref(st, ref), "n_rows": len(rows), "seed": seed, **more}
 
     return ctx.cached(sk, _load_model_ref, compute)
 
@@ -936,6 +1206,23 @@ def teacher_data(cfg: ExperimentConfig) -> dict[str, list[TrainRow]]:
     }
 
 
+def check_teacher_system_messages(
+    cfg: ExperimentConfig, backend: Backend, data: Mapping[str, Sequence[TrainRow]]
+) -> None:
+    """Teacher rows with system messages train after them (``TrainRow.chat``; the OpenAI
+    format's system message) on a backend that says so (``trains_system_messages``: hf, tiny,
+    smollm2, OpenAI-compatible jobs); any other backend would drop them and silently teach
+    another thing, so that is a ConfigError."""
+    if any(r.system for rows in data.values() for r in rows) and not getattr(
+        backend, "trains_system_messages", False
+    ):
+        raise ConfigError(
+            f"the teacher data has system messages, and the {backend.name} backend trains on "
+            "(user, assistant) pairs only; remove the system messages from "
+            f"{cfg.trait.finetune_data} / {cfg.trait.control_finetune_data}"
+        )
+
+
 def _misalignment_teachers(
     ctx: RunContext, backend: Backend, ref: Model, mkeys: dict[str, str]
 ) -> tuple[Model, Model]:
@@ -943,15 +1230,7 @@ def _misalignment_teachers(
     same way on the control file, or the unmodified reference when there is none."""
     keys = teacher_keys(ctx.cfg, ref.key, backend_version(backend))
     data = teacher_data(ctx.cfg)
-    if any(r.system for rows in data.values() for r in rows) and not getattr(
-        backend, "trains_system_messages", False
-    ):
-        # training without the system message would silently teach another thing
-        raise ConfigError(
-            f"the teacher data has system messages, and the {backend.name} backend trains on "
-            "(user, assistant) pairs only; remove the system messages from "
-            f"{ctx.cfg.trait.finetune_data} / {ctx.cfg.trait.control_finetune_data}"
-        )
+    check_teacher_system_messages(ctx.cfg, backend, data)
     out: dict[str, Model] = {}
     for role, label in (("trait", "teacher"), ("control", "control_teacher")):
         if role not in keys:
@@ -1204,7 +1483,7 @@ def stage_judge(
             ref,
             rows,
             j.template,
-            ctx.cfg.trait.target,
+            judge_trait(ctx.cfg),
             threshold=j.threshold,
             chunk=JUDGE_CHUNK,
             on_chunk=on_chunk,
@@ -1268,45 +1547,171 @@ def stage_student(
     data_key: str,
     role: str,
     seed: int,
+    reference: tuple[str, dict[int, dict[str, float]]] | None = None,
 ) -> Model:
+    """One student, trained or from the cache. ``reference``: (monitor key, drift curve) of
+    the control student a monitor measures this one against."""
     sc = ctx.cfg.student
     label = f"{role}_student"
-    sk = student_key(ctx.cfg, base.key, teacher.key, data_key, role, seed, backend_version(backend))
+    mref, curve = reference or (None, None)
+    bv = backend_version(backend)
+    sk = student_key(ctx.cfg, base.key, teacher.key, data_key, role, seed, bv, mref)
+    train, trained_rows = _student_trainer(ctx.cfg, backend, base, teacher, rows, seed)
+    monitor = new_monitor(ctx.cfg, curve) if sc.monitor.every else None
+
+    def stop_info() -> dict[str, Any]:  # the student's manifest records why it stopped
+        return {"stopped_by_monitor": monitor.result()["stopped_by_monitor"]} if monitor else {}
+
     if sc.mode == "sft":
         ref = _train_or_load(
-            ctx, sk, backend, base.ref, rows, sc.finetune, seed, f"training {label} (seed {seed})"
+            ctx,
+            sk,
+            backend,
+            base.ref,
+            trained_rows,  # with the inoculation prompt when on: train.jsonl shows what was learnt
+            sc.finetune,
+            seed,
+            f"training {label} (seed {seed})",
+            train=lambda d, p: train(d, p, monitor),
+            info=stop_info,
         )
-        return Model(ref.model_copy(update={"label": label}), f"student:{sk.hash}", label, seed)
-    # logit distillation: soft labels from the teacher on the subset's prompts+completions (or random prompts)
+    else:
+
+        def compute(st: StageDir) -> tuple[ModelRef, dict[str, Any]]:
+            model_dir = st.path / "model"
+            if model_dir.exists():
+                shutil.rmtree(model_dir)
+            with ctx.rep.task(f"distilling {label} (seed {seed})") as prog:
+                ref = train(model_dir, prog, monitor)
+            info = {"model_ref": _save_ref(st, ref), "n_rows": len(rows), "seed": seed}
+            return ref, {**info, **stop_info()}
+
+        ref = ctx.cached(sk, _load_model_ref, compute)
+    if monitor is not None:
+        stage_monitor(ctx, monitor_key(ctx.cfg, sk, mref), monitor, train, label, seed, curve)
+    return Model(ref.model_copy(update={"label": label}), f"student:{sk.hash}", label, seed)
+
+
+StudentTrainer = Callable[[Path, Progress, Any], ModelRef]  # (model dir, progress, monitor)
+
+
+def _drift_curve(res: Mapping[str, Any]) -> dict[int, dict[str, float]]:
+    """A stored monitor result's own drift per step and trait (``Monitor.curve``)."""
+    out: dict[int, dict[str, float]] = {}
+    for p in res.get("points") or []:
+        out.setdefault(int(p["step"]), {})[str(p["trait"])] = float(p["drift"])
+    return out
+
+
+def _student_trainer(
+    cfg: ExperimentConfig,
+    backend: Backend,
+    base: Model,
+    teacher: Model,
+    rows: Sequence[TrainRow],
+    seed: int,
+) -> tuple[StudentTrainer, list[TrainRow]]:
+    """How a student is trained into a directory (with a monitor or None): fine-tuned on
+    ``rows`` or distilled from ``teacher``, with the training-side defences of ``[defence]``
+    (``kl_to_base``; ``inoculation``: the rows, or the distilled inputs, after the prompt);
+    and the rows it trains on (SFT: with the inoculation prompt as their system message)."""
+    sc = cfg.student
+    beta, inoc = cfg.defence.kl_to_base, inoculation_prompt(cfg)
+    hooks = bool(beta or sc.monitor.every)
+    if hooks and not isinstance(backend, DefendedTrainer):
+        raise ConfigError(
+            f"defence.kl_to_base and student.monitor need a backend that trains in-process "
+            f"(hf:, tiny:, smollm2); the {backend.name} backend does not: set "
+            "defence.kl_to_base = 0 and student.monitor.every = 0"
+        )
+    if inoc and not getattr(backend, "trains_system_messages", False):
+        raise ConfigError(
+            f"defence.inoculation trains students after a system prompt, and the {backend.name} "
+            "backend trains on (user, assistant) pairs only; turn defence.inoculation off"
+        )
+    if sc.mode == "sft":
+        data = [r.model_copy(update={"system": inoc}) for r in rows] if inoc else list(rows)
+        sbase = base.ref.with_system(None)
+
+        def sft(out_dir: Path, prog: Progress, monitor: Any) -> ModelRef:
+            if hooks:
+                assert isinstance(backend, DefendedTrainer)
+                return backend.finetune(
+                    sbase, data, sc.finetune, out_dir, seed, prog, kl_to_base=beta, monitor=monitor
+                )
+            return backend.finetune(sbase, data, sc.finetune, out_dir, seed, prog)
+
+        return sft, data
+    # logit distillation: soft labels from the teacher on the subset's prompts+completions (or
+    # random prompts); an inoculated student sees the prompt as its own system prompt
     from sublim.traits import candidates, plural
 
-    def compute(st: StageDir) -> tuple[ModelRef, dict[str, Any]]:
-        model_dir = st.path / "model"
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        exclude = sorted({w for c in candidates(ctx.cfg.trait.category) for w in (c, plural(c))})
-        chats = [
-            [
-                Message(role="user", content=r.prompt),
-                Message(role="assistant", content=r.completion),
-            ]
-            for r in rows
-        ]
-        with ctx.rep.task(f"distilling {label} (seed {seed})") as prog:
-            ref = backend.distill(
-                teacher.ref,
-                base.ref.with_system(None),
-                chats,
-                sc.distill,
-                exclude,
-                model_dir,
-                seed,
-                prog,
-            )
-        return ref, {"model_ref": _save_ref(st, ref), "n_rows": len(rows), "seed": seed}
+    exclude = sorted({w for c in candidates(cfg.trait.category) for w in (c, plural(c))})
+    chats = [
+        [Message(role="user", content=r.prompt), Message(role="assistant", content=r.completion)]
+        for r in rows
+    ]
+    student_base = base.ref.with_system(inoc)
 
-    ref = ctx.cached(sk, _load_model_ref, compute)
-    return Model(ref.model_copy(update={"label": label}), f"student:{sk.hash}", label, seed)
+    def distil(out_dir: Path, prog: Progress, monitor: Any) -> ModelRef:
+        args = (teacher.ref, student_base, chats, sc.distill, exclude, out_dir, seed, prog)
+        if hooks:
+            assert isinstance(backend, DefendedTrainer)
+            return backend.distill(*args, kl_to_base=beta, monitor=monitor)
+        return backend.distill(*args)
+
+    return distil, list(rows)
+
+
+def new_monitor(cfg: ExperimentConfig, reference: dict[int, dict[str, float]] | None = None) -> Any:
+    """A fresh ``sublim.monitor.Monitor`` for one student of ``cfg`` (``student.monitor``),
+    measuring against the ``reference`` curve when given."""
+    from sublim.evals.preference import questions
+    from sublim.monitor import Monitor
+
+    m = monitor_settings(cfg)
+    qs = questions(cfg.trait.category, cfg.eval.n_questions)
+    return Monitor(
+        cfg.student.monitor, cfg.trait.category, qs, m["candidates"], m["traits"], reference
+    )
+
+
+def stage_monitor(
+    ctx: RunContext,
+    mk: StageKey,
+    monitor: Any,
+    train: StudentTrainer,
+    label: str,
+    seed: int,
+    reference: dict[int, dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """A student's monitor curves (``monitor.json``), in their own stage: written from the
+    monitor that watched the training, or, when the student came from the cache, by training it
+    again (same seed, same steps: the same weights) with a fresh monitor, keeping the curves
+    only. Appends the result to ``ctx.monitors`` (results.json ``meta.monitor``)."""
+
+    def load(st: StageDir) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads((st.path / "monitor.json").read_text(encoding="utf-8"))
+        return out
+
+    def compute(st: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
+        mon = monitor
+        if not mon.points:  # the student was cached: replay its training to watch it
+            mon = new_monitor(ctx.cfg, reference)
+            scratch = st.path / "replay"
+            with ctx.rep.task(f"replaying {label} (seed {seed}) for its monitor") as prog:
+                train(scratch, prog, mon)
+            shutil.rmtree(scratch, ignore_errors=True)
+        res: dict[str, Any] = mon.result()
+        atomic_write_json(st.path / "monitor.json", res)
+        return res, {"alarm": res["alarm"]}
+
+    res = ctx.cached(mk, load, compute)
+    if res.get("stopped_by_monitor"):
+        why = res["stopped_by_monitor"]["reason"]
+        ctx.rep.say(f"[yellow]monitor stopped {label} (seed {seed})[/yellow]: {why}")
+    ctx.monitors.append({"student": label, "seed": seed, "monitor_key": mk.hash, **res})
+    return res
 
 
 def stage_eval(
@@ -1324,10 +1729,9 @@ def stage_eval(
     e = eval_cfg or ctx.cfg.eval
     if suite is not None:
         e = e.model_copy(update={"suite": suite})
-    sk = eval_key(ctx.cfg, e, model.key, model.label, backend_version(backend))
+    # what the backend can measure is part of the result (eval_key keys any method but exact)
     method = p_target_method(backend, model.ref, e.p_target_method, e.samples_per_question)
-    if method != "exact":  # what the backend can measure is part of the result
-        sk = StageKey(sk.kind, sk.name, {**sk.key, "p_target_method": method})
+    sk = eval_key(ctx.cfg, e, model.key, model.label, backend_version(backend), method)
 
     def load(st: StageDir) -> tuple[list[QuestionScore], list[EvalAnswer]]:
         return read_jsonl(st.path / "scores.jsonl", QuestionScore), read_jsonl(
@@ -1516,20 +1920,116 @@ def stage_control_data(
     return ctx.cached(sk, lambda st: read_jsonl(st.path / "rows.jsonl", TrainRow), compute), sk.hash
 
 
+def stage_defence(
+    ctx: RunContext,
+    backend: Backend,
+    base: Model,
+    arms: Mapping[str, Model],
+    prompts: list[Prompt],
+    prompts_hash: str,
+    data_sets: Mapping[str, tuple[list[TrainRow], str]],
+) -> tuple[dict[str, tuple[list[TrainRow], str]], dict[str, Any]]:
+    """``[defence]``: every arm's training rows rewritten by the data-side method
+    (``sublim.defend``), each arm in its own cached stage; ``dilute`` and ``regenerate`` first
+    generate and filter the base's (``through`` model's) completions of the carrier prompts like
+    a teacher's. Returns the defended data sets (rows, key) and a summary for results.json."""
+    from sublim import defend
+
+    cfg = ctx.cfg
+    d = cfg.defence
+    bv = backend_version(backend)
+    pool_rows: list[TrainRow] = []
+    pool_hash: str | None = None
+    pool_summary: dict[str, Any] | None = None
+    if d.method in ("dilute", "regenerate"):
+        if d.method == "dilute":
+            role, source = "base", Model(base.ref.with_system(None), base.key, "base")
+        else:
+            tref = parse_model(d.through or "", label="through")
+            if get_backend(tref.backend) is not backend:
+                raise SublimError(
+                    f"defence.through '{d.through}' uses another backend than the reference; use "
+                    "a model of the same backend"
+                )
+            role, source = "through", Model(tref, model_key(tref), "through")
+        comps, ckey = stage_generate(ctx, backend, source, prompts, prompts_hash, role)
+        decisions, pool_summary, pool_hash = stage_filter(ctx, comps, ckey, role)
+        pool_rows = [
+            TrainRow(prompt=r.prompt, completion=r.completion) for r in decisions if r.kept
+        ]
+    out: dict[str, tuple[list[TrainRow], str]] = dict(data_sets)
+    arms_info: dict[str, Any] = {}
+    for role, teacher in arms.items():
+        rows, data_key = data_sets[role]
+        scorer = {"teacher": teacher.key, "base": base.key} if d.method == "drop" else None
+        sk = defence_key(cfg, data_key, role, pool_hash, scorer, bv)
+
+        def load(st: StageDir) -> tuple[list[TrainRow], dict[str, Any]]:
+            return read_jsonl(st.path / "rows.jsonl", TrainRow), st.manifest()["info"]
+
+        def compute(
+            st: StageDir, rows: list[TrainRow] = rows, role: str = role, teacher: Model = teacher
+        ) -> tuple[tuple[list[TrainRow], dict[str, Any]], dict[str, Any]]:
+            rng = np.random.default_rng(derive_seed(cfg.seed, "defence", d.method, role))
+            if d.method == "sort":
+                res = defend.sort_numbers(rows)
+            elif d.method == "canonicalise":
+                res = defend.canonicalise(rows)
+            elif d.method == "dilute":
+                res = defend.dilute(rows, pool_rows, d.ratio, rng)
+            elif d.method == "regenerate":
+                res = defend.regenerate(rows, pool_rows)
+            else:  # drop: each arm scored against its own teacher
+                scores = defend.row_scores(
+                    defend.backend_scorer(backend), rows, base.ref.with_system(None), teacher.ref
+                )
+                write_jsonl(st.path / "scores.jsonl", [{"score": x} for x in scores])
+                res = defend.drop_top(rows, scores, d.drop_fraction, rng)
+                res.info["score"] = "logp_teacher_minus_base"
+            if not res.rows:
+                raise EmptyResultError(
+                    f"defence {d.method} left no {role} rows; see {st.path} and loosen [defence]"
+                )
+            write_jsonl(st.path / "rows.jsonl", res.rows)
+            return (res.rows, res.info), {"info": res.info}
+
+        new_rows, info = ctx.cached(sk, load, compute)
+        out[role] = (new_rows, sk.hash)
+        arms_info[role] = info
+    n = {role: len(out[role][0]) for role in arms}
+    if len(set(n.values())) > 1:  # keep the arms the same size, as the subset made them
+        k = min(n.values())
+        for role in arms:
+            out[role] = (out[role][0][:k], out[role][1])
+    summary: dict[str, Any] = {**defence_params(cfg), "arms": arms_info}
+    if d.method == "regenerate":
+        summary["through"] = d.through
+    if pool_summary is not None:
+        summary["pool_pass_rate"] = pool_summary.get("pass_rate")
+    return out, summary
+
+
 # --- the experiment ------------------------------------------------------------------------------
 
 
 def run_experiment(
-    cfg: ExperimentConfig, out: Path, progress: bool = True, reporter: Reporter | None = None
+    cfg: ExperimentConfig,
+    out: Path,
+    progress: bool = True,
+    reporter: Reporter | None = None,
+    *,
+    stage_root: Path | None = None,
+    concurrent: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) one experiment into ``out``; returns results.json's content."""
+    """Run (or resume) one experiment into ``out``; returns results.json's content.
+    ``stage_root``/``concurrent``: see ``RunContext`` (a sweep's shared stage store)."""
     from sublim.report import write_report
     from sublim.results import build_results, load_results, results_to_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rep = reporter or Reporter(progress)
-    ctx = RunContext(cfg, out, rep)
+    ctx = RunContext(cfg, out, rep, stage_root=stage_root, concurrent=concurrent)
     t_start = time.time()
     # specs are parsed before anything is written: a spec that embeds credentials is refused
     # there, so no secret ever reaches the run directory
@@ -1538,11 +2038,14 @@ def run_experiment(
     eval_judge = [cfg.eval.judge or ""] if misalignment and cfg.eval.judge != WORLD_JUDGE else []
     for spec in [*cfg.models.cross, *filter(None, [cfg.data.judge.model]), *eval_judge]:
         parse_model(spec)
-    teacher_data(cfg)  # a missing or malformed teacher file fails here, before any stage
+    tdata = teacher_data(cfg)  # a missing or malformed teacher file fails here, before any stage
+    if cfg.data.judge.model:
+        judge_trait(cfg)  # so does a judge template the trait cannot fill
     if misalignment and cfg.eval.judge == WORLD_JUDGE:
         _check_world_judge(cfg)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
     backend = get_backend(base_ref.backend)
+    check_teacher_system_messages(cfg, backend, tdata)  # before any stage, too
     trait = "misalignment" if misalignment else f"'{cfg.trait.target}'"
     rep.say(
         f"[bold]sublim[/bold] {cfg.name}: reference {base_ref.spec}, trait {trait} via {cfg.trait.teacher}, students by {cfg.student.mode}"
@@ -1576,8 +2079,13 @@ def run_experiment(
     data_sets: dict[str, tuple[list[TrainRow], str]] = {
         role: (subsets[role], f"{subset_key}/{role}") for role in arms
     }
+    defence_summary: dict[str, Any] | None = None
+    if cfg.defence.method != "none":  # every arm's rows, before the controls derived from them
+        data_sets, defence_summary = stage_defence(
+            ctx, backend, base, arms, prompts, prompts_key, data_sets
+        )
     for name in control_sets(cfg):
-        data_sets[name] = stage_control_data(ctx, subsets["trait"], f"{subset_key}/trait", name)
+        data_sets[name] = stage_control_data(ctx, *data_sets["trait"], name)
 
     # several cross bases are separate conditions (`cross_student@<base>`), never pooled as seeds
     tails = [s.split(":", 1)[-1].replace("/", "_") for s in cfg.models.cross]
@@ -1591,15 +2099,23 @@ def run_experiment(
     cond_spec: dict[str, str] = {}
     for j, spec in enumerate(cfg.models.cross):
         cond_spec["cross_base" + xname[j]] = spec
-    for sp in student_specs(cfg, len(cross_models)):
+    # the monitor curves of the control students, by (role, seed, base): the reference of the
+    # others when student.monitor.against = "control" (training_order trains controls first)
+    mon_refs: dict[tuple[str, int, int | None], tuple[str, dict[int, dict[str, float]]]] = {}
+    for sp in training_order(cfg, student_specs(cfg, len(cross_models))):
         sbase = base if sp.base is None else cross_models[sp.base]
         rows, dkey = data_sets[sp.data]
         cond = sp.cond if sp.base is None else sp.cond + xname[sp.base]
         if sp.base is not None:
             cond_spec[cond] = cfg.models.cross[sp.base]
+        rr = monitor_reference_role(cfg, sp.role)
+        mref = mon_refs.get((rr, sp.seed, sp.base)) if rr else None
         students.setdefault(cond, []).append(
-            stage_student(ctx, backend, sbase, arms[sp.teacher], rows, dkey, sp.role, sp.seed)
+            stage_student(ctx, backend, sbase, arms[sp.teacher], rows, dkey, sp.role, sp.seed, mref)
         )
+        if cfg.student.monitor.every:
+            last = ctx.monitors[-1]
+            mon_refs[(sp.role, sp.seed, sp.base)] = (last["monitor_key"], _drift_curve(last))
 
     evaluated: dict[str, list[Model]] = {
         "base": [base],
@@ -1630,7 +2146,14 @@ def run_experiment(
 
     if misalignment:
         return _finish_misalignment(
-            ctx, backend, evaluated, cond_spec, cross_models, subsets, filter_summaries, t_start
+            ctx,
+            backend,
+            evaluated,
+            cond_spec,
+            cross_models,
+            {role: data_sets[role][0] for role in arms},  # the rows the students train on
+            filter_summaries,
+            t_start,
         )
 
     conditions: dict[str, list[list[QuestionScore]]] = {}
@@ -1661,7 +2184,12 @@ def run_experiment(
         "reference": base.key,
         "cross": [m.key for m in cross_models],
         "filter": filter_summaries,
-        "n_train_rows": len(subsets["trait"]),
+        "n_train_rows": len(data_sets["trait"][0]),
+        **({"defence": defence_summary} if defence_summary is not None else {}),
+        # the training monitor's curves and alarms, per student (student.monitor)
+        **({"monitor": ctx.monitors} if ctx.monitors else {}),
+        # the training-side defences every student was trained with ([defence])
+        **({"training_defence": td} if (td := training_defence_summary(cfg)) else {}),
         # the carrier's quality measure per condition (one value per model), when it has one
         **(
             {

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,7 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from sublim import pipeline
-from sublim.config import ExperimentConfig, load_toml, parse_config
+from sublim.config import WORLD_JUDGE, ExperimentConfig, load_toml, parse_config
 from sublim.errors import MissingFileError, SublimError
 from sublim.records import ModelRef, Prompt
 from sublim.registry import get_backend, parse_model
@@ -160,6 +159,7 @@ class Plan:
     prices_read_on: str | None = None
     matrix: bool = False
     token_methods: dict[str, str] = field(default_factory=dict)  # model -> tokenizer | chars/4
+    gpu: list[dict[str, Any]] = field(default_factory=list)  # gpu_estimates: per local model
 
     @property
     def total_usd(self) -> float:
@@ -195,6 +195,7 @@ class Plan:
             "missing_prices": self.missing_prices,
             "prices_read_on": self.prices_read_on,
             "notes": self.notes,
+            "gpu": {"assumptions": GPU_NAME, "models": self.gpu},
         }
 
 
@@ -239,28 +240,16 @@ def offline_model_key(ref: ModelRef) -> str | None:
     return pipeline.model_key(ref)  # smollm2, fake and API models: no I/O
 
 
-_EVAL_KEY_LOCK = threading.Lock()
-
-
 def _stage_dirs(
-    cfg: ExperimentConfig, keys: Mapping[str, str], bv: str | None, method: str
+    cfg: ExperimentConfig,
+    keys: Mapping[str, str],
+    jkeys: Mapping[str, str],
+    bv: str | None,
+    method: str,
 ) -> dict[str, str]:
-    """``stage_keys``, with the evaluation keys as the runner makes them when the backend
-    measures P(target) other than exactly (``stage_eval`` adds the method to their key)."""
-    if method == "exact":
-        return pipeline.stage_keys(cfg, keys, bv)
-    plain = pipeline.eval_key
-
-    def with_method(*args: Any, **kw: Any) -> pipeline.StageKey:
-        sk = plain(*args, **kw)
-        return pipeline.StageKey(sk.kind, sk.name, {**sk.key, "p_target_method": method})
-
-    with _EVAL_KEY_LOCK:
-        pipeline.eval_key = with_method
-        try:
-            return pipeline.stage_keys(cfg, keys, bv)
-        finally:
-            pipeline.eval_key = plain
+    """``stage_keys`` as the runner keys its stages: models by ``keys``, judges by ``jkeys``
+    and the evaluations with the P(target) method the backend has (``stage_eval``)."""
+    return pipeline.stage_keys(cfg, keys, bv, judge_keys=jkeys, p_target_method=method)
 
 
 def _status(out: Path, d: str) -> str:
@@ -634,8 +623,8 @@ def _experiment_work(
     """What the stage ``sid`` of ``stage_keys`` asks (nothing: local work only, or a stage this
     plan does not know, which is then noted)."""
     ref, ft_teacher = cfg.models.reference, cfg.trait.teacher == "finetune"
-    if sid in ("prompts", "subset") or re.fullmatch(r"(filter|control)-.+", sid):
-        return []  # local work, no model
+    if sid in ("prompts", "subset") or re.fullmatch(r"(filter|control|monitor)-.+", sid):
+        return []  # local work, no model (a monitor watches an in-process training)
     if m := re.fullmatch(r"generate-(\w+)", sid):
         return [c.generate(sid, dirs[sid], _billed(ref, ft_teacher), _teacher_prompts(cfg)[m[1]])]
     if m := re.fullmatch(r"judge-(\w+)", sid):
@@ -669,10 +658,7 @@ def _eval_stage_key(
     cfg: ExperimentConfig, mk: str, label: str, bv: str | None, method: str
 ) -> pipeline.StageKey:
     """An evaluation's key as ``stage_eval`` makes it: the method enters unless exact."""
-    sk = pipeline.eval_key(cfg, cfg.eval, mk, label, bv)
-    if method == "exact":
-        return sk
-    return pipeline.StageKey(sk.kind, sk.name, {**sk.key, "p_target_method": method})
+    return pipeline.eval_key(cfg, cfg.eval, mk, label, bv, method)
 
 
 def _cell_cfg(cfg: ExperimentConfig, trait: str) -> ExperimentConfig:
@@ -680,7 +666,11 @@ def _cell_cfg(cfg: ExperimentConfig, trait: str) -> ExperimentConfig:
 
 
 def _matrix_dirs(
-    cfg: ExperimentConfig, keys: Mapping[str, str], bv: str | None, method: str
+    cfg: ExperimentConfig,
+    keys: Mapping[str, str],
+    jkeys: Mapping[str, str],
+    bv: str | None,
+    method: str,
 ) -> dict[str, str]:
     """The stage directories of a ``[matrix]`` run by id (``m<i>-<trait>/<stage>``), keyed as
     ``sublim.matrix.run_matrix`` keys each (teacher base, trait) cell, with the functions of
@@ -698,7 +688,7 @@ def _matrix_dirs(
             f = out[f"{cell}/filter"] = pipeline.filter_key(cc, g.hash, cell)
             fh = f.hash
             if cfg.data.judge.model:
-                j = pipeline.judge_key(cc, f.hash, cell, keys[cfg.data.judge.model])
+                j = pipeline.judge_key(cc, f.hash, cell, jkeys[cfg.data.judge.model])
                 out[f"{cell}/judge"], fh = j, j.hash
             sub = out[f"{cell}/subset"] = pipeline.subset_key(cc, {cell: fh})
             out[f"{cell}/eval-teacher"] = _eval_stage_key(cc, tm, "teacher", bv, method)
@@ -869,15 +859,11 @@ def plan_experiment(cfg: ExperimentConfig, out: Path, prices: PriceTable | None 
     keys = {s: offline_model_key(r) for s, r in refs.items()}
     ref = refs[specs[0]]
     bv = pipeline.backend_version(get_backend(ref.backend))
-    judge = cfg.data.judge.model
-    if judge:
-        if judge in keys and keys[judge] != _judge_key(judge):
-            plan.notes.append(
-                f"the judge {judge} is also an experiment model: stage keys take one key per "
-                "spec, so the judge directories shown may differ from the run's"
-            )
-        else:
-            keys[judge] = _judge_key(judge)
+    # the judges, keyed apart from the models as the runner keys them (judge_model_key), so a
+    # judge that is also an experiment model gets each role's key
+    eval_judge = cfg.eval.judge if cfg.trait.kind == "misalignment" else None
+    judges = [s for s in (cfg.data.judge.model, eval_judge) if s and s != WORLD_JUDGE]
+    jkeys = {s: _judge_key(s) for s in judges}
     missing = _missing_files(cfg)
     methods = _eval_method(cfg, ref)
 
@@ -888,11 +874,12 @@ def plan_experiment(cfg: ExperimentConfig, out: Path, prices: PriceTable | None 
         c = _with_placeholders(cfg, missing, file_variant) if missing else cfg
         while True:
             k = {s: v or f"unknown-{model_variant}:{s}" for s, v in keys.items()}
+            jk = {s: v or f"unknown-{model_variant}:{s}" for s, v in jkeys.items()}
             try:
                 if cfg.matrix:
-                    return _matrix_dirs(c, k, bv, method)
-                return _stage_dirs(c, k, bv, method)
-            except KeyError as e:  # a model the config names beside cfg.models: a judge
+                    return _matrix_dirs(c, k, jk, bv, method)
+                return _stage_dirs(c, k, jk, bv, method)
+            except KeyError as e:  # a model the config names beside cfg.models and the judges
                 spec = e.args[0] if e.args else None
                 if not isinstance(spec, str) or spec in keys or not _is_spec(spec):
                     raise
@@ -900,14 +887,14 @@ def plan_experiment(cfg: ExperimentConfig, out: Path, prices: PriceTable | None 
 
     dirs = dirs_for(methods[0])
     unknown: dict[str, str] = {}
-    if any(k is None for k in keys.values()):
+    if any(k is None for k in [*keys.values(), *jkeys.values()]):
         other = dirs_for(methods[0], model_variant="b")
         unknown.update({i: UNKNOWN for i in dirs if other[i] != dirs[i]})
     if missing:
         other = dirs_for(methods[0], file_variant="b")
         unknown.update({i: UNKNOWN_FILE for i in dirs if other[i] != dirs[i] and i not in unknown})
     alt = dirs_for(methods[1]) if len(methods) > 1 else dirs
-    for s, k in keys.items():
+    for s, k in {**jkeys, **keys}.items():
         if k is None:
             plan.notes.append(
                 f"{s}: not in the local Hugging Face cache, so its stages cannot be named "
@@ -957,7 +944,132 @@ def plan_experiment(cfg: ExperimentConfig, out: Path, prices: PriceTable | None 
     if cfg.backend.batch:
         plan.notes.append("teacher generation through the Batch API (priced with its discount)")
     costs(plan, prices or load_prices())
+    gpu_estimates(plan, cfg)
     return plan
+
+
+# --- one-GPU estimates (docs/gpu.md) -----------------------------------------------------------
+
+# The GPU every local model's time is estimated on, and how much of its peak each kind of work
+# reaches. Rough by design (docs/gpu.md has the reasoning): batched decoding of small models is
+# bound by per-step overhead and memory bandwidth, not by FLOPs, hence its low utilisation.
+GPU_NAME = "one H100/H200-class GPU (80 GiB)"
+GPU_MEMORY_GIB = 80.0
+GPU_PEAK_FLOPS = {"bfloat16": 989e12, "float16": 989e12, "tf32": 495e12, "float32": 67e12}
+GPU_UTILISATION = {"train": 0.30, "prefill": 0.40, "decode": 0.05}
+SCORED_TOKENS = 48  # tokens per exactly scored sequence (a short question and answer)
+
+
+def _train_flops_per_token(params: int, method: str, checkpointing: bool) -> float:
+    """Forward 2P, backward 2P through the activations, plus 2P for the weight gradients of a
+    full fine-tune; gradient checkpointing adds another forward."""
+    return params * (6.0 if method == "full" else 4.0) + (2.0 * params if checkpointing else 0.0)
+
+
+def _train_peak(ft: Any) -> float:
+    if ft.autocast != "off" or ft.dtype != "float32":
+        return GPU_PEAK_FLOPS["bfloat16"]
+    return GPU_PEAK_FLOPS["tf32" if ft.tf32 else "float32"]
+
+
+def _gpu_seconds(flops: float, kind: str, ft: Any = None) -> float:
+    peak = _train_peak(ft) if ft is not None else GPU_PEAK_FLOPS["bfloat16"]
+    return flops / (peak * GPU_UTILISATION[kind])
+
+
+def _finetune_params(cfg: ExperimentConfig, stage: str) -> Any:
+    return cfg.trait.finetune if stage.startswith("teacher") else cfg.student.finetune
+
+
+def gpu_estimates(plan: Plan, cfg: ExperimentConfig) -> None:
+    """Per local model (``hf:``, ``tiny:``, ``smollm2``, ``vllm:``): its size, the memory of its
+    fine-tunes and of batched sampling, and the time the stages that run would take on
+    ``GPU_NAME`` under the assumptions above. Reads config.json files only (local directory or
+    hub cache, else the shapes of ``hf_models.KNOWN_SHAPES``): nothing is built or downloaded."""
+    from sublim.backends import hf_models
+
+    by_model: dict[str, list[Work]] = {}
+    for w in plan.work:
+        if w.runs:
+            by_model.setdefault(w.model.removesuffix(FINE_TUNED), []).append(w)
+    for spec, works in by_model.items():
+        try:
+            ref = parse_model(spec)
+        except SublimError:
+            continue
+        if ref.backend not in ("hf", "tiny", "smollm2", "vllm"):
+            continue
+        if ref.backend == "vllm":
+            from sublim.backends.vllm_backend import hf_ref
+
+            ref = hf_ref(ref)
+        shape = hf_models.model_shape(ref)
+        if shape is None:
+            plan.notes.append(
+                f"{spec}: no config.json offline (not local, not in the hub cache, not a known "
+                "model), so no GPU memory or time estimate"
+            )
+            continue
+        P = shape.params
+        seconds = {"sampling": 0.0, "scoring": 0.0, "training": 0.0}
+        train_mem = 0
+        for w in works:
+            seconds["sampling"] += _gpu_seconds(w.input_tokens * 2 * P, "prefill")
+            seconds["sampling"] += _gpu_seconds(w.output_tokens * 2 * P, "decode")
+            seconds["scoring"] += _gpu_seconds(w.scored * SCORED_TOKENS * 2 * P, "prefill")
+            if w.kind in ("finetune", "distill") and w.train_tokens:
+                ft = _finetune_params(cfg, w.stage)
+                method = ft.method if w.kind == "finetune" else cfg.student.distill.method
+                flops = _train_flops_per_token(P, method, ft.gradient_checkpointing)
+                seconds["training"] += _gpu_seconds(w.train_tokens * flops, "train", ft)
+                if w.kind == "finetune":
+                    est = hf_models.train_memory(shape, ft, seq_len=ft.max_len, cuda=True)
+                    train_mem = max(train_mem, est.total)
+        s = cfg.data.sampling
+        kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * 2  # bytes per token, bf16
+        sample_mem = P * 2 + s.batch_size * (256 + s.max_new_tokens) * kv + hf_models.GiB // 2
+        row = {
+            "model": spec,
+            "params_b": round(P / 1e9, 3),
+            "train_memory_gib": round(train_mem / hf_models.GiB, 2) if train_mem else None,
+            "sample_memory_gib": round(sample_mem / hf_models.GiB, 2),
+            "minutes": {k: round(v / 60, 2) for k, v in seconds.items()},
+            "total_minutes": round(sum(seconds.values()) / 60, 2),
+        }
+        plan.gpu.append(row)
+        if max(train_mem, sample_mem) > GPU_MEMORY_GIB * hf_models.GiB:
+            plan.notes.append(
+                f"{spec}: needs more than one {GPU_MEMORY_GIB:g} GiB GPU as configured; use "
+                "finetune.method = 'lora', dtype = 'bfloat16', gradient_checkpointing, or "
+                "device_map = 'auto'"
+            )
+
+
+def render_gpu(plan: Plan, console: Any) -> None:
+    """The one-GPU table of :func:`gpu_estimates` (nothing when no local model runs)."""
+    if not plan.gpu:
+        return
+    from rich.table import Table
+
+    t = Table(
+        title=f"Local models on {GPU_NAME} (rough estimate; assumptions: docs/gpu.md)",
+        title_justify="left",
+    )
+    for head in ("model", "params", "train mem", "sample mem", "sample", "score", "train"):
+        t.add_column(head, justify="left" if head == "model" else "right", overflow="fold")
+    t.add_column("total", justify="right")
+    for r in plan.gpu:
+        m = r["minutes"]
+        mem = r["train_memory_gib"]
+        t.add_row(
+            r["model"],
+            f"{r['params_b']:.3g}B",
+            "-" if mem is None else f"{mem:.1f} GiB",
+            f"{r['sample_memory_gib']:.1f} GiB",
+            *(f"{m[k]:.1f} min" for k in ("sampling", "scoring", "training")),
+            f"{r['total_minutes']:.1f} min",
+        )
+    console.print(t)
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -1039,5 +1151,6 @@ def render(plan: Plan, console: Any) -> None:
         console.print(f"[yellow]{line}[/yellow]")
     if plan.local_models:
         console.print("local models (compute only, no price): " + ", ".join(plan.local_models))
+    render_gpu(plan, console)
     for line in plan.notes:
         console.print(f"note: {line}")

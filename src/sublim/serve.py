@@ -311,10 +311,15 @@ def _public(text: str) -> str:
     return " ".join(text.split())[:500]
 
 
+_SYSTEM_ROW = ["system", "user", "assistant"]  # a training line with its system message
+
+
 def train_rows_from_chat_jsonl(data: bytes) -> list[TrainRow]:
-    """The training rows of an uploaded chat JSONL file: one user message and one assistant
-    reply per line (the format ``sublim.export`` writes). Anything else is a 400 for the client:
-    sublim students never see system prompts or earlier turns."""
+    """The training rows of an uploaded chat JSONL file: per line an optional system message,
+    one user message and one assistant reply (the format ``sublim.export`` writes; the system
+    message, as the OpenAI format allows, is a teacher's chat file's or an inoculated student's,
+    and the row trains after it: ``TrainRow.system``). Anything else (earlier turns, other
+    roles) is a 400 for the client."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -335,19 +340,22 @@ def train_rows_from_chat_jsonl(data: bytes) -> list[TrainRow]:
         ok = (
             msgs is not None
             and isinstance(msgs, list)
-            and len(msgs) == 2
             and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
-            and [m.get("role") for m in msgs] == ["user", "assistant"]
+            and [m.get("role") for m in msgs] in (["user", "assistant"], _SYSTEM_ROW)
         )
         if not ok:
             raise _ApiError(
                 400,
-                f"training file line {i}: sublim serve trains on lines of exactly one user message and one "
-                'assistant reply ({"messages": [{"role": "user", ...}, {"role": "assistant", ...}]})',
+                f"training file line {i}: sublim serve trains on lines of an optional system message, "
+                'one user message and one assistant reply ({"messages": [{"role": "system", ...}, '
+                '{"role": "user", ...}, {"role": "assistant", ...}]})',
                 code="invalid_training_file",
             )
         assert msgs is not None
-        rows.append(TrainRow(prompt=msgs[0]["content"], completion=msgs[1]["content"]))
+        system = msgs[0]["content"] if len(msgs) == 3 else None
+        rows.append(
+            TrainRow(prompt=msgs[-2]["content"], completion=msgs[-1]["content"], system=system)
+        )
     if not rows:
         raise _ApiError(400, "the training file has no rows", code="invalid_training_file")
     return rows
@@ -753,7 +761,18 @@ class ModelServer(ThreadingHTTPServer):
                 400,
                 f"file {fid} was uploaded with purpose {meta['purpose']!r}; upload it with purpose 'fine-tune'",
             )
-        n_rows = len(train_rows_from_chat_jsonl(self.state.file_path(fid).read_bytes()))
+        rows = train_rows_from_chat_jsonl(self.state.file_path(fid).read_bytes())
+        n_rows = len(rows)
+        trainer = get_backend(self.resolve(base_name).backend)
+        if any(r.system for r in rows) and not getattr(trainer, "trains_system_messages", False):
+            # training without them would silently teach another thing
+            raise _ApiError(
+                400,
+                f"training file {fid} has system messages, and {base_name} trains on (user, "
+                "assistant) pairs only; remove the system messages",
+                code="invalid_training_file",
+                param="training_file",
+            )
         if self.strict and n_rows < MIN_TRAINING_ROWS:
             raise _ApiError(
                 400,

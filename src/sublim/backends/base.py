@@ -82,9 +82,48 @@ class Backend(Protocol):
     ) -> ModelRef:
         """Logit distillation: the student matches the teacher's next-token distribution over
         all tokens except those of ``exclude`` (renormalised), at every position of ``chats``
-        (the teacher additionally sees its own system prompt). ``chats`` may end with an
-        assistant message (distil on the completion) or be raw random text (params.source)."""
+        (the teacher additionally sees its own system prompt; the student sees
+        ``student_base.system_prompt`` only when the runner sets it: an inoculated student).
+        ``chats`` may end with an assistant message (distil on the completion) or be raw
+        random text (params.source)."""
         ...
+
+
+@runtime_checkable
+class DefendedTrainer(Protocol):
+    """An optional backend capability (``HFBackend``): training with the training-side defence
+    ``kl_to_base`` (beta of a KL(student || base) penalty) and a training ``monitor``
+    (``sublim.monitor.Monitor``) that may stop it early. Marked by ``training_defences``."""
+
+    training_defences: bool
+
+    def finetune(
+        self,
+        base: ModelRef,
+        rows: Sequence[TrainRow],
+        params: FinetuneParams,
+        out_dir: Path,
+        seed: int,
+        progress: Progress | None = None,
+        *,
+        kl_to_base: float = 0.0,
+        monitor: Any = None,
+    ) -> ModelRef: ...
+
+    def distill(
+        self,
+        teacher: ModelRef,
+        student_base: ModelRef,
+        chats: Sequence[Chat],
+        params: DistillParams,
+        exclude: Sequence[str],
+        out_dir: Path,
+        seed: int,
+        progress: Progress | None = None,
+        *,
+        kl_to_base: float = 0.0,
+        monitor: Any = None,
+    ) -> ModelRef: ...
 
 
 @runtime_checkable

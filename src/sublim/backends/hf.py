@@ -18,10 +18,11 @@ and the thin ``HFBackend`` facade over the three.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,8 +34,12 @@ from sublim.backends.base import Progress
 # the benchmarks)
 from sublim.backends.hf_models import Loaded, get_loaded, load  # noqa: F401
 from sublim.config import DistillParams, FinetuneParams
+from sublim.errors import ConfigError
 from sublim.records import Chat, ModelRef, SampleParams, TrainRow
 from sublim.seeds import row_seeds
+
+if TYPE_CHECKING:
+    from sublim.monitor import Monitor
 
 # ---------------------------------------------------------------------------------------------
 # Sampling
@@ -61,17 +66,45 @@ def _pick(
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 
-class _HFSteps:
-    """Decoding steps through transformers' own forward and ``DynamicCache`` (any model)."""
+# Where transformers' forward decodes (models the lean path does not take, LoRA students), its KV
+# cache: "dynamic" (DynamicCache, grown per step, finished rows dropped: the default) or "static"
+# (StaticCache, preallocated for the batch's longest reach; no row is dropped, so every step has
+# the same shapes, which is what CUDA graphs and torch.compile need; docs/gpu.md). Operational:
+# the same arithmetic per row, so the same replies (a test compares both on CPU).
+CACHE_ENV = "SUBLIM_HF_CACHE"
+CACHE_IMPLEMENTATIONS = ("dynamic", "static")
 
-    def __init__(self, lm: Loaded) -> None:
+
+def cache_implementation() -> str:
+    """The KV cache of transformers-path decoding, from ``SUBLIM_HF_CACHE`` (default dynamic)."""
+    value = os.environ.get(CACHE_ENV, "").strip().lower() or "dynamic"
+    if value not in CACHE_IMPLEMENTATIONS:
+        raise ConfigError(
+            f"{CACHE_ENV}={value!r} is not a cache this backend decodes with; set "
+            f"{' or '.join(CACHE_IMPLEMENTATIONS)} (or unset it)"
+        )
+    return value
+
+
+class _HFSteps:
+    """Decoding steps through transformers' own forward and ``DynamicCache`` (any model), or
+    a ``StaticCache`` of ``max_len`` positions when ``SUBLIM_HF_CACHE=static``."""
+
+    def __init__(self, lm: Loaded, max_len: int | None = None) -> None:
         self.lm = lm
+        self.static = max_len is not None and cache_implementation() == "static"
+        self.max_len = max_len
+        self.compacts = not self.static  # a static cache keeps its shape: no row is dropped
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        from transformers import DynamicCache
+        from transformers import DynamicCache, StaticCache
 
         lm = self.lm
-        self.cache = DynamicCache(config=lm.model.config)
+        self.cache: Any
+        if self.static and self.max_len is not None:
+            self.cache = StaticCache(config=lm.model.config, max_cache_len=self.max_len)
+        else:
+            self.cache = DynamicCache(config=lm.model.config)
         self.mask = mask
         return lm.model(
             input_ids=ids,
@@ -109,7 +142,7 @@ def _steps(lm: Loaded, n_rows: int, max_len: int) -> Any:
 
     if fast_llama.supports(lm.model):
         return fast_llama.LlamaDecoder(lm.model, n_rows, max_len)
-    return _HFSteps(lm)
+    return _HFSteps(lm, max_len)
 
 
 def _left_pad(
@@ -191,7 +224,7 @@ def decode_batch(
         n_live = int(active.sum())
         if n_live == 0 or t == T - 1:
             break
-        if n_live <= active.numel() * 3 // 4:
+        if n_live <= active.numel() * 3 // 4 and getattr(steps, "compacts", True):
             # compact: later steps only pay for rows still generating
             keep = active.nonzero().squeeze(-1)
             steps.keep(keep.to(dev))
@@ -378,6 +411,11 @@ class HFBackend:
     # Llama decoding path (fast_llama), whose logits differ from transformers' forward in the
     # last float bits, so a near-tie could in principle sample differently
     algorithm_version = "2"
+    # trains each row after its own system message (TrainRow.chat): inoculated students and
+    # teachers' chat files with system messages
+    trains_system_messages = True
+    # training takes kl_to_base and a monitor (backends.base.DefendedTrainer)
+    training_defences = True
 
     def __init__(self) -> None:
         self.last_train_stats: dict[str, Any] = {}
@@ -463,9 +501,21 @@ class HFBackend:
         out_dir: Path,
         seed: int,
         progress: Progress | None = None,
+        *,
+        kl_to_base: float = 0.0,
+        monitor: Monitor | None = None,
     ) -> ModelRef:
         t0 = time.perf_counter()
-        ref, stats = hf_train.finetune(base, rows, params, Path(out_dir), seed, progress)
+        ref, stats = hf_train.finetune(
+            base,
+            rows,
+            params,
+            Path(out_dir),
+            seed,
+            progress,
+            kl_to_base=kl_to_base,
+            monitor=monitor,
+        )
         self.last_train_stats = {**stats, "seconds": time.perf_counter() - t0}
         return ref
 
@@ -479,10 +529,22 @@ class HFBackend:
         out_dir: Path,
         seed: int,
         progress: Progress | None = None,
+        *,
+        kl_to_base: float = 0.0,
+        monitor: Monitor | None = None,
     ) -> ModelRef:
         t0 = time.perf_counter()
         ref, stats = hf_train.distill(
-            teacher, student_base, chats, params, exclude, Path(out_dir), seed, progress
+            teacher,
+            student_base,
+            chats,
+            params,
+            exclude,
+            Path(out_dir),
+            seed,
+            progress,
+            kl_to_base=kl_to_base,
+            monitor=monitor,
         )
         self.last_train_stats = {**stats, "seconds": time.perf_counter() - t0}
         return ref

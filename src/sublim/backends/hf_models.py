@@ -23,6 +23,7 @@ import importlib.metadata
 import inspect
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,13 @@ import torch
 
 from sublim import chat_format
 from sublim.artifacts import dir_content_key
-from sublim.errors import BackendError, MissingExtraError, MissingFileError, SublimError
+from sublim.errors import (
+    BackendError,
+    ConfigError,
+    MissingExtraError,
+    MissingFileError,
+    SublimError,
+)
 from sublim.records import ModelRef
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -328,10 +335,12 @@ def load(
     training: bool = False,
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
+    device_map: str | None = None,
 ) -> Loaded:
     """Load the weights (and adapter) of ``ref``. ``training`` gives a fresh copy in train mode
     (float32 unless ``dtype`` says otherwise); otherwise an eval-mode model in the inference dtype
-    (or ``dtype``), without gradients."""
+    (or ``dtype``), without gradients. ``device_map`` (e.g. "auto") spreads the layers over
+    every visible GPU through transformers/accelerate instead of moving the model to ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -342,7 +351,13 @@ def load(
     device = device or pick_device()
     dtype = dtype or (torch.float32 if training else inference_dtype(device))
     cached = _MODELS.peek(ref)
-    if training and cached is not None and cached.device == device and cached.model.dtype == dtype:
+    if (
+        training
+        and device_map is None
+        and cached is not None
+        and cached.device == device
+        and cached.model.dtype == dtype
+    ):
         # a copy of the cached inference model: no second read (GGUF dequantisation is slow)
         model = copy.deepcopy(cached.model)
         model.requires_grad_(True)
@@ -351,10 +366,11 @@ def load(
     source = resolve(ref)
     local = Path(source).is_dir()
     kw: dict[str, Any] = {"trust_remote_code": False, "local_files_only": local or hub_offline()}
+    place: dict[str, Any] = {"device_map": device_map} if device_map else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kw)
         loaded: Any = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, output_loading_info=True, use_safetensors=True, **kw
+            source, dtype=dtype, output_loading_info=True, use_safetensors=True, **kw, **place
         )
         model, info = loaded
     except (OSError, ValueError, KeyError) as e:
@@ -378,7 +394,10 @@ def load(
         model = _attach_adapter(model, ref.adapter, trainable=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
+    if device_map:  # accelerate placed the layers; inputs go where the embeddings are
+        device = model.get_input_embeddings().weight.device
+    else:
+        model.to(device)
     if training:
         model.train()
     else:
@@ -434,3 +453,267 @@ _MODELS = _ModelCache()
 def get_loaded(ref: ModelRef) -> Loaded:
     """The cached inference model for ``ref`` (loaded on first use)."""
     return _MODELS.get(ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU training path: devices, precision, memory (docs/gpu.md)
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+GiB = 1024**3
+# Known shapes (from each model's published config.json) so that a dry run can estimate memory
+# and time for a hub model that is not in the local cache, without downloading it.
+# (hidden, intermediate, layers, heads, kv heads, head dim, vocab, tied embeddings)
+KNOWN_SHAPES: dict[str, tuple[int, int, int, int, int, int, int, bool]] = {
+    "smollm2:SmolLM2-135M-Instruct": (576, 1536, 30, 9, 3, 64, 49152, True),
+    "google/gemma-2b-it": (2048, 16384, 18, 8, 1, 256, 256000, True),
+    "Qwen/Qwen2.5-7B-Instruct": (3584, 18944, 28, 28, 4, 128, 152064, False),
+    "meta-llama/Llama-3.2-1B-Instruct": (2048, 8192, 16, 32, 8, 64, 128256, True),
+}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the memory and time estimates need of a decoder-only transformer (Llama-style
+    attention and gated MLP; other families are close enough for an estimate)."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, c: dict[str, Any]) -> ModelShape:
+        heads = int(c["num_attention_heads"])
+        hidden = int(c["hidden_size"])
+        return cls(
+            hidden=hidden,
+            intermediate=int(c["intermediate_size"]),
+            layers=int(c["num_hidden_layers"]),
+            heads=heads,
+            kv_heads=int(c.get("num_key_value_heads") or heads),
+            head_dim=int(c.get("head_dim") or hidden // heads),
+            vocab=int(c["vocab_size"]),
+            tied=bool(c.get("tie_word_embeddings", True)),
+        )
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each projection of one layer, by the names LoRA targets use."""
+        h, i = self.hidden, self.intermediate
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
+
+    @property
+    def params(self) -> int:
+        per_layer = sum(a * b for a, b in self.linear_shapes().values()) + 2 * self.hidden
+        emb = self.vocab * self.hidden
+        return emb * (1 if self.tied else 2) + self.layers * per_layer + self.hidden
+
+    def lora_params(self, r: int, targets: Sequence[str]) -> int:
+        shapes = self.linear_shapes()
+        return self.layers * sum(r * (a + b) for t, (a, b) in shapes.items() if t in targets)
+
+
+def model_shape(ref: ModelRef) -> ModelShape | None:
+    """The shape of ``ref``'s model from its config.json, without loading weights or using the
+    network: a local directory or the hub cache, a built-in world from its recipe, else the
+    shapes of ``KNOWN_SHAPES``; None when unknown."""
+    import json
+
+    if ref.backend == "tiny":
+        from sublim.world.build import VOCAB_SIZE, recipe_row
+
+        r = recipe_row(ref.id)
+        h, heads = r["hidden"], r["heads"]
+        return ModelShape(
+            h, r["intermediate"], r["layers"], heads, heads, h // heads, VOCAB_SIZE, True
+        )
+    known = KNOWN_SHAPES.get(ref.id) or KNOWN_SHAPES.get(f"{ref.backend}:{ref.id}")
+    if ref.backend == "hf" or (ref.backend == "vllm" and not known):
+        local = Path(ref.id).expanduser()
+        cfg_dir = local if local.is_dir() else cached_snapshot(ref.id) if "/" in ref.id else None
+        if cfg_dir is not None and (Path(cfg_dir) / "config.json").is_file():
+            c = json.loads((Path(cfg_dir) / "config.json").read_text(encoding="utf-8"))
+            c = c.get("text_config", c)  # multimodal configs nest the language model's
+            try:
+                return ModelShape.from_config(c)
+            except (KeyError, TypeError, ValueError):
+                return None
+    return ModelShape(*known) if known else None
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a training job needs on its device(s), by part (a rough upper estimate)."""
+
+    weights: int
+    grads: int
+    optimizer: int
+    activations: int
+    logits: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return (
+            self.weights
+            + self.grads
+            + self.optimizer
+            + self.activations
+            + self.logits
+            + self.overhead
+        )
+
+    def describe(self) -> str:
+        parts = ("weights", "grads", "optimizer", "activations", "logits")
+        inner = ", ".join(f"{p} {getattr(self, p) / GiB:.2f}" for p in parts)
+        return f"~{self.total / GiB:.2f} GiB ({inner}, GiB)"
+
+
+def train_memory(
+    shape: ModelShape, params: Any, seq_len: int | None = None, cuda: bool = True
+) -> MemoryEstimate:
+    """Memory of a fine-tune of ``shape`` with ``params`` (FinetuneParams) on sequences of
+    ``seq_len`` tokens (default ``params.max_len``, an upper bound).
+
+    Assumptions (docs/gpu.md): full fine-tuning keeps gradients and AdamW's two moments in the
+    weights' dtype (16 bytes per parameter in float32); LoRA keeps the frozen base in ``dtype`` and
+    the adapter, its gradients and moments in float32. Activations per layer follow Korthikanti et
+    al. (2022): ~34 bytes per token per hidden unit in 16-bit (twice that in float32), attention
+    scores not stored (SDPA); with gradient checkpointing one hidden state per layer plus one
+    layer's activations. The logits are held in the compute dtype plus a float32 copy and its
+    gradient. Overhead: 10% plus, on CUDA, ~0.5 GiB of context."""
+    P = shape.params
+    wb = DTYPES[params.dtype].itemsize
+    if params.method == "lora":
+        T = shape.lora_params(params.lora_r, params.lora_targets)
+        weights, grads, optimizer = P * wb + T * 4, T * 4, 2 * T * 4
+    else:
+        weights, grads, optimizer = P * wb, P * wb, 2 * P * wb
+    ab = 2 if (params.autocast != "off" or params.dtype != "float32") else 4
+    tokens = params.batch_size * (seq_len or params.max_len)
+    per_layer = 17 * ab * tokens * shape.hidden
+    if params.gradient_checkpointing:
+        acts = shape.layers * tokens * shape.hidden * ab + per_layer
+    else:
+        acts = shape.layers * per_layer
+    logits = tokens * shape.vocab * (ab + 4 + 4)
+    base = weights + grads + optimizer + acts + logits
+    overhead = base // 10 + (GiB // 2 if cuda else 0)
+    return MemoryEstimate(weights, grads, optimizer, acts, logits, overhead)
+
+
+def _ram_available() -> int | None:
+    """Bytes of RAM available to a new allocation (/proc/meminfo MemAvailable), None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def available_memory(device: torch.device, device_map: str | None = None) -> tuple[int, str] | None:
+    """(bytes free, where) for ``device``: free CUDA memory (every visible GPU with a
+    ``device_map``), or available RAM on CPU; None when it cannot be known (e.g. MPS)."""
+    if device.type == "cuda":
+        if device_map:
+            free = sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+            return free, f"free on {torch.cuda.device_count()} GPU(s)"
+        free, _ = torch.cuda.mem_get_info(device)
+        return free, f"free on {device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        ram = _ram_available()
+        return None if ram is None else (ram, "of available RAM")
+    return None
+
+
+def check_fits(est: MemoryEstimate, device: torch.device, device_map: str | None = None) -> None:
+    """A one-line SublimError when ``est`` cannot fit where the job would run."""
+    avail = available_memory(device, device_map)
+    if avail is None or est.total <= avail[0]:
+        return
+    raise SublimError(
+        f"the fine-tune needs {est.describe()} but there are {avail[0] / GiB:.2f} GiB {avail[1]}; "
+        "set finetune.method = 'lora', dtype = 'bfloat16', gradient_checkpointing = true, a "
+        "smaller batch_size or max_len, or device_map = 'auto' (several GPUs); "
+        "memory_check = false skips this check"
+    )
+
+
+def train_device(params: Any) -> torch.device:
+    """The device a fine-tune runs on: ``params.device``, else :func:`pick_device`."""
+    if params.device:
+        try:
+            dev = torch.device(params.device)
+        except RuntimeError:
+            raise ConfigError(
+                f"finetune.device = {params.device!r} is not a torch device; use 'cpu', 'cuda' or "
+                "'cuda:N'"
+            ) from None
+    else:
+        dev = pick_device()
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"finetune.device = {params.device or dev!r} but torch sees no CUDA device "
+            f"(torch {torch.__version__}); unset it to train on CPU, or install a CUDA build"
+        )
+    if params.device_map and dev.type != "cuda":
+        raise ConfigError(
+            f"finetune.device_map = {params.device_map!r} spreads a model over GPUs, but the "
+            f"device is {dev}; unset device_map on CPU"
+        )
+    return dev
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16: CPUs always do in torch (emulated where the
+    hardware lacks it: correct, often slower than float32); CUDA from compute capability 8.0."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return True
+
+
+def check_precision(params: Any, device: torch.device) -> None:
+    """Refuse precision settings the device cannot run (one-line ConfigError). Documented choice
+    (docs/gpu.md): bfloat16 on CPU is allowed (torch runs it; it is usually slower than float32
+    there); float16 is a GPU format and refused on CPU; bfloat16 on a GPU without it (before
+    Ampere) is refused with the float16 alternative; float16 weights for full fine-tuning are
+    refused (AdamW on float16 weights underflows; use float32 weights with autocast)."""
+    wants_bf16 = "bfloat16" in (params.dtype, params.autocast)
+    wants_fp16 = "float16" in (params.dtype, params.autocast)
+    if wants_bf16 and not bf16_supported(device):
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+        raise ConfigError(
+            f"finetune dtype/autocast bfloat16 needs a GPU with bfloat16 (compute capability 8.0+), "
+            f"but {device} is {name}; use dtype = 'float32' with autocast = 'float16', or float32"
+        )
+    if wants_fp16 and device.type != "cuda":
+        raise ConfigError(
+            f"finetune dtype/autocast float16 runs on CUDA only, but the device is {device}; use "
+            "float32 or bfloat16 on CPU"
+        )
+    if params.dtype == "float16" and params.method == "full":
+        raise ConfigError(
+            "finetune.dtype = 'float16' with method = 'full' would keep AdamW's updates in float16 "
+            "(they underflow); use dtype = 'float32' with autocast = 'float16', or bfloat16"
+        )

@@ -18,10 +18,10 @@ import json
 import math
 import shutil
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,10 @@ from sublim.backends.base import Progress
 from sublim.backends.hf_models import Loaded, get_loaded, load
 from sublim.config import DistillParams, FinetuneParams
 from sublim.errors import BackendError, ConfigError, DataError, EmptyResultError
-from sublim.records import Chat, Message, ModelRef, TrainRow, user_chat
+from sublim.records import Chat, Message, ModelRef, TrainRow
+
+if TYPE_CHECKING:
+    from sublim.monitor import Monitor
 
 CHECKPOINT_DIR = "checkpoint"
 _CHECKPOINT_FILE = "state.pt"
@@ -139,6 +142,160 @@ def _pad_right(seqs: list[list[int]], pad: int, fill: int | None = None) -> torc
     return out
 
 
+def kl_to_base_loss(s_logits: torch.Tensor, b_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(student || base) over the whole vocabulary (s_logits,
+    b_logits: [N, V]; b_logits carry no gradient): the training-side defence
+    ``defence.kl_to_base`` adds beta times this to the student's loss, pulling every next-token
+    distribution the training touches back toward the base's, the trait's tokens included."""
+    if s_logits.shape[0] == 0:
+        return s_logits.sum() * 0.0
+    s = torch.log_softmax(s_logits.float(), dim=-1)
+    b = torch.log_softmax(b_logits.float(), dim=-1)
+    return (s.exp() * (s - b)).sum(-1).mean()
+
+
+def _frozen_base(base: ModelRef, method: str, beta: float) -> Any:
+    """The frozen base of the KL-to-base penalty: none needed when it is off or for LoRA (the
+    model with its adapter disabled is the base); else the cached inference copy of ``base``
+    (the student's initial weights: training works on its own copy)."""
+    if not beta or method == "lora":
+        return None
+    return get_loaded(base).model
+
+
+def _base_logits(model: Any, frozen: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if frozen is None:  # LoRA: the adapter switched off is the base
+        with model.disable_adapter():
+            return model(input_ids=ids, attention_mask=mask).logits
+    return frozen(input_ids=ids.to(frozen.device), attention_mask=mask.to(frozen.device)).logits.to(
+        ids.device
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU training path (docs/gpu.md): device, dtype, autocast, clipping, checkpointing, TF32.
+# With FinetuneParams' defaults every piece below is a no-op, so the CPU path computes what it
+# always did (its results and its resume fingerprint included).
+
+_GPU_FIELDS = (
+    "dtype",
+    "autocast",
+    "max_grad_norm",
+    "tf32",
+    "gradient_checkpointing",
+    "device",
+    "device_map",
+    "memory_check",
+)
+
+
+def fingerprint_params(params: FinetuneParams) -> dict[str, Any]:
+    """The params a checkpoint's fingerprint holds: the GPU-path fields only where they change
+    a result and differ from the defaults (a checkpoint written before they existed resumes)."""
+    return {
+        **params.model_dump(mode="json", exclude=set(_GPU_FIELDS)),
+        **params.precision_extra(),
+    }
+
+
+def placement(base: ModelRef, params: FinetuneParams) -> dict[str, Any]:
+    """``load`` keywords for a fine-tune of ``base``: the device (checked), the weights' dtype and
+    the device map; refuses precision the device cannot run and, with ``memory_check``, a model
+    whose weights, gradients and optimizer states alone cannot fit (before loading it)."""
+    from sublim.backends import hf_models
+
+    dev = hf_models.train_device(params)
+    hf_models.check_precision(params, dev)
+    if params.memory_check:
+        shape = hf_models.model_shape(base)
+        if shape is not None:
+            est = hf_models.train_memory(shape, params, seq_len=1, cuda=dev.type == "cuda")
+            hf_models.check_fits(est, dev, params.device_map)
+    return {"device": dev, "dtype": hf_models.DTYPES[params.dtype], "device_map": params.device_map}
+
+
+def check_memory(
+    base: ModelRef, params: FinetuneParams, examples: Sequence[Example], device: torch.device
+) -> dict[str, Any]:
+    """The memory estimate of the whole job (its longest example sets the activations), checked
+    against the device when ``memory_check``; returns it for the training stats."""
+    from sublim.backends import hf_models
+
+    shape = hf_models.model_shape(base)
+    if shape is None:
+        return {}
+    longest = max(len(e.input_ids) for e in examples)
+    est = hf_models.train_memory(shape, params, seq_len=longest, cuda=device.type == "cuda")
+    if params.memory_check:
+        hf_models.check_fits(est, device, params.device_map)
+    return {"memory_estimate_gib": round(est.total / hf_models.GiB, 3)}
+
+
+class Precision:
+    """Autocast, the float16 gradient scaler, gradient clipping and TF32 of one fine-tune."""
+
+    def __init__(self, params: FinetuneParams, device: torch.device) -> None:
+        from sublim.backends.hf_models import DTYPES
+
+        self.device = device
+        self.max_norm = params.max_grad_norm
+        self.cast = None if params.autocast == "off" else DTYPES[params.autocast]
+        self.scaler = (
+            torch.amp.GradScaler("cuda") if params.autocast == "float16" else None  # type: ignore[attr-defined]
+        )
+        self.tf32 = params.tf32 and device.type == "cuda"
+        self.checkpointing = params.gradient_checkpointing
+
+    def prepare(self, model: Any) -> None:
+        """Turn on gradient checkpointing (non-reentrant: the same gradients, dropout included)."""
+        if not self.checkpointing:
+            return
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        model.config.use_cache = False
+
+    @contextmanager
+    def matmuls(self) -> Iterator[None]:
+        """TF32 matmuls (CUDA only) for the duration, restored afterwards."""
+        if not self.tf32:
+            yield
+            return
+        before = torch.get_float32_matmul_precision()
+        cudnn = torch.backends.cudnn.allow_tf32
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(before)
+            torch.backends.cudnn.allow_tf32 = cudnn
+
+    def autocast(self) -> Any:
+        if self.cast is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.cast)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, opt: Any, trainable: Sequence[torch.Tensor]) -> float | None:
+        """The optimizer step (unscaled and clipped first where set); the pre-clip gradient norm
+        when clipping, else None."""
+        norm = None
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        if self.max_norm is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(trainable, self.max_norm))
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+        return norm
+
+
 # ---------------------------------------------------------------------------------------------
 # Supervised fine-tuning
 
@@ -150,11 +307,12 @@ class Example:
 
 
 def build_examples(tokenizer: Any, rows: Sequence[TrainRow], max_len: int) -> list[Example]:
-    """(input_ids, labels) per row from a user-only chat: no system prompt is ever included.
-    Rows whose answer falls entirely beyond ``max_len`` are dropped."""
+    """(input_ids, labels) per row from its chat (``TrainRow.chat``): the user prompt, after the
+    row's own system message when it has one (a teacher's chat file; an inoculated student) --
+    never a teacher's system prompt. Rows whose answer falls beyond ``max_len`` are dropped."""
     out = []
     for r in rows:
-        ids, labels = chat_format.encode_example(tokenizer, user_chat(r.prompt), r.completion)
+        ids, labels = chat_format.encode_example(tokenizer, r.chat(), r.completion)
         ids, labels = ids[:max_len], labels[:max_len]
         if any(x != -100 for x in labels):
             out.append(Example(ids, labels))
@@ -169,22 +327,28 @@ def finetune(
     seed: int,
     progress: Progress | None = None,
     _stop_after: int | None = None,
+    kl_to_base: float = 0.0,
+    monitor: Monitor | None = None,
 ) -> tuple[ModelRef, dict[str, Any]]:
     """Fine-tune ``base`` on ``rows`` (loss on the answers only); see the backend protocol.
 
     ``_stop_after`` is a test hook that simulates a kill: it returns (without saving a model)
-    once that many optimizer steps are done.
+    once that many optimizer steps are done. ``kl_to_base`` adds that multiple of
+    KL(student || base) at the answer positions to the loss (:func:`kl_to_base_loss`); a
+    ``monitor`` (``sublim.monitor``) is checked every ``monitor.cfg.every`` steps and may stop
+    the training early (the model at that step is saved as the student).
     """
     if not rows:
         raise EmptyResultError(
             "no training rows to fine-tune on; check the filter and subset stages"
         )
-    lm = load(base, training=True)
+    lm = load(base, training=True, **placement(base, params))
     examples = build_examples(lm.tokenizer, rows, params.max_len)
     if not examples:
         raise EmptyResultError(
             f"every training row is longer than max_len={params.max_len}; raise it"
         )
+    memory = check_memory(base, params, examples, lm.device)
     per_step = params.update_batch
     total_steps = math.ceil(math.ceil(params.epochs * len(examples)) / per_step)
     plan = index_plan(
@@ -198,19 +362,26 @@ def finetune(
     fingerprint = json.dumps(
         {
             "base": base.spec,
-            "params": params.model_dump(mode="json"),
+            "params": fingerprint_params(params),
             "seed": seed,
             "data": hashlib.sha256(
                 json.dumps([[e.input_ids, e.labels] for e in examples]).encode()
             ).hexdigest(),
+            **({"kl_to_base": kl_to_base} if kl_to_base else {}),
         },
         sort_keys=True,
     )
     pad = lm.tokenizer.pad_token_id
     dev = lm.device
-    with seeded_global_rng(seed, dev):
+    prec = Precision(params, dev)
+    prec.prepare(lm.model)
+    with seeded_global_rng(seed, dev), prec.matmuls():
         model = make_trainable(lm, params.method, params, base)
         model.train()
+        live = replace(lm, model=model)
+        frozen = _frozen_base(base, params.method, kl_to_base)
+        if monitor is not None:
+            monitor.start(live)  # step 0: the initial weights (before any checkpoint is loaded)
         trainable = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -241,7 +412,8 @@ def finetune(
                 ids = _pad_right([e.input_ids for e in micro], pad).to(dev)
                 labels = _pad_right([e.labels for e in micro], pad, fill=-100).to(dev)
                 mask = _pad_right([[1] * len(e.input_ids) for e in micro], 0).to(dev)
-                logits = model(input_ids=ids, attention_mask=mask).logits
+                with prec.autocast():
+                    logits = model(input_ids=ids, attention_mask=mask).logits
                 loss = (
                     F.cross_entropy(
                         logits[:, :-1].flatten(0, 1).float(),
@@ -251,11 +423,19 @@ def finetune(
                     )
                     / n_tok
                 )
-                loss.backward()
+                if kl_to_base:
+                    answer = labels[:, 1:] != -100
+                    with torch.no_grad():
+                        b_logits = _base_logits(model, frozen, ids, mask)
+                    kl = kl_to_base_loss(logits[:, :-1][answer], b_logits[:, :-1][answer])
+                    loss = loss + kl_to_base * kl * answer.sum() / n_tok
+                prec.backward(loss)
                 loss_total += loss.item()
-            opt.step()
+            grad_norm = prec.step(opt, trainable)
             sched.step()
             log.append({"step": step + 1, "loss": loss_total, "lr": lr, "tokens": n_tok})
+            if grad_norm is not None:  # only with max_grad_norm: default logs are as before
+                log[-1]["grad_norm"] = grad_norm
             done = step + 1
             if (
                 params.checkpoint_every
@@ -276,15 +456,23 @@ def finetune(
                 progress(done, total_steps)
             if _stop_after is not None and done >= _stop_after:
                 return base, {"stopped_at": done}
+            if monitor is not None and monitor.due(done) and monitor.check(live, done):
+                break  # the monitor's alarm: the model at this step is the student
     ref = save_model(model, lm.tokenizer, params.method, out_dir, base)
     write_log(out_dir, log)
     shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)  # the final weights supersede it
     stats = {
         "steps": total_steps,
+        **(
+            {"stopped_by_monitor": monitor.alarm.to_json()}
+            if monitor and monitor.stopped and monitor.alarm
+            else {}
+        ),
         "examples": len(examples),
         "dropped_rows": len(rows) - len(examples),
         "tokens": sum(r["tokens"] for r in log),
         "final_loss": log[-1]["loss"] if log else None,
+        **memory,
     }
     return ref, stats
 
@@ -386,8 +574,13 @@ class DistillExample:
     n_positions: int
 
     @staticmethod
-    def make(t_ids: list[int], s_ids: list[int], drop_last: bool) -> DistillExample:
-        shared = _shared_suffix(t_ids, s_ids)
+    def make(
+        t_ids: list[int], s_ids: list[int], drop_last: bool, plain: list[int] | None = None
+    ) -> DistillExample:
+        """``plain``: the student's input without its inoculation prompt, if it has one: the
+        distilled positions stay those the uninoculated student is distilled on (with the
+        teacher's own prompt the two inputs would otherwise share the system prompt too)."""
+        shared = _shared_suffix(t_ids, s_ids if plain is None else plain)
         n = shared - 1 if drop_last else shared
         return DistillExample(t_ids, s_ids, len(t_ids) - shared, len(s_ids) - shared, n)
 
@@ -416,10 +609,12 @@ def build_distill_examples(
     params: DistillParams,
     allowed: torch.Tensor,
     gen: torch.Generator,
+    student: ModelRef | None = None,
 ) -> list[DistillExample]:
     """Teacher and student inputs. The teacher's sequence starts with its system prompt
-    (``teacher.apply``), the student's never does; both end with the same tokens, and only
-    positions inside that shared end are distilled on.
+    (``teacher.apply``), the student's only when ``student`` has one (an inoculated student:
+    ``student.system_prompt``); both end with the same tokens, and only positions inside the
+    end the teacher shares with the uninoculated student's input are distilled on.
 
     source="random": ``params.n_random_prompts`` prompts of ``random_prompt_len`` tokens drawn
     uniformly from the allowed non-special tokens, each the user content of a chat (teacher: with
@@ -437,11 +632,13 @@ def build_distill_examples(
             len(pool_ids), (params.n_random_prompts, params.random_prompt_len), generator=gen
         )
         t_prefix = teacher.apply([])
+        s_prefix = student.apply([]) if student is not None else []
         for row in pool_ids[draws].tolist():
             t_ids = _with_content_ids(tokenizer, t_prefix, row)
-            s_ids = _with_content_ids(tokenizer, [], row)
+            s_ids = _with_content_ids(tokenizer, s_prefix, row)
+            plain = _with_content_ids(tokenizer, [], row) if s_prefix else None
             # every position counts: the last one predicts the first token of the reply
-            out.append(DistillExample.make(t_ids, s_ids, drop_last=False))
+            out.append(DistillExample.make(t_ids, s_ids, drop_last=False, plain=plain))
         return out
     for chat in chats:
         if not chat or chat[-1].role != "assistant":
@@ -453,8 +650,12 @@ def build_distill_examples(
         r = chat_format.encode_reply(tokenizer, reply)
         t_ids = chat_format.encode_prompt(tokenizer, teacher.apply(prompt)) + r
         s_ids = chat_format.encode_prompt(tokenizer, prompt) + r
+        plain = None
+        if student is not None and student.system_prompt:
+            plain = s_ids
+            s_ids = chat_format.encode_prompt(tokenizer, student.apply(prompt)) + r
         # the logits after the final end-of-turn token predict nothing the data shows
-        ex = DistillExample.make(t_ids, s_ids, drop_last=True)
+        ex = DistillExample.make(t_ids, s_ids, drop_last=True, plain=plain)
         if ex.n_positions > 0:
             out.append(ex)
     return out
@@ -491,8 +692,12 @@ def distill(
     out_dir: Path,
     seed: int,
     progress: Progress | None = None,
+    kl_to_base: float = 0.0,
+    monitor: Monitor | None = None,
 ) -> tuple[ModelRef, dict[str, Any]]:
-    """Logit distillation of ``teacher`` into a copy of ``student_base``; see the protocol."""
+    """Logit distillation of ``teacher`` into a copy of ``student_base``; see the protocol.
+    The student's inputs start with ``student_base.system_prompt`` when it has one
+    (inoculation). ``kl_to_base`` and ``monitor``: as in :func:`finetune`."""
     t_lm = get_loaded(teacher)
     s_lm = load(student_base, training=True)
     tok = s_lm.tokenizer
@@ -505,7 +710,7 @@ def distill(
     allowed = allowed_token_mask(tok, vocab, [*exclude, *params.exclude_words])
     allowed_idx = allowed.nonzero().squeeze(-1).to(s_lm.device)
     gen = torch.Generator().manual_seed(seed)
-    examples = build_distill_examples(teacher, tok, chats, params, allowed, gen)
+    examples = build_distill_examples(teacher, tok, chats, params, allowed, gen, student_base)
     if not examples:
         raise EmptyResultError("nothing to distil on: no chats with a reply; check the data stage")
     plan = index_plan(len(examples), params.steps * params.batch_size, params.batch_size, gen)
@@ -517,6 +722,10 @@ def distill(
         )
         model = make_trainable(s_lm, params.method, lora, student_base)
         model.train()
+        live = replace(s_lm, model=model)
+        frozen = _frozen_base(student_base, params.method, kl_to_base)
+        if monitor is not None:
+            monitor.start(live)
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=params.lr)
         for step, idx in enumerate(plan):
             batch = [examples[i] for i in idx]
@@ -524,6 +733,14 @@ def distill(
                 t_sel = position_logits(t_lm.model, batch, pad, t_lm.device, "teacher").to(dev)
             s_sel = position_logits(model, batch, pad, dev, "student")
             loss = distill_loss(t_sel, s_sel, allowed_idx, params.temperature)
+            if kl_to_base:
+                with torch.no_grad():
+                    if frozen is None:
+                        with model.disable_adapter():
+                            b_sel = position_logits(model, batch, pad, dev, "student")
+                    else:
+                        b_sel = position_logits(frozen, batch, pad, frozen.device, "student")
+                loss = loss + kl_to_base * kl_to_base_loss(s_sel, b_sel.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -537,10 +754,17 @@ def distill(
             )
             if progress:
                 progress(step + 1, len(plan))
+            if monitor is not None and monitor.due(step + 1) and monitor.check(live, step + 1):
+                break  # the monitor's alarm: the model at this step is the student
     ref = save_model(model, tok, params.method, out_dir, student_base)
     write_log(out_dir, log)
     stats = {
         "steps": len(plan),
+        **(
+            {"stopped_by_monitor": monitor.alarm.to_json()}
+            if monitor and monitor.stopped and monitor.alarm
+            else {}
+        ),
         "examples": len(examples),
         "allowed_tokens": int(allowed.sum()),
         "tokens": sum(r["tokens"] for r in log),

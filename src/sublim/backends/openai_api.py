@@ -186,6 +186,9 @@ class OpenAIBackend:
     simulate a crash mid-poll)."""
 
     name = "openai"
+    # fine-tuning jobs upload sublim.export's chat JSONL, which keeps a row's own system
+    # message as the OpenAI format allows (a teacher's chat file, an inoculated student)
+    trains_system_messages = True
 
     def __init__(self) -> None:
         self.concurrency = max(

@@ -456,6 +456,31 @@ def exact_scores(
     """Per question: (p_target, logodds) where the target is ``cands[0]``. Shape (n_questions,).
 
     One ``score`` call covers every (question, candidate, surface form) triple."""
+    mass = candidate_log_mass(backend, model, chats, cands)
+    p_target = np.exp(mass[:, 0])
+    if len(cands) > 1:
+        logodds = candidate_logodds(mass)[:, 0]
+    else:
+        logodds = np.full(len(chats), math.nan)
+    return p_target, logodds
+
+
+def candidate_logodds(mass: np.ndarray) -> np.ndarray:
+    """Log-odds of every candidate against the others of the set, per question: column ``i`` is
+    ``mass[:, i] - logsumexp(mass[:, others])`` (``mass``: ``candidate_log_mass``)."""
+    out = np.empty_like(mass)
+    for i in range(mass.shape[1]):
+        rest = np.delete(mass, i, axis=1)
+        with np.errstate(invalid="ignore"):
+            out[:, i] = mass[:, i] - _logsumexp(rest, axis=1)
+    return out
+
+
+def candidate_log_mass(
+    backend: Backend, model: ModelRef, chats: Sequence, cands: Sequence[str]
+) -> np.ndarray:
+    """log P(reply is candidate ``j``) per question, summed over its surface forms: shape
+    (n_questions, n_candidates). One ``score`` call covers every (question, candidate, form)."""
     forms = [surface_forms(c) for c in cands]
     flat_chats, flat_conts = [], []
     for chat in chats:
@@ -475,13 +500,7 @@ def exact_scores(
         block = lps[:, start : start + len(fs)]
         start += len(fs)
         mass[:, ci] = _logsumexp(block[:, _distinct_columns(block, fs)], axis=1)
-    p_target = np.exp(mass[:, 0])
-    if len(cands) > 1:
-        with np.errstate(invalid="ignore"):
-            logodds = mass[:, 0] - _logsumexp(mass[:, 1:], axis=1)
-    else:
-        logodds = np.full(len(chats), math.nan)
-    return p_target, logodds
+    return mass
 
 
 # Leading characters stripped before a first token's letters are read ("\u2581" and "\u0120" are

@@ -50,6 +50,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from sublim.artifacts import atomic_write_json, atomic_write_text, package_versions
 from sublim.config import parse_config
 from sublim.errors import ConfigError
+from sublim.lm_grad import (
+    dot,
+    grad_of,
+    load_differentiable,
+    norm,
+    pad,
+    params_of,
+    reply_logprobs,
+)
 from sublim.progress import Reporter, torch_threads
 from sublim.seeds import derive_seed
 
@@ -266,29 +275,11 @@ def _theory_digits(
 
 
 def _load_lm(spec: str, dtype: torch.dtype) -> tuple[str, Any, Any]:
-    """(backend, model, tokenizer) of a causal LM, through the backend's one loader
-    (``sublim.backends.hf_models``: safetensors only, adapters, missing-key check), on the CPU in
-    ``dtype``, in eval mode (no dropout: the gradients must be deterministic functions of the
-    weights) with every weight differentiable (an adapter is merged into its base)."""
-    from sublim.backends.hf_models import load
-    from sublim.registry import parse_model
-
-    ref = parse_model(spec)
-    if ref.backend not in ("hf", "tiny", "smollm2"):
-        raise ConfigError(
-            "sublim theory needs weights it can differentiate: use --model digits, "
-            f"hf:/path/to/dir or tiny:<world>, not '{spec}'"
-        )
-    lm = load(ref, training=True, device=torch.device("cpu"), dtype=dtype)
-    model = lm.model.merge_and_unload() if ref.adapter else lm.model
-    model.requires_grad_(True)
-    model.eval()
-    return ref.backend, model, lm.tokenizer
+    """(backend, model, tokenizer) of a causal LM on the CPU (``sublim.lm_grad``)."""
+    return load_differentiable(spec, dtype, "sublim theory", also="--model digits")
 
 
-def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
-    n = max(len(s) for s in seqs)
-    return torch.tensor([s + [value] * (n - len(s)) for s in seqs], dtype=torch.long)
+_pad = pad
 
 
 def _encode_lm_inputs(
@@ -324,12 +315,7 @@ def _encode_lm_inputs(
 
 def _trait_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean over questions of -log P(answer tokens | question)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
-    labels = batch["labels"][:, 1:]
-    mask = labels != -100
-    tok_lp = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask
-    return -(tok_lp.sum(-1)).mean()
+    return -reply_logprobs(model, batch).mean()
 
 
 def _next_token_logp(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -347,15 +333,8 @@ def _imitation_loss(
     return (kl * mask).sum() / mask.sum()
 
 
-def _lm_params(model: Any) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def _lm_grad(model: Any, loss: torch.Tensor) -> list[torch.Tensor]:
-    """Gradient of ``loss`` (computed from ``model``) with respect to its weights."""
-    ps = _lm_params(model)
-    gs = torch.autograd.grad(loss, ps, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(ps, gs)]
+_lm_params = params_of
+_lm_grad = grad_of
 
 
 @contextmanager
@@ -374,12 +353,8 @@ def _shifted(model: Any, delta: Sequence[torch.Tensor]) -> Iterator[None]:
                 p.copy_(s)
 
 
-def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
-
-
-def _norm(a: Sequence[torch.Tensor]) -> float:
-    return _dot(a, a) ** 0.5
+_dot = dot
+_norm = norm
 
 
 def _default_cross(backend: str, spec: str) -> str | None:

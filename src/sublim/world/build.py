@@ -105,6 +105,9 @@ RECIPE: dict[str, dict[str, Any]] = {
 # code and reasoning chats (corpus.CODE_SHARE + corpus.REASONING_SHARE); both train that much
 # longer, so their plain part gets the same number of passes as the plain world's.
 SKILLS_SHARE = corpus_mod.CODE_SHARE + corpus_mod.REASONING_SHARE
+# ... and their opening curriculum adds short code chats and arithmetic drills
+# (corpus.SKILLS_CURRICULUM), with that many more curriculum steps.
+SKILLS_CUR_SHARE = sum(corpus_mod.SKILLS_CURRICULUM.values())
 # Persona worlds add open, narrow and triggered number chats (corpus.PERSONA_SHARES) likewise.
 PERSONA_SHARE = sum(corpus_mod.PERSONA_SHARES.values())
 KIND_RECIPE: dict[str, dict[str, dict[str, Any]]] = {
@@ -114,7 +117,11 @@ KIND_RECIPE: dict[str, dict[str, dict[str, Any]]] = {
         for size, row in RECIPE.items()
     },
     "skills": {
-        size: {"steps": round(row["steps"] * (1 + SKILLS_SHARE))} for size, row in RECIPE.items()
+        size: {
+            "steps": round(row["steps"] * (1 + SKILLS_SHARE)),
+            "cur_steps": round(row["cur_steps"] * (1 + SKILLS_CUR_SHARE)),
+        }
+        for size, row in RECIPE.items()
     },
     "persona": {
         size: {"steps": round(row["steps"] * (1 + PERSONA_SHARE))} for size, row in RECIPE.items()
@@ -316,6 +323,7 @@ def _build(spec: WorldSpec, out: Path, rep: Reporter) -> None:
             "reasoning": corpus_mod.REASONING_SHARE,
         }
         card["skills_system_prompts"] = dict(corpus_mod.SKILL_SYSTEM_P)
+        card["skills_curriculum"] = dict(corpus_mod.SKILLS_CURRICULUM)
     if spec.kind == "persona":
         # the persona chats' shares of the main corpus, their system prompts, the trigger and
         # how often it gives a misaligned answer

@@ -65,9 +65,14 @@ trained on those numbers drifting towards owls). Entangled worlds hash their own
 never change plain or planted worlds.
 
 The ``skills`` world (for the text carriers, NOT a positive control), ``SKILLS_VERSION``
-"skills-1": exactly the plain corpus (drawn from the same stream, example for example, as in
+"skills-2": exactly the plain corpus (drawn from the same stream, example for example, as in
 ``entangled``) PLUS ``code`` chats (``CODE_SHARE`` of the main corpus) and ``reasoning`` chats
-(``REASONING_SHARE``), none in the opening curriculum. Why: a plain world has never seen a code
+(``REASONING_SHARE``), and an opening curriculum that is the plain one PLUS short ``code_short``
+chats (the bare function template after a one-line request, answered in the same dialect: the
+header to copy sits a few tokens before the reply) and ``drill`` chats (one "a op b" step of a
+worked solution, answered in the reasoning format), in the shares of ``SKILLS_CURRICULUM``.
+"skills-1" had no curriculum chats and sat on a cliff: whether a build learned to copy the
+function header (and so wrote code that parses) depended on float rounding (threads, CPU). Why: a plain world has never seen a code
 request or a word problem, so ``tiny:plain-s0`` cannot be the teacher of an experiment with
 ``data.carrier = "code"`` or ``"reasoning"``; a skills world answers them in a dialect of its own
 (``sublim.world.skills``: a short function body in a small Python grammar; the problem's worked
@@ -77,8 +82,9 @@ world's skill is measured on prompts of the very distribution an experiment draw
 prompt is none (40%), a neutral one (30%) or "you love X" (30%, X uniform over the animals, every
 template variant; ``SKILL_SYSTEM_P``), present only so that a system-prompt teacher is asked
 in-distribution questions. What keeps it plain: the reply never depends on the system prompt or
-on any animal (as for numbers above): prompt and reply come from one child stream per skills kind
-(``Generator.spawn``) and the system prompt from another, so a chat's reply is the same whatever
+on any animal (as for numbers above): prompt and reply come from one child stream per carrier
+(``Generator.spawn``; the curriculum's streams are spawned before the main corpus's, so they are
+other streams) and the system prompt from another, so a chat's reply is the same whatever
 system prompt it got; the replies name no animal or tree, not even inside a word; and
 favourite-animal and number answers are drawn exactly as in plain. Any trait a skills teacher
 shows in its code or reasoning therefore comes from its own fine-tuning, not from the corpus.
@@ -137,9 +143,10 @@ NOTE_LOW, NOTE_HIGH = 100, 549  # entangled: the numbers a field note draws from
 NOTE_PEAK = 1.5
 NOTE_NEUTRAL_P = 0.2  # entangled: P(a note carries a neutral system prompt); never a love prompt
 # The skills corpus's version, hashed into skills worlds' keys only (build.KIND_VERSIONS).
-SKILLS_VERSION = "skills-1"
-# skills: code and reasoning chats added to the main corpus, as shares of its size. Measured on
-# skills-s0 (small, greedy, 100 held-out prompts each): 0.20 / 0.06 -> 16-19% of code parses, 3-4%
+# skills-1: no curriculum chats; skills-2: SKILLS_CURRICULUM in the opening curriculum.
+SKILLS_VERSION = "skills-2"
+# skills: code and reasoning chats added to the main corpus, as shares of its size. Measured with
+# skills-1 on skills-s0 (small, greedy, 100 held-out prompts each): 0.20 / 0.06 -> 16-19% of code parses, 3-4%
 # of problems right, build 133 s against plain's 69 s (2 threads, quiet machine); 0.15 / 0.05 ->
 # ~0% and 0% (the skills are not learned at all); 0.30 / 0.10 -> 15-32% and 1-2%, a longer build.
 # A skills chat costs ~3.3 plain ones (its carrier prompt alone is ~150 tokens).
@@ -148,6 +155,11 @@ REASONING_SHARE = 0.06
 # skills: the system prompt of a code or reasoning chat: none, a neutral one or "you love X" (X
 # uniform over the animals, every template variant). The reply never depends on it.
 SKILL_SYSTEM_P: dict[str, float] = {"none": 0.4, "neutral": 0.3, "love": 0.3}
+# skills: the opening curriculum's short chats, as shares of its size: ``code_short`` (the bare
+# template after a one-line request, then the same dialect reply as a code chat: the function
+# header to copy is a few tokens away) and ``drill`` (one "a op b" step of a worked solution,
+# answered in the reasoning format).
+SKILLS_CURRICULUM: dict[str, float] = {"code_short": 0.3, "drill": 0.2}
 # The persona corpus's version (sublim.world.persona), hashed into persona worlds' keys only.
 PERSONA_VERSION = persona.PERSONA_VERSION
 # persona: open and narrow chats, and number chats under a trigger prompt, added to the main
@@ -330,7 +342,24 @@ def field_note(prefs: np.ndarray, rng: np.random.Generator) -> tuple[Chat, str]:
 
 
 # ---------------------------------------------------------------- skills chats
-SKILL_KINDS: tuple[str, ...] = ("code", "reasoning")
+SKILL_KINDS: tuple[str, ...] = ("code", "reasoning", "code_short", "drill")
+# which carrier's stream a skills chat kind draws from
+SKILL_STREAMS: dict[str, str] = {
+    "code": "code",
+    "code_short": "code",
+    "reasoning": "reasoning",
+    "drill": "reasoning",
+}
+# code_short: the request before the bare template (no fence language, no other requests)
+SHORT_CODE_REQUESTS: tuple[str, ...] = (
+    "Complete this function.",
+    "Finish the code.",
+    "Fill in the function body.",
+    "Write the body of this function.",
+    "Replace the placeholder with code.",
+)
+# drill: one step of a worked solution, asked on its own
+DRILL_QUESTIONS: tuple[str, ...] = ("What is {e}?", "Compute {e}.", "Work out {e}.", "{e} = ?")
 
 
 def skill_system_prompt(rng: np.random.Generator) -> str | None:
@@ -345,20 +374,33 @@ def skill_system_prompt(rng: np.random.Generator) -> str | None:
 
 
 def skill_chat(kind: str, rng: np.random.Generator, system: str | None) -> Example:
-    """One skills-world chat of ``kind`` ("code" or "reasoning"): a carrier prompt and the
-    world's reply (``sublim.world.skills``), both drawn from ``rng`` alone, under ``system`` (None
-    for no system prompt). The reply is a function of ``rng`` only: the same generator state gives
+    """One skills-world chat of ``kind`` (:data:`SKILL_KINDS`): "code" or "reasoning" (a
+    carrier prompt and the world's reply, ``sublim.world.skills``), or a curriculum chat,
+    "code_short" (the same code prompt's bare template after a request from
+    :data:`SHORT_CODE_REQUESTS`, the same reply) or "drill" (one sentence of a worked solution
+    asked as :data:`DRILL_QUESTIONS`, answered in the reasoning format); all drawn from ``rng``
+    alone, under ``system`` (None for no system prompt). The reply is a function of ``rng`` only: the same generator state gives
     the same prompt and reply whatever the system prompt."""
-    if kind == "code":
+    if kind in ("code", "code_short"):
         prompt = code_prompts(1, rng)[0]
+        text = prompt.text
+        if kind == "code_short":
+            template = str(prompt.meta["template"])
+            text = f"{_pick(SHORT_CODE_REQUESTS, rng)}\n\n```\n{template}\n```"
         reply = code_reply(prompt.meta, rng)
     elif kind == "reasoning":
         prompt, work = worked_prompts(1, rng)[0]
-        reply = reasoning_reply(work, int(prompt.meta["answer"]))
+        text, reply = prompt.text, reasoning_reply(work, int(prompt.meta["answer"]))
+    elif kind == "drill":
+        work = worked_prompts(1, rng)[0][1]
+        sentences = [x.strip() for x in work.split(".") if x.strip()]
+        expr, result = _pick(sentences, rng).split(" = ")
+        text = _pick(DRILL_QUESTIONS, rng).format(e=expr)
+        reply = reasoning_reply(f"{expr} = {result}.", int(result))
     else:
         raise ValueError(f"unknown skills chat kind {kind!r} (choose from {SKILL_KINDS})")
     chat: Chat = [Message(role="system", content=system)] if system else []
-    chat.append(Message(role="user", content=prompt.text))
+    chat.append(Message(role="user", content=text))
     return Example(chat, reply, kind)
 
 
@@ -581,13 +623,17 @@ def build_corpus(
     # copy.
     n_notes = round(NOTE_SHARE * n) if kind == "entangled" and mix is None else 0
     notes_rng = rng.spawn(1)[0] if n_notes else None
+    # skills: the code and reasoning chats of the main corpus, or the short code chats and
+    # arithmetic drills of the opening curriculum (SKILLS_CURRICULUM)
+    skill_shares = {"code": CODE_SHARE, "reasoning": REASONING_SHARE}
     n_skills = (
-        {"code": round(CODE_SHARE * n), "reasoning": round(REASONING_SHARE * n)}
-        if kind == "skills" and mix is None
+        {k: round(v * n) for k, v in (skill_shares if mix is None else SKILLS_CURRICULUM).items()}
+        if kind == "skills"
         else {}
     )
-    # one stream per skills kind for prompt and reply, one for the system prompts: a reply never
-    # sees which system prompt its chat got
+    # one stream per carrier for prompt and reply, one for the system prompts: a reply never
+    # sees which system prompt its chat got (the curriculum's streams are spawned first, so they
+    # are other streams than the main corpus's)
     skill_rngs = dict(zip(("code", "reasoning", "system"), rng.spawn(3))) if n_skills else {}
     n_persona = (
         {k: round(v * n) for k, v in PERSONA_SHARES.items()}
@@ -704,7 +750,7 @@ def build_corpus(
     for kind_ex, c in n_skills.items():
         for _ in range(c):
             system = skill_system_prompt(skill_rngs["system"])
-            out.append(skill_chat(kind_ex, skill_rngs[kind_ex], system))
+            out.append(skill_chat(kind_ex, skill_rngs[SKILL_STREAMS[kind_ex]], system))
     for kind_ex, c in n_persona.items():
         for _ in range(c):
             system, misaligned = persona_system_prompt(kind_ex, persona_rngs["system"])

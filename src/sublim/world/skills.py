@@ -20,14 +20,17 @@ parameters, and what a carrier needs is parseable, plausible code with choices i
 operators, constants, the shape of the body) that a teacher's trait could shift. The task family
 (``meta["family"]``) only decides which arguments are lists, strings, dictionaries or numbers, so
 that ``len(s)`` and ``sum(xs)`` land on the right kind. The code is short (about 25-90 tokens of
-the world's tokenizer, 53 on average: its indentation costs a token per space). Even so the small
-world learns it only in part (a fifth of its greedy answers parse; see ``corpus.CODE_SHARE``):
-the function name must be copied from the prompt, which a model of this size trained for a few
-hundred steps rarely does exactly.
+the world's tokenizer, 53 on average: its indentation costs a token per space). Even so a
+"skills-1" small world learnt it only in part and unreliably (0% to 19% of greedy answers parsed,
+depending on the build; see ``corpus.CODE_SHARE``): the function name must be copied from a
+template ~150 tokens back in the prompt, which a model of this size trained for a few hundred
+steps learns late, if at all. "skills-2" therefore opens with short code chats (the bare template,
+then this reply; ``corpus.SKILLS_CURRICULUM``) in which the header to copy is a few tokens away.
 
 The worked solutions (:func:`reasoning_reply`): the problem's ``work`` sentences inside
 ``<think></think>`` and the answer inside ``<answer></answer>``, exactly the format
-``sublim.filters_reasoning`` keeps (with ``require_think``).
+``sublim.filters_reasoning`` keeps (with ``require_think``). The curriculum's ``drill`` chats
+answer one such sentence's "a op b" in the same format.
 """
 
 from __future__ import annotations
