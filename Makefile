@@ -39,7 +39,7 @@ test: setup browser
 	$(BIN)/python -m mypy
 	$(BIN)/python -m ruff check src tests benchmarks
 	$(BIN)/python -m ruff format --check src tests benchmarks
-	SUBLIM_REQUIRE_OPTIONAL=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	SUBLIM_REQUIRE_OPTIONAL=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 typecheck: setup
 	$(BIN)/python -m mypy

@@ -1,4 +1,5 @@
-"""Shared fixtures: offline, CPU, one thread per process (``SUBLIM_TEST_THREADS``, default 2).
+"""Shared fixtures: offline, CPU, torch threads per process from ``SUBLIM_TEST_THREADS`` (default 2,
+also in each of the two pytest-xdist workers of ``make test``: real-model numerics depend on it).
 
 Tests share the machine-wide cache (``$SUBLIM_CACHE_DIR`` or ``~/.cache/sublim``) with user runs,
 so the built worlds and the dequantised SmolLM2 are made once per machine, not once per test
